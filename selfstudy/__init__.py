@@ -1,0 +1,1 @@
+"""selfstudy: measure how much self-supervised pretraining helps a downstream task."""

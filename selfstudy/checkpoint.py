@@ -1,0 +1,81 @@
+"""Snapshots: one file named `snapshot` holding a trial's state by name.
+
+    {"format": 1, "model": state_dict, "optimizer": state_dict, "step": int, "epoch": int,
+     "best_accuracy": float, "rng": {...}}
+
+Written atomically (a temporary file, then a rename). `Wrapper.pretrained` and
+`session.restore_session` name them as "<exp>/<name>": `EXP_DIR/<exp>/<name>/snapshot`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import paths
+from selfstudy.errors import UserError
+
+SNAPSHOT = "snapshot"
+FORMAT = 1
+
+
+def save_snapshot(directory: Path, state: dict[str, Any]) -> Path:
+    """Write `directory/snapshot` atomically; returns its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / SNAPSHOT
+    tmp = directory / f".{SNAPSHOT}.{os.getpid()}.tmp"
+    torch.save({"format": FORMAT, **state}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def resolve_snapshot(name: str, setting: str) -> Path:
+    """The snapshot file that `setting = name` refers to; a clear error if there is none."""
+    candidate = Path(name).expanduser()
+    if not candidate.is_absolute():
+        candidate = paths.EXP_DIR / candidate
+    path = candidate if candidate.is_file() else candidate / SNAPSHOT
+    if not path.is_file():
+        raise UserError(f"{setting} = {name!r}: no snapshot at {path}; move one there with "
+                        f"'python misc/move_snapshots.py -e <exp> -m' or fix the name")
+    return path
+
+
+def load_snapshot(path: Path, setting: str) -> dict[str, Any]:
+    """Read a snapshot onto the CPU; an unreadable file is a `UserError`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for a damaged file
+        raise UserError(f"{setting}: cannot read snapshot {path} ({type(err).__name__}); it is damaged") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"{setting}: {path} is not a selfstudy snapshot (no 'model' entry)")
+    return state
+
+
+def rng_state(device_generator: torch.Generator | None, shuffle_generator: torch.Generator) -> dict[str, Any]:
+    """Every random state a trial draws from, so a restored trial continues exactly."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "device": device_generator.get_state() if device_generator is not None else None,
+        "shuffle": shuffle_generator.get_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any], device_generator: torch.Generator | None,
+                  shuffle_generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if device_generator is not None and state["device"] is not None:
+        device_generator.set_state(state["device"])
+    shuffle_generator.set_state(state["shuffle"])

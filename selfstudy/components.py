@@ -1,0 +1,10 @@
+"""Importing this module registers every gin configurable of selfstudy."""
+
+import gin.torch  # noqa: F401  (registers torch.optim classes for `@torch.optim.SGD` references)
+
+import selfstudy.augment  # noqa: F401
+import selfstudy.data  # noqa: F401
+import selfstudy.models  # noqa: F401
+import selfstudy.optim  # noqa: F401
+import selfstudy.tasks  # noqa: F401
+import selfstudy.trial  # noqa: F401

@@ -1,0 +1,105 @@
+"""Gin configs of a trial: finding the files, checking bindings, parsing them afresh.
+
+A trial's config (what Ray Tune stores in `params.json`) is a flat dict:
+
+    {"gin_config": ["digits/r9/classify"],          # gin files, relative to config/
+     "gin_params": {"dataloader.batch_size": "128"},  # -p bindings: name -> gin value text
+     "seed": 0,
+     "BaseDataset.semisupervised": 100}             # any key with a dot is a gin binding
+
+Files are parsed first, then the sweep's binding keys, then the -p bindings.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+import gin
+
+import paths
+from selfstudy.errors import UserError
+
+GIN_SUFFIX = ".gin"
+DEFAULT_GIN_CONFIG = "digits/r9/classify"
+RESERVED_KEYS = ("gin_config", "gin_params", "seed")
+_BINDING = re.compile(r"^\s*([A-Za-z_][\w./]*\.[A-Za-z_]\w*)\s*=\s*(\S.*?)\s*$", re.DOTALL)
+
+
+def available_gin_configs() -> list[str]:
+    """Names of the shipped gin configs, relative to `CONFIG_DIR`, without `.gin`."""
+    return sorted(
+        str(p.relative_to(paths.CONFIG_DIR).with_suffix("")) for p in paths.CONFIG_DIR.rglob("*" + GIN_SUFFIX)
+    )
+
+
+def resolve_gin_file(name: str) -> Path:
+    """Path of gin config `name` (relative to `CONFIG_DIR` or absolute; `.gin` optional)."""
+    candidate = Path(name)
+    if candidate.suffix != GIN_SUFFIX:
+        candidate = candidate.with_name(candidate.name + GIN_SUFFIX)
+    path = candidate if candidate.is_absolute() else paths.CONFIG_DIR / candidate
+    if path.is_file():
+        return path
+    near = difflib.get_close_matches(name.removesuffix(GIN_SUFFIX), available_gin_configs(), n=3, cutoff=0.4)
+    hint = f"did you mean: {', '.join(near)}?" if near else f"the configs live in {paths.CONFIG_DIR}"
+    raise UserError(f"unknown gin config '{name}': no file {path}; {hint}")
+
+
+def split_binding(text: str) -> tuple[str, str]:
+    """Split a `-p` binding 'Name.param = value' into its name and gin value text."""
+    match = _BINDING.match(text)
+    if match is None:
+        raise UserError(
+            f"malformed gin binding {text!r}: write it as 'Name.param = value', "
+            "e.g. -p 'dataloader.batch_size = 128'"
+        )
+    return match.group(1), match.group(2)
+
+
+def gin_value(value: Any) -> str:
+    """Gin text for a sweep value: strings starting with '@' or '%' stay references."""
+    if isinstance(value, str) and value[:1] in "@%":
+        return value
+    return repr(value)
+
+
+def binding_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a trial config that are gin bindings (keys with a dot)."""
+    return {key: value for key, value in config.items() if "." in key}
+
+
+def check_keys(config: dict[str, Any]) -> None:
+    """Refuse keys that are neither reserved nor gin binding names."""
+    for key in config:
+        if key not in RESERVED_KEYS and "." not in key:
+            raise UserError(
+                f"unknown key '{key}' in the Ray search space: use a gin binding name "
+                f"('Name.param') or one of {', '.join(RESERVED_KEYS)}"
+            )
+
+
+def bind_trial(config: dict[str, Any]) -> None:
+    """Clear gin and parse the trial's files and bindings; errors become one-line `UserError`s."""
+    import selfstudy.components  # noqa: F401  (registers every configurable)
+
+    names = config.get("gin_config") or [DEFAULT_GIN_CONFIG]
+    if isinstance(names, str):
+        names = [names]
+    files = [str(resolve_gin_file(name)) for name in names]
+    bindings = [f"{key} = {gin_value(value)}" for key, value in binding_keys(config).items()]
+    bindings += [f"{key} = {text}" for key, text in (config.get("gin_params") or {}).items()]
+    gin.clear_config()
+    gin.add_config_file_search_path(str(paths.CONFIG_DIR))
+    try:
+        gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    except (ValueError, SyntaxError, OSError, TypeError) as err:
+        raise UserError(f"gin config: {first_line(err)}; check the binding names in {', '.join(names)} and -p") from None
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (gin appends the offending source lines)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,27 @@
+"""Datasets: one registry that `session.dataset = 'Name'` chooses from."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from selfstudy.data.base import Batch, DatasetFiles, DeviceSplit, batch_size_option, data_options
+from selfstudy.data.cifar import CIFARDataset
+from selfstudy.data.digits import DigitsDataset
+from selfstudy.errors import UserError
+
+DATASETS: dict[str, Callable[[], DatasetFiles]] = {
+    "DigitsDataset": DigitsDataset,
+    "CIFARDataset": CIFARDataset,
+}
+
+
+def build_dataset(choice: str | DatasetFiles) -> DatasetFiles:
+    """The dataset named by `session.dataset` (a registry name or a gin reference's result)."""
+    if isinstance(choice, DatasetFiles):
+        return choice
+    if choice not in DATASETS:
+        raise UserError(f"unknown dataset {choice!r} in session.dataset; choose from: {', '.join(DATASETS)}")
+    return DATASETS[choice]()
+
+
+__all__ = ["Batch", "DATASETS", "DatasetFiles", "DeviceSplit", "batch_size_option", "build_dataset", "data_options"]

@@ -1,0 +1,197 @@
+"""The driver: a request from the CLI -> checked trial configs -> Ray Tune or in-process trials.
+
+Everything a user can get wrong is checked before anything is written: the Ray config,
+the gin files and bindings of every variant of the sweep (the model is built on the
+meta device, the dataset files are opened), the experiment's name and state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paths
+from selfstudy.config import DEFAULT_GIN_CONFIG, resolve_gin_file, split_binding
+from selfstudy.errors import UserError
+from selfstudy.rayconfig import RayConfig, load_ray_config
+
+_EXP_ID = re.compile(r"^[\w.+-]+$")
+
+
+@dataclass
+class Request:
+    """What the user asked for on the command line."""
+
+    exp_id: str = "default"
+    ray_config: str = "single_run"
+    gin_config: list[str] = field(default_factory=list)
+    gin_params: list[str] = field(default_factory=list)
+    local: bool = False
+    address: str | None = None
+    quiet: bool = False
+    checkpoint_at_end: bool = False
+    resume: bool = False
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def param_space(request: Request, ray_config: RayConfig) -> dict[str, Any]:
+    """The Tune param_space: reserved keys from the CLI, then the sweep's keys."""
+    bindings = dict(split_binding(text) for text in request.gin_params)
+    swept = set(ray_config.search_space)
+    clash = sorted(swept & set(bindings))
+    if clash:
+        raise UserError(f"{clash[0]} is swept by Ray config '{ray_config.name}' and bound by -p: drop one of them")
+    if request.gin_config and "gin_config" in swept:
+        raise UserError(f"Ray config '{ray_config.name}' sweeps gin_config: drop -g")
+    names = request.gin_config or [DEFAULT_GIN_CONFIG]
+    for name in names:
+        resolve_gin_file(name)
+    return {"gin_config": names, "gin_params": bindings, "seed": 0, **ray_config.search_space}
+
+
+def expand(space: dict[str, Any], num_samples: int = 1) -> list[dict[str, Any]]:
+    """Concrete trial configs of a param_space, as Tune's basic variant generator makes them."""
+    from ray.tune.search.variant_generator import generate_variants
+
+    return [spec["config"] for _ in range(num_samples) for _, spec in generate_variants({"config": space})]
+
+
+def check_variants(variants: list[dict[str, Any]]) -> None:
+    """Raise the first `UserError` any distinct variant would meet at setup."""
+    from selfstudy.trial import check_trial
+
+    seen = set()
+    for config in variants:
+        key = json.dumps(config, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            check_trial(config)
+
+
+def machine_resources() -> dict[str, float]:
+    import torch
+
+    gpus = torch.cuda.device_count()
+    cpus = os.cpu_count() or 1
+    return {"cpu": max(1, cpus // gpus), "gpu": 1} if gpus else {"cpu": cpus}
+
+
+def trial_resources(ray_config: RayConfig, cluster: dict[str, float] | None = None) -> dict[str, float]:
+    """CPUs/GPUs per trial: the Ray config's, or derived from what exists, so no trial waits forever."""
+    if cluster is None:
+        available = machine_resources()
+    else:
+        gpus = int(cluster.get("GPU", 0))
+        cpus = int(cluster.get("CPU", 1))
+        available = {"cpu": max(1, cpus // gpus), "gpu": 1} if gpus else {"cpu": cpus}
+    wanted = ray_config.resources_per_trial or available
+    have_gpu = available.get("gpu", 0) if cluster is None else cluster.get("GPU", 0)
+    if wanted.get("gpu", 0) > have_gpu:
+        raise UserError(f"Ray config '{ray_config.name}' asks {wanted['gpu']} GPU per trial but there are "
+                        f"{have_gpu}: lower resources_per_trial or run where GPUs exist")
+    return dict(wanted)
+
+
+def run(request: Request) -> int:
+    """Run (or resume) the experiment; returns the process exit code."""
+    if not _EXP_ID.match(request.exp_id):
+        raise UserError(f"experiment name {request.exp_id!r}: use letters, digits and . _ + - only")
+    exp_dir = paths.EXP_DIR / request.exp_id
+    if request.resume:
+        return resume(request, exp_dir)
+    if exp_dir.exists() and any(exp_dir.iterdir()):
+        raise UserError(f"experiment '{request.exp_id}' already exists at {exp_dir}: continue it with --resume, "
+                        "name a new one with -e, or delete the folder")
+    ray_config = load_ray_config(request.ray_config)
+    if request.checkpoint_at_end:
+        ray_config.checkpoint_at_end = True
+    space = param_space(request, ray_config)
+    variants = expand(space, ray_config.num_samples)
+    check_variants(variants)
+    if request.local:
+        from selfstudy.local import run_local
+
+        run_local(exp_dir, variants, ray_config, trial_resources(ray_config), request.quiet)
+        return report(request.exp_id, [])
+    from ray import tune
+
+    start_ray(request)
+    resources = trial_resources(ray_config, cluster=_cluster_resources())
+    tuner = tune.Tuner(
+        tune.with_resources(_trainable(), resources),
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            num_samples=ray_config.num_samples, metric=ray_config.metric, mode=ray_config.mode,
+            scheduler=ray_config.scheduler, max_concurrent_trials=ray_config.max_concurrent_trials or None,
+            trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=request.exp_id, storage_path=str(paths.EXP_DIR), verbose=0 if request.quiet else 1,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=ray_config.keep_checkpoints, checkpoint_frequency=ray_config.checkpoint_frequency,
+                checkpoint_at_end=ray_config.checkpoint_at_end),
+            failure_config=tune.FailureConfig(max_failures=ray_config.max_failures)),
+    )
+    return report(request.exp_id, tuner.fit().errors)
+
+
+def resume(request: Request, exp_dir: Path) -> int:
+    """Continue an interrupted Tune experiment; finished trials are not run again."""
+    if request.local:
+        raise UserError("--resume continues a Ray Tune experiment: drop -l")
+    from ray import tune
+
+    if not exp_dir.is_dir() or not tune.Tuner.can_restore(str(exp_dir)):
+        known = sorted(p.name for p in paths.EXP_DIR.iterdir()) if paths.EXP_DIR.is_dir() else []
+        raise UserError(f"nothing to resume: no Ray Tune experiment at {exp_dir}; experiments in "
+                        f"{paths.EXP_DIR}: {', '.join(known) or 'none'}")
+    start_ray(request)
+    tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(), resume_unfinished=True, resume_errored=True)
+    return report(request.exp_id, tuner.fit().errors)
+
+
+def _trainable() -> Any:
+    from selfstudy.session import Session
+
+    return Session
+
+
+def _cluster_resources() -> dict[str, float]:
+    import ray
+
+    return ray.cluster_resources()
+
+
+def start_ray(request: Request) -> None:
+    """Start (or join, with -a) Ray; workers see this checkout and its data/experiment folders."""
+    import logging
+
+    import ray
+
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(paths.ROOT), os.environ.get("PYTHONPATH")])),
+           "SELFSTUDY_EXP_DIR": str(paths.EXP_DIR), "SELFSTUDY_DATA_DIR": str(paths.DATA_DIR)}
+    ray.init(address=request.address, include_dashboard=False, log_to_driver=not request.quiet,
+             logging_level=logging.ERROR if request.quiet else logging.WARNING,
+             runtime_env={"env_vars": env})
+
+
+def report(exp_id: str, errors: list[BaseException]) -> int:
+    """Print one line per trial (and per failed trial); non-zero if any trial failed."""
+    from util.vis import load_experiment
+
+    frame = load_experiment(exp_id)
+    print(f"experiment {exp_id}: {len(frame)} trial(s) in {paths.EXP_DIR / exp_id}")
+    shown = [c for c in ("epoch", "train_accuracy", "valid_accuracy", "test_accuracy", "best_accuracy")
+             if c in frame.columns]
+    swept = [c for c in frame.columns if "." in c and frame[c].astype(str).nunique() > 1]
+    if len(frame):
+        print(frame[["trial"] + swept + shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    for err in errors:
+        print(f"error: a trial failed: {str(err).strip().splitlines()[-1]}")
+    return 1 if errors else 0

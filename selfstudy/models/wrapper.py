@@ -1,0 +1,100 @@
+"""The model a task trains: a backbone plus a classifier head (`Wrapper.*` in gin)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import gin
+import torch
+from torch import nn
+
+from selfstudy.checkpoint import load_snapshot, resolve_snapshot
+from selfstudy.errors import UserError
+from selfstudy.models.resnet import ResNet
+
+HEADS = ("linear", "mlp")
+
+
+class ModelOutput(NamedTuple):
+    features: torch.Tensor  # B x D, pooled backbone features
+    logits: torch.Tensor  # B x out_classes
+
+
+def make_head(kind: str, in_dim: int, out_dim: int, hidden: int) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                             nn.Linear(hidden, out_dim))
+    raise UserError(f"unknown Wrapper.classifier {kind!r}; choose from: {', '.join(HEADS)}")
+
+
+@gin.configurable(denylist=["backbone", "num_classes"])
+class Wrapper(nn.Module):
+    """Backbone + classifier.
+
+    out_classes: classifier outputs (default: the dataset's classes).
+    classifier: 'linear' or 'mlp' (hidden units `mlp_hidden`).
+    finetune_classifier: train the classifier only, on frozen backbone features.
+    warmup_fc: training steps at the start during which only the classifier trains.
+    pretrained: "<exp>/<name>" of a snapshot whose weights initialise the model.
+    ignore_pretrained_fc: take only the backbone from `pretrained`.
+    """
+
+    def __init__(self, backbone: ResNet, num_classes: int, out_classes: int | None = None, classifier: str = "linear",
+                 mlp_hidden: int = 512, finetune_classifier: bool = False, warmup_fc: int = 0,
+                 pretrained: str | None = None, ignore_pretrained_fc: bool = False):
+        super().__init__()
+        out_classes = out_classes or num_classes
+        if out_classes < num_classes:
+            raise UserError(f"Wrapper.out_classes = {out_classes} is fewer than the dataset's {num_classes} classes")
+        self.backbone = backbone
+        self.classifier = make_head(classifier, backbone.out_dim, out_classes, mlp_hidden)
+        self.finetune_classifier = finetune_classifier
+        self.warmup_fc = warmup_fc
+        self.backbone_frozen = finetune_classifier
+        if finetune_classifier:
+            backbone.requires_grad_(False)
+        if pretrained:
+            self.load_pretrained(pretrained, ignore_pretrained_fc)
+
+    def load_pretrained(self, name: str, ignore_fc: bool) -> None:
+        """Copy a snapshot's weights in; every tensor taken must fit exactly."""
+        setting = f"Wrapper.pretrained = {name!r}"
+        weights = load_snapshot(resolve_snapshot(name, "Wrapper.pretrained"), setting)["model"]
+        own = self.state_dict()
+        wanted = [k for k in own if k.startswith("backbone.") or not ignore_fc]
+        missing = [k for k in wanted if k.startswith("backbone.") and k not in weights]
+        if missing:
+            raise UserError(f"{setting} does not fit this model: the snapshot has no '{missing[0]}' "
+                            "(a different init_resnet.choice or ResNet settings?)")
+        for key in wanted:
+            if key in weights and weights[key].shape != own[key].shape:
+                fix = ("set Wrapper.ignore_pretrained_fc = True to keep only the backbone" if not
+                       key.startswith("backbone.") else "match the pretraining's init_resnet.choice and ResNet.*")
+                raise UserError(f"{setting} does not fit this model: layer '{key}' is {tuple(weights[key].shape)} "
+                                f"in the snapshot but {tuple(own[key].shape)} here; {fix}")
+        if own[wanted[0]].is_meta:  # a config check builds the model without memory: shapes suffice
+            return
+        self.load_state_dict({k: weights[k] for k in wanted if k in weights}, strict=False)
+
+    def set_step(self, step: int) -> None:
+        """Freeze the backbone while `step < warmup_fc` (or always with `finetune_classifier`)."""
+        frozen = self.finetune_classifier or step < self.warmup_fc
+        if frozen != self.backbone_frozen:
+            self.backbone_frozen = frozen
+            self.backbone.train(self.training and not frozen)
+
+    def train(self, mode: bool = True) -> "Wrapper":
+        super().train(mode)
+        self.backbone.train(mode and not self.backbone_frozen)
+        return self
+
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        """images: B x C x H x W -> features B x D and logits B x out_classes."""
+        if self.backbone_frozen:
+            with torch.no_grad():
+                features = self.backbone(images)
+        else:
+            features = self.backbone(images)
+        return ModelOutput(features, self.classifier(features))

@@ -1,0 +1,30 @@
+"""The Ray Tune Trainable: a thin adapter around `Trial`.
+
+One `step()` is one epoch. Checkpoints are directories holding one `snapshot` file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from selfstudy.trial import Trial
+
+
+class Session(tune.Trainable):
+    def setup(self, config: dict[str, Any]) -> None:
+        # Tune runs a trial in a scratch working directory; its results live in trial_fs_path.
+        trial_dir = Path(self._storage.trial_fs_path) if self._storage else Path(self.logdir)
+        cpus = self.trial_resources.required_resources.get("CPU") if self.trial_resources else None
+        self.trial = Trial(config, trial_dir, num_threads=int(cpus) if cpus else None)
+
+    def step(self) -> dict[str, Any]:
+        return self.trial.run_epoch()
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        self.trial.save(Path(checkpoint_dir))
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        self.trial.restore(Path(checkpoint_dir))

@@ -1,0 +1,239 @@
+"""One trial: gin config -> dataset, augmentation, model, task, optimizer -> epochs.
+
+`Trial` knows nothing of Ray: the Ray Trainable (`session.py`) and the in-process
+runner of `-l` (`local.py`) both drive it, so both produce the same numbers.
+One `run_epoch()` trains one epoch, then evaluates the valid and test splits.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gin
+import numpy as np
+import torch
+
+import paths
+from selfstudy.augment import Augment, augment_options
+from selfstudy.checkpoint import load_snapshot, resolve_snapshot, rng_state, save_snapshot, set_rng_state
+from selfstudy.config import bind_trial
+from selfstudy.data import DatasetFiles, DeviceSplit, batch_size_option, build_dataset, data_options
+from selfstudy.data.base import DataOptions
+from selfstudy.errors import UserError
+from selfstudy.models import Wrapper, build_model
+from selfstudy.optim import Schedule, build_optimizer, build_schedule
+from selfstudy.tasks import Task, build_task
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    task: str | Task
+    dataset: str | DatasetFiles
+    train_iters: int
+    valid_iters: int
+    test_iters: int
+    restore_session: str | None
+
+
+@gin.configurable("session")
+def session_settings(task: str | Task = "ClassifyTask", dataset: str | DatasetFiles = "DigitsDataset",
+                     train_iters: int = -1, valid_iters: int = -1, test_iters: int = 0,
+                     restore_session: str | None = None) -> SessionSettings:
+    """`session.*`. `*_iters`: batches per epoch, -1 a full pass, 0 skips the split.
+    `restore_session`: "<exp>/<name>" of a snapshot to continue from (weights, optimizer, epoch)."""
+    for name, value in (("train_iters", train_iters), ("valid_iters", valid_iters), ("test_iters", test_iters)):
+        if not isinstance(value, int) or value < -1:
+            raise UserError(f"session.{name} must be -1 (full pass), 0 (skip) or a number of batches, got {value!r}")
+    return SessionSettings(task, dataset, train_iters, valid_iters, test_iters, restore_session)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Parts:
+    """Everything a trial is built from, before any image is loaded."""
+
+    settings: SessionSettings
+    dataset: DatasetFiles
+    options: DataOptions
+    batch_size: int
+    augment: Augment
+    task: Task
+    model: Wrapper
+
+
+def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
+    """Parse the trial's gin config and build its parts; the model is created on `device`."""
+    bind_trial(config)
+    settings = session_settings()
+    dataset = build_dataset(settings.dataset)
+    options = data_options()
+    augment = augment_options()
+    augment.check(dataset.train.color_space)
+    task = build_task(settings.task)
+    task.check(dataset)
+    with torch.device(device):
+        model = build_model(dataset.channels, dataset.resolution(options), dataset.num_classes)
+    return Parts(settings, dataset, options, batch_size_option(), augment, task, model)
+
+
+def check_trial(config: dict[str, Any]) -> None:
+    """Raise the `UserError` a trial with this config would meet at setup, without training.
+
+    The model is built on the meta device (shapes only); the dataset's files are checked
+    but not loaded; the label budget and schedule are validated.
+    """
+    parts = build_parts(config, torch.device("meta"))
+    parts.dataset.split_rows(parts.options)
+    build_optimizer([p for p in parts.model.parameters() if p.requires_grad])
+    build_schedule(1.0, 1)
+    if parts.settings.restore_session:
+        resolve_snapshot(parts.settings.restore_session, "session.restore_session")
+
+
+class MetricSums:
+    """Per-split running sums of batch metrics, weighted by batch size; one sync at the end."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, metrics: dict[str, torch.Tensor], n: int) -> None:
+        for name, value in metrics.items():
+            self.sums[name] = self.sums.get(name, 0) + value.detach().float() * n
+        self.count += n
+
+    def means(self, split: str) -> dict[str, float]:
+        return {f"{split}_{name}": float(total) / max(self.count, 1) for name, total in self.sums.items()}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(paths.ROOT), "describe", "--always", "--dirty", "--abbrev=40"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Trial:
+    """A trial in memory; `trial_dir` receives its self-description."""
+
+    def __init__(self, config: dict[str, Any], trial_dir: Path | None = None, num_threads: int | None = None):
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self.config = config
+        self.seed = int(config.get("seed", 0))
+        random.seed(self.seed)
+        np.random.seed(self.seed)
+        torch.manual_seed(self.seed)
+        self.device = default_device()
+        parts = build_parts(config, self.device)
+        self.settings, self.augment, self.task, self.batch_size = parts.settings, parts.augment, parts.task, parts.batch_size
+        self.model = parts.model.to(memory_format=torch.channels_last)
+        wanted = ("train", "valid") + (("test",) if self.settings.test_iters else ())
+        self.splits: dict[str, DeviceSplit] = parts.dataset.load(parts.options, self.device, wanted)
+        self.mean = torch.tensor(parts.dataset.train.mean, device=self.device)
+        self.std = torch.tensor(parts.dataset.train.std, device=self.device)
+        self.optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad])
+        steps = self.splits["train"].num_batches(self.batch_size, self.settings.train_iters, train=True)
+        self.schedule: Schedule = build_schedule(self.optimizer.defaults["lr"], steps)
+        self.shuffle_generator = torch.Generator().manual_seed(self.seed)
+        self.device_generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        self.step = 0
+        self.epoch = 0
+        self.best_accuracy = 0.0
+        if self.settings.restore_session:
+            path = resolve_snapshot(self.settings.restore_session, "session.restore_session")
+            self.load_state_dict(load_snapshot(path, "session.restore_session"))
+        if trial_dir is not None:
+            self.describe(trial_dir)
+
+    def describe(self, trial_dir: Path) -> None:
+        """Write the operative gin config and the trial's provenance into its directory."""
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        (trial_dir / "operative_config.gin").write_text(gin.operative_config_str())
+        provenance = {"config": self.config, "seed": self.seed, "git_commit": git_commit(),
+                      "device": str(self.device), "torch": torch.__version__, "host": socket.gethostname(),
+                      "threads": torch.get_num_threads()}
+        (trial_dir / "trial.json").write_text(json.dumps(provenance, indent=1, default=str))
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.schedule.num_epochs
+
+    def run_epoch(self) -> dict[str, Any]:
+        """Train one epoch, evaluate valid (and test); returns the epoch's metrics."""
+        self.epoch += 1
+        metrics = self.train_epoch()
+        for split, iters in (("valid", self.settings.valid_iters), ("test", self.settings.test_iters)):
+            if iters:
+                metrics.update(self.evaluate(split, iters))
+        accuracy = metrics.get("valid_accuracy", metrics.get("train_accuracy", 0.0))
+        self.best_accuracy = max(self.best_accuracy, accuracy)
+        metrics.update(mean_accuracy=accuracy, best_accuracy=self.best_accuracy, epoch=self.epoch,
+                       lr=self.schedule.lr(self.step), done=self.done)
+        return metrics
+
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        sums = MetricSums()
+        split = self.splits["train"]
+        for batch in split.batches(self.batch_size, self.settings.train_iters, train=True,
+                                   generator=self.shuffle_generator):
+            if self.augment.applies_to("train"):
+                batch = batch._replace(images=self.augment(batch.images, self.mean, self.std, self.device_generator))
+            self.model.set_step(self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.schedule.lr(self.step)
+            loss, metrics = self.task.loss(self.model, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            sums.add(metrics, len(batch.targets))
+        means = sums.means("train")
+        if not np.isfinite(means.get("train_loss", 0.0)):
+            raise UserError(f"training diverged at epoch {self.epoch} (train_loss {means['train_loss']}): "
+                            "lower optimizer.lr or scheduler.target_lrs")
+        return means
+
+    @torch.no_grad()
+    def evaluate(self, split_name: str, iters: int) -> dict[str, float]:
+        self.model.eval()
+        sums = MetricSums()
+        for batch in self.splits[split_name].batches(self.batch_size, iters, train=False):
+            if self.augment.applies_to(split_name):
+                batch = batch._replace(images=self.augment(batch.images, self.mean, self.std, self.device_generator))
+            _, metrics = self.task.loss(self.model, batch)
+            sums.add(metrics, len(batch.targets))
+        return sums.means(split_name)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                "epoch": self.epoch, "best_accuracy": self.best_accuracy, "config": self.config,
+                "rng": rng_state(self.device_generator, self.shuffle_generator)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise UserError(f"snapshot does not fit this trial's model or optimizer: "
+                            f"{str(err).splitlines()[0]}") from None
+        self.step, self.epoch, self.best_accuracy = state["step"], state["epoch"], state["best_accuracy"]
+        set_rng_state(state["rng"], self.device_generator, self.shuffle_generator)
+
+    def save(self, directory: Path) -> Path:
+        return save_snapshot(directory, self.state_dict())
+
+    def restore(self, directory: Path) -> None:
+        self.load_state_dict(load_snapshot(directory / "snapshot", "checkpoint"))

@@ -1,0 +1,1 @@
+"""Helpers for notebooks: `from util import vis`."""
