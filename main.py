@@ -39,6 +39,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from selfstudy.config import first_line
     from selfstudy.errors import UserError
     from selfstudy.experiment import Request, run
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(request)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
 
 

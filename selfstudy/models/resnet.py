@@ -72,12 +72,10 @@ class ResNet(nn.Module):
 
     def __init__(self, arch: str, in_channels: int = 3, input_res: int = 32, feat_layer: str | None = None,
                  freeze_at_k: int = 0, out_feats: int | None = None, width: int = 64):
-        """`width`: resnet9's first-stage channels (64 in the original)."""
+        """`width`: resnet9's first-stage channels (64 in the original); torchvision's ResNets keep theirs."""
         super().__init__()
         if arch not in ARCHITECTURES:
             raise UserError(f"unknown init_resnet.choice {arch!r}; choose from: {', '.join(ARCHITECTURES)}")
-        if width != 64 and arch != "resnet9":
-            raise UserError(f"ResNet.width sets resnet9's channels only; remove it for {arch}")
         for name, module in ARCHITECTURES[arch](in_channels, width, input_res <= 64).items():
             if name != "stem":
                 self.add_module(name, module)

@@ -1,0 +1,111 @@
+"""Move each trial's latest snapshot to a readable place, for `Wrapper.pretrained`.
+
+    python misc/move_snapshots.py -e cifar_test_0000            # dry run: prints source -> target
+    python misc/move_snapshots.py -e pretrain-rotate -p '{cfg[SynDataset.dataset_choice]}' -m
+
+For every trial of EXP_DIR/EXP, the `snapshot` of its newest `checkpoint_*` goes to
+EXP_DIR/EXP/<FORMAT>/snapshot, where FORMAT is a Python format string over `cfg`, the
+trial's config keyed by gin binding name (the -p bindings too). Without -p, the target
+is EXP_DIR/EXP itself, which suits an experiment of one trial. Every move is checked
+before the first one happens: two trials with one target, a key the config lacks, a
+target outside EXP_DIR/EXP or one that already holds a snapshot are refused, and
+nothing is moved. Beside each moved snapshot, `snapshot.json` records where it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import paths  # noqa: E402
+from selfstudy.checkpoint import SNAPSHOT  # noqa: E402
+from selfstudy.config import first_line  # noqa: E402
+from selfstudy.errors import UserError  # noqa: E402
+from util.vis import config_columns  # noqa: E402
+
+
+def latest_snapshot(trial_dir: Path) -> Path | None:
+    found = sorted(trial_dir.glob(f"checkpoint_*/{SNAPSHOT}"))
+    return found[-1] if found else None
+
+
+def target_dir(exp_dir: Path, fmt: str, config: dict, trial: str) -> Path:
+    columns = config_columns(config)
+    try:
+        relative = fmt.format(cfg=columns)
+    except KeyError as err:
+        raise UserError(f"-p {fmt!r}: trial {trial} has no config key {err}; keys: {', '.join(sorted(columns))}") \
+            from None
+    except (ValueError, IndexError, AttributeError) as err:
+        raise UserError(f"-p {fmt!r} is not a valid format string ({err}); write e.g. '{{cfg[Name.param]}}'") \
+            from None
+    target = (exp_dir / relative).resolve()
+    if not target.is_relative_to(exp_dir.resolve()):
+        raise UserError(f"-p {fmt!r} puts trial {trial}'s snapshot at {target}, outside {exp_dir}: "
+                        "choose a format that stays inside the experiment")
+    return target
+
+
+def plan_moves(exp_id: str, fmt: str) -> list[tuple[Path, Path]]:
+    """(source snapshot, target directory) for every trial with a checkpoint; all checks done."""
+    exp_dir = paths.EXP_DIR / exp_id
+    if not exp_dir.is_dir():
+        raise UserError(f"no experiment '{exp_id}' in {paths.EXP_DIR}: check -e")
+    moves: list[tuple[Path, Path]] = []
+    owners: dict[Path, str] = {}
+    for params in sorted(exp_dir.glob("*/params.json")):
+        trial_dir = params.parent
+        source = latest_snapshot(trial_dir)
+        if source is None:
+            print(f"Skipping {trial_dir.name}: it has no checkpoint (run with -c to checkpoint at the end)")
+            continue
+        target = target_dir(exp_dir, fmt, json.loads(params.read_text()), trial_dir.name)
+        if target in owners:
+            raise UserError(f"trials {owners[target]} and {trial_dir.name} would both move to {target}: "
+                            "give -p a format that tells them apart, e.g. '{cfg[BaseDataset.semisupervised]}'")
+        if (target / SNAPSHOT).exists():
+            raise UserError(f"{target / SNAPSHOT} already exists: remove it or choose another -p format")
+        owners[target] = trial_dir.name
+        moves.append((source, target))
+    if not moves:
+        raise UserError(f"no trial of '{exp_id}' has a checkpoint to move")
+    return moves
+
+
+def move(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    trial_dir = source.parent.parent
+    record = {"trial": trial_dir.name, "checkpoint": source.parent.name,
+              "config": json.loads((trial_dir / "params.json").read_text())}
+    shutil.move(str(source), str(target / SNAPSHOT))
+    (target / "snapshot.json").write_text(json.dumps(record, indent=2, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-e", "--exp_id", required=True, help="experiment whose trials' snapshots move")
+    parser.add_argument("-p", "--format", default="", help="target folder inside the experiment, e.g. "
+                                                           "'{cfg[SynDataset.dataset_choice]}'")
+    parser.add_argument("-m", "--move", action="store_true", help="move; without it, only print the plan")
+    args = parser.parse_args(argv)
+    try:
+        moves = plan_moves(args.exp_id, args.format)
+    except UserError as err:
+        print(f"error: {first_line(err)}", file=sys.stderr)
+        return 2
+    for source, target in moves:
+        print(f"Moving from: {source.parent} to: {target}")
+        if args.move:
+            move(source, target)
+    if not args.move:
+        print("Dry run: nothing moved; add -m to move.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
