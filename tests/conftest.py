@@ -1,0 +1,66 @@
+"""Shared fixtures: private data and experiment folders, and the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import paths
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tiny but real: ResNet-9 of width 4 on 100 labelled digits, 2 epochs.
+TINY = [
+    "ResNet.width = 4",
+    "BaseDataset.num_valid = 64",
+    "dataloader.batch_size = 32",
+    "scheduler.milestones = [1, 2]",
+    "scheduler.target_lrs = [0.05, 0.0]",
+]
+
+
+@dataclass
+class Workspace:
+    exp_dir: Path
+    data_dir: Path
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, SELFSTUDY_EXP_DIR=str(self.exp_dir), SELFSTUDY_DATA_DIR=str(self.data_dir),
+                   PYTHONUNBUFFERED="1", TUNE_GLOBAL_CHECKPOINT_S="1", RAY_AUTH_MODE="disabled")
+        env.pop("RAY_ADDRESS", None)
+        return env
+
+    def run(self, *args: str, script: str = "main.py", timeout: int = 300) -> subprocess.CompletedProcess:
+        """Run a CLI of the project; returns the finished process (stdout/stderr as text)."""
+        return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=self.env(),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def popen(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, env=self.env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data folder for the whole run: the digits files are made once."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """Fresh EXP_DIR for this test, shared DATA_DIR; in-process code sees the same folders."""
+    exp_dir = tmp_path / "exp"
+    monkeypatch.setattr(paths, "EXP_DIR", exp_dir)
+    monkeypatch.setattr(paths, "DATA_DIR", data_dir)
+    return Workspace(exp_dir, data_dir)
+
+
+def write_ray_config(directory: Path, text: str) -> Path:
+    path = directory / "sweep_config.py"
+    path.write_text(text)
+    return path

@@ -1,0 +1,160 @@
+"""End to end through the real CLI, real Ray Tune, real gin and torch, on tiny digits runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import paths
+from conftest import TINY, Workspace, write_ray_config
+from util import vis
+
+GRID = """
+from ray import tune
+search_space = {"BaseDataset.semisupervised": tune.grid_search([60, 120])}
+checkpoint_at_end = True
+"""
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Workspace:
+    """A 2-trial grid sweep run once through `main.py` with Ray; shared by the tests below."""
+    root = tmp_path_factory.mktemp("grid")
+    space = Workspace(root / "exp", data_dir)
+    config = write_ray_config(root, GRID)
+    done = space.run("-e", "grid", "-r", str(config), "-q", "-p", *TINY)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return space
+
+
+@pytest.fixture
+def grid_paths(grid: Workspace, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    monkeypatch.setattr(paths, "EXP_DIR", grid.exp_dir)
+    monkeypatch.setattr(paths, "DATA_DIR", grid.data_dir)
+    return grid
+
+
+def test_grid_trials_get_their_own_bindings(grid_paths: Workspace) -> None:
+    frame = vis.load_experiment("grid")
+    assert sorted(frame["BaseDataset.semisupervised"]) == [60, 120]
+    assert set(frame["ResNet.width"]) == {4}  # -p bindings become columns too
+    assert (frame["epoch"] == 2).all() and (frame["training_iteration"] == 2).all()
+    for column in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "mean_accuracy", "best_accuracy"):
+        assert frame[column].notna().all(), column
+    assert (frame["best_accuracy"] >= frame["valid_accuracy"]).all()
+    for trial, budget in zip(frame["trial"], frame["BaseDataset.semisupervised"]):
+        trial_dir = grid_paths.exp_dir / "grid" / trial
+        assert f"BaseDataset.semisupervised = {budget}" in (trial_dir / "operative_config.gin").read_text()
+        provenance = json.loads((trial_dir / "trial.json").read_text())
+        assert provenance["seed"] == 0 and provenance["git_commit"]
+        assert len(trial) < 40  # short directory names; the config lives in params.json
+
+
+def test_history_has_one_row_per_epoch(grid_paths: Workspace) -> None:
+    history = vis.load_history("grid")
+    assert len(history) == 4
+    assert sorted(history.groupby("trial")["training_iteration"].apply(list).tolist()) == [[1, 2], [1, 2]]
+
+
+def test_local_mode_matches_ray(grid_paths: Workspace) -> None:
+    done = grid_paths.run("-e", "local", "-l", "-q", "-p", *TINY, "BaseDataset.semisupervised = 60")
+    assert done.returncode == 0, done.stderr
+    local = vis.load_history("local")
+    ray_history = vis.load_history("grid")
+    ray_trial = ray_history[ray_history["BaseDataset.semisupervised"] == 60]
+    for column in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy"):
+        assert local[column].tolist() == pytest.approx(ray_trial[column].tolist(), rel=1e-5), column
+
+
+def test_move_snapshots_and_train_from_them(grid_paths: Workspace) -> None:
+    exp = grid_paths.exp_dir / "grid"
+    fmt = "budget_{cfg[BaseDataset.semisupervised]}"
+
+    same_target = grid_paths.run("-e", "grid", script="misc/move_snapshots.py")
+    assert same_target.returncode != 0 and "would both move to" in same_target.stderr
+
+    for bad, message in (("{cfg[Nope.x]}", "no config key 'Nope.x'"), ("../../{cfg[seed]}", "outside")):
+        refused = grid_paths.run("-e", "grid", "-p", bad, "-m", script="misc/move_snapshots.py")
+        assert refused.returncode != 0 and message in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+
+    dry = grid_paths.run("-e", "grid", "-p", fmt, script="misc/move_snapshots.py")
+    assert dry.returncode == 0
+    assert dry.stdout.count("Moving from: ") == 2 and f"to: {exp / 'budget_60'}" in dry.stdout
+    assert not (exp / "budget_60").exists()
+
+    (exp / "budget_120").mkdir()
+    (exp / "budget_120" / "snapshot").write_bytes(b"someone else's")
+    existing = grid_paths.run("-e", "grid", "-p", fmt, "-m", script="misc/move_snapshots.py")
+    assert existing.returncode != 0 and "already exists" in existing.stderr
+    assert not (exp / "budget_60").exists()  # refused before anything moved
+    (exp / "budget_120" / "snapshot").unlink()
+
+    moved = grid_paths.run("-e", "grid", "-p", fmt, "-m", script="misc/move_snapshots.py")
+    assert moved.returncode == 0, moved.stderr
+    for budget in (60, 120):
+        assert (exp / f"budget_{budget}" / "snapshot").is_file()
+        record = json.loads((exp / f"budget_{budget}" / "snapshot.json").read_text())
+        assert record["config"]["BaseDataset.semisupervised"] == budget
+
+    # A trial started from the moved weights with a zero learning rate ends with exactly those weights;
+    # one started from scratch does not.
+    frozen = ["optimizer.lr = 0.0", "scheduler.milestones = [1]", "scheduler.target_lrs = [0.0]",
+              "optimizer.weight_decay = 0.0"]
+    tiny = [b for b in TINY if not b.startswith("scheduler")]
+    source = torch.load(exp / "budget_60" / "snapshot", weights_only=False)["model"]
+    for name, pretrained in (("from_snapshot", ['Wrapper.pretrained = "grid/budget_60"']), ("fresh", [])):
+        run = grid_paths.run("-e", name, "-l", "-q", "-p", *tiny, *frozen, "BaseDataset.semisupervised = 60",
+                             *pretrained)
+        assert run.returncode == 0, run.stderr
+        (snapshot,) = (grid_paths.exp_dir / name).glob("trial_*/checkpoint_*/snapshot")
+        weights = torch.load(snapshot, weights_only=False)["model"]
+        same = [torch.equal(weights[k], source[k]) for k in source if k.endswith("weight")]
+        assert all(same) if pretrained else not any(same), name
+
+
+def _terminated_trials(exp_dir: Path) -> int:
+    count = 0
+    for state in exp_dir.glob("experiment_state-*.json"):
+        try:
+            trials = json.loads(state.read_text())["trial_data"]
+        except (json.JSONDecodeError, KeyError):
+            continue
+        count = max(count, sum(json.loads(t[0])["status"] == "TERMINATED" for t in trials))
+    return count
+
+
+def test_killed_experiment_resumes_without_rerunning_finished_trials(workspace: Workspace, tmp_path: Path) -> None:
+    config = write_ray_config(tmp_path, """
+from ray import tune
+search_space = {"BaseDataset.semisupervised": tune.grid_search([60, 120])}
+max_concurrent_trials = 1
+checkpoint_frequency = 1
+""")
+    slow = [b for b in TINY if not b.startswith("scheduler")] + ["scheduler.milestones = [2, 6]",
+                                                                  "scheduler.target_lrs = [0.05, 0.0]"]
+    process = workspace.popen("-e", "sweep", "-r", str(config), "-q", "-p", *slow)
+    exp = workspace.exp_dir / "sweep"
+    deadline = time.time() + 240
+    while _terminated_trials(exp) < 1:
+        assert process.poll() is None, process.stdout.read()
+        assert time.time() < deadline, "the first trial did not finish in time"
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+    finished = [d for d in exp.glob("trial_*") if '"done": true' in (d / "result.json").read_text()]
+    assert len(finished) == 1
+    finished_lines = (finished[0] / "result.json").read_text()
+
+    resumed = workspace.run("-e", "sweep", "--resume", "-q")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert (finished[0] / "result.json").read_text() == finished_lines  # not run again
+    frame = vis.load_experiment("sweep")
+    assert len(frame) == 2 and (frame["epoch"] == 6).all()
