@@ -64,3 +64,23 @@ def write_ray_config(directory: Path, text: str) -> Path:
     path = directory / "sweep_config.py"
     path.write_text(text)
     return path
+
+
+def make_fake_cifar(root: Path, per_batch: int = 20, test: int = 30, seed: int = 0) -> None:
+    """A tiny CIFAR-10 python release in the real pickle format under `root/cifar`."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = test if name == "test_batch" else per_batch
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"labels": [int(v) for v in rng.integers(0, 10, n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)]}, f)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from selfstudy.data.base import Batch, DatasetFiles, DeviceSplit, batch_size_option, data_options
+from selfstudy.data.base import Batch, DatasetFiles, DeviceSplit, HDF5Dataset, batch_size_option, data_options
 from selfstudy.data.cifar import CIFARDataset
 from selfstudy.data.digits import DigitsDataset
 from selfstudy.errors import UserError
@@ -12,6 +12,7 @@ from selfstudy.errors import UserError
 DATASETS: dict[str, Callable[[], DatasetFiles]] = {
     "DigitsDataset": DigitsDataset,
     "CIFARDataset": CIFARDataset,
+    "HDF5Dataset": HDF5Dataset,
 }
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import paths
 from selfstudy.data import hdf5
 from selfstudy.errors import UserError
 
@@ -108,6 +109,15 @@ class DatasetFiles:
                 images, targets = hdf5.read_arrays(self.train.path, rows[split])
             loaded[split] = DeviceSplit.from_arrays(images, targets, self.resolution(options), device)
         return loaded
+
+
+@gin.configurable
+def HDF5Dataset(path: str) -> DatasetFiles:  # noqa: N802  (the gin name users write)
+    """Any dataset in the project's format: a folder holding train.h5 and test.h5
+    (absolute, or relative to DATA_DIR)."""
+    folder = Path(path).expanduser()
+    folder = folder if folder.is_absolute() else paths.DATA_DIR / folder
+    return DatasetFiles.open(f"HDF5Dataset({path})", folder / "train.h5", folder / "test.h5")
 
 
 def balanced_subset(targets: np.ndarray, budget: int, name: str) -> np.ndarray:
