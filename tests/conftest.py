@@ -31,7 +31,7 @@ class Workspace:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ, SELFSTUDY_EXP_DIR=str(self.exp_dir), SELFSTUDY_DATA_DIR=str(self.data_dir),
-                   PYTHONUNBUFFERED="1", TUNE_GLOBAL_CHECKPOINT_S="1", RAY_AUTH_MODE="disabled")
+                   PYTHONUNBUFFERED="1", SELFSTUDY_OFFLINE="1", TUNE_GLOBAL_CHECKPOINT_S="1", RAY_AUTH_MODE="disabled")
         env.pop("RAY_ADDRESS", None)
         return env
 

@@ -2,11 +2,13 @@
 
 Expected under `DATA_DIR/cifar/`: the extracted `cifar-10-batches-py/` (data_batch_1..5,
 test_batch) or `cifar-100-python/` (train, test). When they are absent the files are
-downloaded if the network allows; otherwise the error says where to put them.
+downloaded if the network allows (never with SELFSTUDY_OFFLINE=1); otherwise the error
+says where to put them.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -38,6 +40,8 @@ def _fetch(root: Path, use_100: bool) -> None:
     """Download the release with torchvision; a clear error when offline."""
     folder = RELEASES[use_100][0]
     try:
+        if os.environ.get("SELFSTUDY_OFFLINE") == "1":
+            raise ConnectionError("SELFSTUDY_OFFLINE=1")
         from torchvision import datasets
 
         (datasets.CIFAR100 if use_100 else datasets.CIFAR10)(str(root), train=True, download=True)

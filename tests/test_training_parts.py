@@ -1,0 +1,129 @@
+"""Schedule, optimizer, augmentation, models and the classification loss, each on its own."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+
+from selfstudy.augment import augment_options, batch_cutout, batch_flip_lr, batch_translate
+from selfstudy.errors import UserError
+from selfstudy.models import ResNet, Wrapper
+from selfstudy.optim import Schedule, build_optimizer, optimizer_class
+from selfstudy.tasks.classify import classify_loss
+
+
+def test_schedule_is_piecewise_linear_through_milestones() -> None:
+    schedule = Schedule(base_lr=0.0, milestones=(2, 6), target_lrs=(0.4, 0.0), steps_per_epoch=10)
+    assert schedule.lr(0) == 0.0
+    assert schedule.lr(10) == pytest.approx(0.2)  # half way to the first milestone
+    assert schedule.lr(20) == pytest.approx(0.4)
+    assert schedule.lr(40) == pytest.approx(0.2)
+    assert schedule.lr(60) == schedule.lr(99) == 0.0
+    assert schedule.num_epochs == 6
+    curved = Schedule(1.0, (2,), (0.0,), 10, exp_factor=2.0)
+    assert curved.lr(10) == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("milestones, lrs", [((5, 2), (0.1, 0.0)), ((5,), (0.1, 0.0)), ((), ())])
+def test_schedule_rejects_bad_milestones(milestones: tuple, lrs: tuple) -> None:
+    with pytest.raises(UserError, match="scheduler"):
+        Schedule(0.1, milestones, lrs, 10)
+
+
+def test_optimizer_by_name() -> None:
+    assert optimizer_class("AdamW") is torch.optim.AdamW
+    with pytest.raises(UserError, match="choose from: .*SGD"):
+        optimizer_class("Sgd")
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(2))], optim_fn="SGD", lr=0.3, momentum=0.9)
+    assert opt.defaults["lr"] == 0.3 and opt.defaults["momentum"] == 0.9
+
+
+def test_flip_mirrors_some_images_and_keeps_the_rest() -> None:
+    images = torch.randn(64, 3, 5, 5)
+    out = batch_flip_lr(images, torch.Generator().manual_seed(0))
+    flipped = [torch.equal(o, i.flip(-1)) for o, i in zip(out, images)]
+    kept = [torch.equal(o, i) for o, i in zip(out, images)]
+    assert all(f or k for f, k in zip(flipped, kept)) and 10 < sum(flipped) < 54
+
+
+def test_translate_is_a_crop_of_the_padded_image() -> None:
+    images = torch.randn(16, 2, 6, 6)
+    out = batch_translate(images, 2, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2), mode="reflect")
+    offsets = set()
+    for o, p in zip(out, padded):
+        matches = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(o, p[:, dy:dy + 6, dx:dx + 6])]
+        assert matches
+        offsets.add(matches[0])
+    assert len(offsets) > 3  # fresh offsets per image
+
+
+def test_cutout_erases_one_square_per_image() -> None:
+    images = torch.ones(32, 3, 16, 16)
+    out = batch_cutout(images, 4, torch.Generator().manual_seed(0))
+    erased = (out[:, 0] == 0).sum(dim=(1, 2))
+    assert (erased <= 16).all() and (erased > 0).all() and (erased == 16).sum() > 10
+    assert torch.equal(out[:, 0] == 0, out[:, 2] == 0)  # all channels together
+
+
+def test_augment_draws_fresh_randomness_each_batch() -> None:
+    augment = augment_options(color_jitter=0.4, grayscale=0.2, cutout=4)
+    images = torch.randn(8, 3, 8, 8)
+    mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
+    generator = torch.Generator().manual_seed(0)
+    first, second = augment(images, mean, std, generator), augment(images, mean, std, generator)
+    assert first.shape == images.shape and torch.isfinite(first).all() and not torch.equal(first, second)
+    with pytest.raises(UserError, match="need RGB"):
+        augment.check("lab")
+    assert not augment_options(do_augment=False).applies_to("train")
+    with pytest.raises(UserError, match="unknown splits"):
+        augment_options(do_augment=["train", "tset"])
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_torchvision_resnets_keep_torchvision_names(arch: str) -> None:
+    ours = ResNet(arch, input_res=224)
+    theirs = getattr(torchvision.models, arch)()
+    assert set(ours.state_dict()) == {k for k in theirs.state_dict() if not k.startswith("fc.")}
+    ours.load_state_dict({k: v for k, v in theirs.state_dict().items() if not k.startswith("fc.")})
+    assert ours.out_dim == theirs.fc.in_features
+
+
+def test_resnet_options() -> None:
+    net = ResNet("resnet18", input_res=32, feat_layer="layer3", freeze_at_k=2, out_feats=24)
+    assert net.out_dim == 24 and net.stage_names[-1] == "layer3"
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 24)
+    assert not any(p.requires_grad for p in net.layer1.parameters()) and not net.conv1.weight.requires_grad
+    assert all(p.requires_grad for p in net.layer2.parameters())
+    before = net.bn1.running_mean.clone()
+    net.train()(torch.randn(4, 3, 32, 32))
+    assert torch.equal(before, net.bn1.running_mean)  # frozen stages keep their statistics
+    with pytest.raises(UserError, match="choose from: prep, layer1"):
+        ResNet("resnet9", feat_layer="layer4")
+
+
+def test_wrapper_trains_only_the_classifier_when_asked() -> None:
+    model = Wrapper(ResNet("resnet9", width=4), num_classes=3, classifier="mlp", warmup_fc=2)
+    model.train()
+    for step, backbone_learns in ((0, False), (1, False), (2, True)):
+        model.set_step(step)
+        model.zero_grad()
+        model(torch.randn(4, 3, 16, 16)).logits.sum().backward()
+        assert (model.backbone.prep[0].weight.grad is not None) == backbone_learns
+        assert model.classifier[0].weight.grad is not None
+    frozen = Wrapper(ResNet("resnet9", width=4), num_classes=3, finetune_classifier=True)
+    assert not any(p.requires_grad for p in frozen.backbone.parameters())
+    with pytest.raises(UserError, match="fewer than"):
+        Wrapper(ResNet("resnet9", width=4), num_classes=3, out_classes=2)
+
+
+def test_classify_loss_against_hand_computed_values() -> None:
+    loss, accuracy = classify_loss(torch.zeros(4, 5), torch.tensor([0, 1, 2, 3]))
+    assert loss.item() == pytest.approx(math.log(5))
+    logits = torch.tensor([[3.0, 0.0], [0.0, 3.0], [3.0, 0.0]])
+    loss, accuracy = classify_loss(logits, torch.tensor([0, 1, 1]))
+    assert accuracy.item() == pytest.approx(2 / 3)
+    assert loss.item() == pytest.approx((2 * math.log(1 + math.exp(-3)) + math.log(1 + math.exp(3))) / 3, rel=1e-5)
