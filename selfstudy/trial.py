@@ -8,6 +8,7 @@ One `run_epoch()` trains one epoch, then evaluates the valid and test splits.
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 import subprocess
@@ -39,18 +40,20 @@ class SessionSettings:
     valid_iters: int
     test_iters: int
     restore_session: str | None
+    deterministic: bool
 
 
 @gin.configurable("session")
 def session_settings(task: str | Task = "ClassifyTask", dataset: str | DatasetFiles = "DigitsDataset",
                      train_iters: int = -1, valid_iters: int = -1, test_iters: int = 0,
-                     restore_session: str | None = None) -> SessionSettings:
+                     restore_session: str | None = None, deterministic: bool = False) -> SessionSettings:
     """`session.*`. `*_iters`: batches per epoch, -1 a full pass, 0 skips the split.
-    `restore_session`: "<exp>/<name>" of a snapshot to continue from (weights, optimizer, epoch)."""
+    `restore_session`: "<exp>/<name>" of a snapshot to continue from (weights, optimizer, epoch).
+    `deterministic`: bit-identical reruns on a GPU too (deterministic kernels; slower)."""
     for name, value in (("train_iters", train_iters), ("valid_iters", valid_iters), ("test_iters", test_iters)):
         if not isinstance(value, int) or value < -1:
             raise UserError(f"session.{name} must be -1 (full pass), 0 (skip) or a number of batches, got {value!r}")
-    return SessionSettings(task, dataset, train_iters, valid_iters, test_iters, restore_session)
+    return SessionSettings(task, dataset, train_iters, valid_iters, test_iters, restore_session, deterministic)
 
 
 def default_device() -> torch.device:
@@ -137,6 +140,9 @@ class Trial:
         torch.manual_seed(self.seed)
         self.device = default_device()
         parts = build_parts(config, self.device)
+        if parts.settings.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
         self.settings, self.augment, self.task, self.batch_size = parts.settings, parts.augment, parts.task, parts.batch_size
         self.model = parts.model.to(memory_format=torch.channels_last)
         wanted = ("train", "valid") + (("test",) if self.settings.test_iters else ())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -53,9 +53,10 @@ def test_grid_trials_get_their_own_bindings(grid_paths: Workspace) -> None:
         trial_dir = grid_paths.exp_dir / "grid" / trial
         assert f"BaseDataset.semisupervised = {budget}" in (trial_dir / "operative_config.gin").read_text()
         provenance = json.loads((trial_dir / "trial.json").read_text())
-        assert provenance["seed"] == 0 and "git_commit" in provenance
-        if (ROOT / ".git").exists():  # copies without git history record None
-            assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", provenance["git_commit"])
+        assert provenance["seed"] == 0
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+        if head.returncode == 0:  # a copy without git history records None
+            assert provenance["git_commit"].startswith(head.stdout.strip())
         assert len(trial) < 40  # short directory names; the config lives in params.json
 
 

@@ -25,7 +25,8 @@ def trial_config(*bindings: str) -> dict:
 
 def test_restored_trainable_continues_with_identical_metrics(workspace: Workspace, tmp_path: Path) -> None:
     config = trial_config("BaseDataset.semisupervised = 100", "augment.cutout = 6", "augment.color_jitter = 0.3",
-                          "scheduler.milestones = [1, 3]", "scheduler.target_lrs = [0.05, 0.0]")
+                          "scheduler.milestones = [1, 3]", "scheduler.target_lrs = [0.05, 0.0]",
+                          "session.deterministic = True")
     first = Session(config=config)
     first.train()
     first.save(str(tmp_path / "checkpoint"))
