@@ -29,6 +29,7 @@ from selfstudy.data.base import DataOptions
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper, build_model
 from selfstudy.optim import Schedule, build_optimizer, build_schedule
+from selfstudy.precision import autocast_dtype
 from selfstudy.tasks import Task, build_task
 
 
@@ -41,19 +42,23 @@ class SessionSettings:
     test_iters: int
     restore_session: str | None
     deterministic: bool
+    precision: str
 
 
 @gin.configurable("session")
 def session_settings(task: str | Task = "ClassifyTask", dataset: str | DatasetFiles = "DigitsDataset",
                      train_iters: int = -1, valid_iters: int = -1, test_iters: int = 0,
-                     restore_session: str | None = None, deterministic: bool = False) -> SessionSettings:
+                     restore_session: str | None = None, deterministic: bool = False,
+                     precision: str = "auto") -> SessionSettings:
     """`session.*`. `*_iters`: batches per epoch, -1 a full pass, 0 skips the split.
     `restore_session`: "<exp>/<name>" of a snapshot to continue from (weights, optimizer, epoch).
-    `deterministic`: bit-identical reruns on a GPU too (deterministic kernels; slower)."""
+    `deterministic`: bit-identical reruns on a GPU too (deterministic kernels; slower).
+    `precision`: 'auto' (bf16 autocast on a GPU, fp32 on the CPU), 'bf16', 'fp16' or 'fp32'."""
     for name, value in (("train_iters", train_iters), ("valid_iters", valid_iters), ("test_iters", test_iters)):
         if not isinstance(value, int) or value < -1:
             raise UserError(f"session.{name} must be -1 (full pass), 0 (skip) or a number of batches, got {value!r}")
-    return SessionSettings(task, dataset, train_iters, valid_iters, test_iters, restore_session, deterministic)
+    return SessionSettings(task, dataset, train_iters, valid_iters, test_iters, restore_session, deterministic,
+                           precision)
 
 
 def default_device() -> torch.device:
@@ -98,6 +103,7 @@ def check_trial(config: dict[str, Any]) -> None:
     parts.dataset.split_rows(parts.options)
     build_optimizer([p for p in parts.model.parameters() if p.requires_grad])
     build_schedule(1.0, 1)
+    autocast_dtype(parts.settings.precision, default_device())
     if parts.settings.restore_session:
         resolve_snapshot(parts.settings.restore_session, "session.restore_session")
 
@@ -145,6 +151,8 @@ class Trial:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.settings, self.augment, self.task, self.batch_size = parts.settings, parts.augment, parts.task, parts.batch_size
         self.model = parts.model.to(memory_format=torch.channels_last)
+        self.amp_dtype = autocast_dtype(self.settings.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         wanted = ("train", "valid") + (("test",) if self.settings.test_iters else ())
         self.splits: dict[str, DeviceSplit] = parts.dataset.load(parts.options, self.device, wanted)
         self.mean = torch.tensor(parts.dataset.train.mean, device=self.device)
@@ -189,6 +197,9 @@ class Trial:
                        lr=self.schedule.lr(self.step), done=self.done)
         return metrics
 
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
         sums = MetricSums()
@@ -200,10 +211,12 @@ class Trial:
             self.model.set_step(self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.schedule.lr(self.step)
-            loss, metrics = self.task.loss(self.model, batch)
+            with self.autocast():
+                loss, metrics = self.task.loss(self.model, batch)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.step += 1
             sums.add(metrics, len(batch.targets))
         means = sums.means("train")
@@ -219,13 +232,15 @@ class Trial:
         for batch in self.splits[split_name].batches(self.batch_size, iters, train=False):
             if self.augment.applies_to(split_name):
                 batch = batch._replace(images=self.augment(batch.images, self.mean, self.std, self.device_generator))
-            _, metrics = self.task.loss(self.model, batch)
+            with self.autocast():
+                _, metrics = self.task.loss(self.model, batch)
             sums.add(metrics, len(batch.targets))
         return sums.means(split_name)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                 "epoch": self.epoch, "best_accuracy": self.best_accuracy, "config": self.config,
+                "scaler": self.scaler.state_dict(),
                 "rng": rng_state(self.device_generator, self.shuffle_generator)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -236,6 +251,8 @@ class Trial:
             raise UserError(f"snapshot does not fit this trial's model or optimizer: "
                             f"{str(err).splitlines()[0]}") from None
         self.step, self.epoch, self.best_accuracy = state["step"], state["epoch"], state["best_accuracy"]
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"], self.device_generator, self.shuffle_generator)
 
     def save(self, directory: Path) -> Path:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
+import torch
 
 import ray.tune.trainable.trainable as ray_trainable
 from conftest import TINY, Workspace
@@ -52,3 +54,12 @@ def test_one_step_is_one_epoch_with_train_valid_test(workspace: Workspace) -> No
         assert 0.0 <= result[f"{split}_accuracy"] <= 1.0 and result[f"{split}_loss"] > 0
     assert result["mean_accuracy"] == result["valid_accuracy"]
     assert session.trial.step == 3  # train_iters batches per epoch
+
+
+def test_bf16_autocast_trains(workspace: Workspace) -> None:
+    session = Session(config=trial_config("session.precision = 'bf16'", "session.train_iters = 4",
+                                          "BaseDataset.semisupervised = 100"))
+    first, second = session.train(), session.train()
+    session.stop()
+    assert session.trial.amp_dtype is torch.bfloat16
+    assert math.isfinite(first["train_loss"]) and second["train_loss"] < first["train_loss"]

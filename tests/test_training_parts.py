@@ -12,6 +12,7 @@ from selfstudy.augment import augment_options, batch_cutout, batch_flip_lr, batc
 from selfstudy.errors import UserError
 from selfstudy.models import ResNet, Wrapper
 from selfstudy.optim import Schedule, build_optimizer, optimizer_class
+from selfstudy.precision import autocast_dtype
 from selfstudy.tasks.classify import classify_loss
 
 
@@ -127,3 +128,13 @@ def test_classify_loss_against_hand_computed_values() -> None:
     loss, accuracy = classify_loss(logits, torch.tensor([0, 1, 1]))
     assert accuracy.item() == pytest.approx(2 / 3)
     assert loss.item() == pytest.approx((2 * math.log(1 + math.exp(-3)) + math.log(1 + math.exp(3))) / 3, rel=1e-5)
+
+
+def test_precision_choices() -> None:
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
+        autocast_dtype("fp16", cpu)
+    with pytest.raises(UserError, match="choose from: auto, fp32, bf16, fp16"):
+        autocast_dtype("fp8", cpu)

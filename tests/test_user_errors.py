@@ -29,6 +29,7 @@ def assert_refused(workspace: Workspace, *args: str, says: str) -> None:
     (["-p", 'Wrapper.pretrained = "nowhere/at_all"'], "no snapshot at"),
     (["-p", "BaseDataset.semisupervised = 100000"], "exceeds the"),
     (["-e", "never_ran", "--resume"], "nothing to resume"),
+    (["-p", "session.precision = 'fp8'"], "unknown session.precision 'fp8'"),
     (["-e", "../escape"], "experiment name"),
 ])
 def test_cli_mistakes(workspace: Workspace, args: list[str], says: str) -> None:
