@@ -75,24 +75,19 @@ def check_variants(variants: list[dict[str, Any]]) -> None:
             check_trial(config)
 
 
-def machine_resources() -> dict[str, float]:
-    import torch
-
-    gpus = torch.cuda.device_count()
-    cpus = os.cpu_count() or 1
-    return {"cpu": max(1, cpus // gpus), "gpu": 1} if gpus else {"cpu": cpus}
+def per_trial(cpus: int, gpus: int) -> dict[str, float]:
+    """One GPU per trial where GPUs exist (with an equal share of the CPUs), else all CPUs."""
+    return {"cpu": max(1, cpus // gpus), "gpu": 1} if gpus else {"cpu": max(1, cpus)}
 
 
 def trial_resources(ray_config: RayConfig, cluster: dict[str, float] | None = None) -> dict[str, float]:
     """CPUs/GPUs per trial: the Ray config's, or derived from what exists, so no trial waits forever."""
     if cluster is None:
-        available = machine_resources()
-    else:
-        gpus = int(cluster.get("GPU", 0))
-        cpus = int(cluster.get("CPU", 1))
-        available = {"cpu": max(1, cpus // gpus), "gpu": 1} if gpus else {"cpu": cpus}
-    wanted = ray_config.resources_per_trial or available
-    have_gpu = available.get("gpu", 0) if cluster is None else cluster.get("GPU", 0)
+        import torch
+
+        cluster = {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
+    have_gpu = int(cluster.get("GPU", 0))
+    wanted = ray_config.resources_per_trial or per_trial(int(cluster.get("CPU", 1)), have_gpu)
     if wanted.get("gpu", 0) > have_gpu:
         raise UserError(f"Ray config '{ray_config.name}' asks {wanted['gpu']} GPU per trial but there are "
                         f"{have_gpu}: lower resources_per_trial or run where GPUs exist")

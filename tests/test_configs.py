@@ -55,3 +55,16 @@ def test_grid_search_derives_batch_size_from_budget() -> None:
     assert len(variants) == 8
     for config in variants:
         assert config["dataloader.batch_size"] == min(128, config["BaseDataset.semisupervised"] // 4)
+
+
+def test_trial_resources_follow_the_machine() -> None:
+    from selfstudy.errors import UserError
+    from selfstudy.experiment import trial_resources
+    from selfstudy.rayconfig import RayConfig
+
+    plain = RayConfig(name="plain", search_space={})
+    assert trial_resources(plain, cluster={"CPU": 16, "GPU": 2}) == {"cpu": 8, "gpu": 1}
+    assert trial_resources(plain, cluster={"CPU": 2}) == {"cpu": 2}
+    greedy = RayConfig(name="greedy", search_space={}, resources_per_trial={"cpu": 1, "gpu": 1})
+    with pytest.raises(UserError, match="asks 1 GPU per trial but there are 0"):
+        trial_resources(greedy, cluster={"CPU": 2, "GPU": 0})

@@ -167,12 +167,15 @@ class DeviceSplit:
                 dtype: torch.dtype = torch.float32) -> Iterator[Batch]:
         """Yield the epoch's batches; training order is a fresh permutation per pass."""
         n = len(self)
-        order = torch.randperm(n, generator=generator) if train else torch.arange(n)
-        position = 0
+        device = self.targets.device
+
+        def new_pass() -> torch.Tensor:  # drawn on the CPU generator, moved once per pass
+            return (torch.randperm(n, generator=generator) if train else torch.arange(n)).to(device)
+
+        order, position = new_pass(), 0
         for _ in range(self.num_batches(batch_size, iters, train)):
             if position + (batch_size if train else 1) > n:  # start another pass
-                order = torch.randperm(n, generator=generator) if train else torch.arange(n)
-                position = 0
-            index = order[position: position + batch_size].to(self.targets.device)
+                order, position = new_pass(), 0
+            index = order[position: position + batch_size]
             position += batch_size
             yield Batch(self.images[index].to(dtype), self.targets[index], index)
