@@ -23,7 +23,6 @@ import paths
 from selfstudy.data import hdf5
 from selfstudy.errors import UserError
 
-SPLITS = ("train", "valid", "test")
 SPLIT_SEED = 0  # fixes the valid split and label subsets across trials
 
 
