@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,15 +42,29 @@ def timed(fn, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def resnet9_trainer(device: torch.device) -> Callable[[torch.Tensor, torch.Tensor, torch.dtype | None], None]:
+    """A training step of ResNet-9 (10 classes, SGD), as a function of images, targets and autocast dtype."""
+    torch.backends.cudnn.benchmark = True
+    model = Wrapper(ResNet("resnet9"), num_classes=10).to(device, memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+
+    def step(images: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype | None) -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(model(images).logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.backends.cudnn.benchmark = True
-    model = Wrapper(ResNet("resnet9"), num_classes=10).to(device, memory_format=torch.channels_last).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    train = resnet9_trainer(device)
     images = torch.randn(args.batch, 3, 32, 32, device=device).half()
     targets = torch.randint(0, 10, (args.batch,), device=device)
     augment = Augment(flip=True, crop=4, cutout=8)
@@ -57,11 +72,7 @@ def main() -> None:
     generator = torch.Generator(device=device).manual_seed(0)
 
     def step(dtype: torch.dtype | None) -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = F.cross_entropy(model(images.float()).logits.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train(images.float(), targets, dtype)
 
     fp32 = timed(lambda: step(None), args.steps, device)
     bf16 = timed(lambda: step(torch.bfloat16), args.steps, device)

@@ -57,20 +57,19 @@ def load_snapshot(path: Path, setting: str) -> dict[str, Any]:
     return state
 
 
-def rng_state(device_generator: torch.Generator | None, shuffle_generator: torch.Generator) -> dict[str, Any]:
-    """Every random state a trial draws from, so a restored trial continues exactly."""
+def rng_state(device_generator: torch.Generator | None) -> dict[str, Any]:
+    """Every random state a trial draws from, so a restored trial continues exactly.
+    (Shuffling needs none: it is a function of the seed and the epoch.)"""
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "device": device_generator.get_state() if device_generator is not None else None,
-        "shuffle": shuffle_generator.get_state(),
     }
 
 
-def set_rng_state(state: dict[str, Any], device_generator: torch.Generator | None,
-                  shuffle_generator: torch.Generator) -> None:
+def set_rng_state(state: dict[str, Any], device_generator: torch.Generator | None) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -78,4 +77,3 @@ def set_rng_state(state: dict[str, Any], device_generator: torch.Generator | Non
         torch.cuda.set_rng_state_all(state["cuda"])
     if device_generator is not None and state["device"] is not None:
         device_generator.set_state(state["device"])
-    shuffle_generator.set_state(state["shuffle"])

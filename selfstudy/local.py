@@ -45,3 +45,4 @@ def run_local(exp_dir: Path, variants: list[dict[str, Any]], ray_config: RayConf
                         shutil.rmtree(checkpoints.pop(0))
                 if trial.done:
                     break
+        trial.close()

@@ -28,3 +28,6 @@ class Session(tune.Trainable):
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         self.trial.restore(Path(checkpoint_dir))
+
+    def cleanup(self) -> None:
+        self.trial.close()

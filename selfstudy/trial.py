@@ -24,7 +24,7 @@ import paths
 from selfstudy.augment import Augment, augment_options
 from selfstudy.checkpoint import load_snapshot, resolve_snapshot, rng_state, save_snapshot, set_rng_state
 from selfstudy.config import bind_trial
-from selfstudy.data import DatasetFiles, DeviceSplit, batch_size_option, build_dataset, data_options
+from selfstudy.data import Batch, DatasetFiles, DividedSplit, ResidentSplit, batch_size_option, build_dataset, data_options
 from selfstudy.data.base import DataOptions
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper, build_model
@@ -85,12 +85,17 @@ def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
     dataset = build_dataset(settings.dataset)
     options = data_options()
     augment = augment_options()
-    augment.check(dataset.train.color_space)
+    augment.check(dataset.train.color_space, dense_targets=bool(dataset.train.target_shape))
+    if options.double_sample and augment.transform_targets:
+        raise UserError("BaseDataset.double_sample and augment.transform_targets cannot be combined: two views "
+                        "would need two target maps; turn one of them off")
     task = build_task(settings.task)
     task.check(dataset)
     with torch.device(device):
         model = build_model(dataset.channels, dataset.resolution(options), dataset.num_classes)
-    return Parts(settings, dataset, options, batch_size_option(), augment, task, model)
+    batch_size = batch_size_option()
+    dataset.check(options, batch_size)
+    return Parts(settings, dataset, options, batch_size, augment, task, model)
 
 
 def check_trial(config: dict[str, Any]) -> None:
@@ -100,7 +105,6 @@ def check_trial(config: dict[str, Any]) -> None:
     but not loaded; the label budget and schedule are validated.
     """
     parts = build_parts(config, torch.device("meta"))
-    parts.dataset.split_rows(parts.options)
     build_optimizer([p for p in parts.model.parameters() if p.requires_grad])
     build_schedule(1.0, 1)
     autocast_dtype(parts.settings.precision, default_device())
@@ -150,17 +154,17 @@ class Trial:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.settings, self.augment, self.task, self.batch_size = parts.settings, parts.augment, parts.task, parts.batch_size
+        self.double_sample = parts.options.double_sample
         self.model = parts.model.to(memory_format=torch.channels_last)
         self.amp_dtype = autocast_dtype(self.settings.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         wanted = ("train", "valid") + (("test",) if self.settings.test_iters else ())
-        self.splits: dict[str, DeviceSplit] = parts.dataset.load(parts.options, self.device, wanted)
+        self.splits: dict[str, ResidentSplit | DividedSplit] = parts.dataset.load(parts.options, self.device, wanted)
         self.mean = torch.tensor(parts.dataset.train.mean, device=self.device)
         self.std = torch.tensor(parts.dataset.train.std, device=self.device)
         self.optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad])
         steps = self.splits["train"].num_batches(self.batch_size, self.settings.train_iters, train=True)
         self.schedule: Schedule = build_schedule(self.optimizer.defaults["lr"], steps)
-        self.shuffle_generator = torch.Generator().manual_seed(self.seed)
         self.device_generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.step = 0
         self.epoch = 0
@@ -200,14 +204,18 @@ class Trial:
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
+    def prepare(self, batch: Batch, split: str) -> Batch:
+        """The batch as the task sees it: augmented if the split is, with its second view if asked."""
+        if self.augment.applies_to(split):
+            return self.augment.batch(batch, self.mean, self.std, self.device_generator, self.double_sample)
+        return batch._replace(view2=batch.images) if self.double_sample else batch
+
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
         sums = MetricSums()
         split = self.splits["train"]
-        for batch in split.batches(self.batch_size, self.settings.train_iters, train=True,
-                                   generator=self.shuffle_generator):
-            if self.augment.applies_to("train"):
-                batch = batch._replace(images=self.augment(batch.images, self.mean, self.std, self.device_generator))
+        for batch in split.batches(self.batch_size, self.settings.train_iters, shuffle=(self.seed, self.epoch)):
+            batch = self.prepare(batch, "train")
             self.model.set_step(self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.schedule.lr(self.step)
@@ -229,9 +237,8 @@ class Trial:
     def evaluate(self, split_name: str, iters: int) -> dict[str, float]:
         self.model.eval()
         sums = MetricSums()
-        for batch in self.splits[split_name].batches(self.batch_size, iters, train=False):
-            if self.augment.applies_to(split_name):
-                batch = batch._replace(images=self.augment(batch.images, self.mean, self.std, self.device_generator))
+        for batch in self.splits[split_name].batches(self.batch_size, iters):
+            batch = self.prepare(batch, split_name)
             with self.autocast():
                 _, metrics = self.task.loss(self.model, batch)
             sums.add(metrics, len(batch.targets))
@@ -241,7 +248,7 @@ class Trial:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                 "epoch": self.epoch, "best_accuracy": self.best_accuracy, "config": self.config,
                 "scaler": self.scaler.state_dict(),
-                "rng": rng_state(self.device_generator, self.shuffle_generator)}
+                "rng": rng_state(self.device_generator)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         try:
@@ -253,10 +260,15 @@ class Trial:
         self.step, self.epoch, self.best_accuracy = state["step"], state["epoch"], state["best_accuracy"]
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"], self.device_generator, self.shuffle_generator)
+        set_rng_state(state["rng"], self.device_generator)
 
     def save(self, directory: Path) -> Path:
         return save_snapshot(directory, self.state_dict())
 
     def restore(self, directory: Path) -> None:
         self.load_state_dict(load_snapshot(directory / "snapshot", "checkpoint"))
+
+    def close(self) -> None:
+        """Stop background reads of divided splits."""
+        for split in self.splits.values():
+            split.close()

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import gin
 import pytest
 
 import paths
@@ -43,6 +44,12 @@ class Workspace:
     def popen(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, env=self.env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_gin() -> None:
+    """Bindings parsed by an in-process trial must not leak into the next test."""
+    gin.clear_config()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Datasets: the HDF5 format, splits, label budgets, batches, CIFAR conversion."""
+"""Datasets: the HDF5 format, splits, label budgets, resident batches, CIFAR conversion."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 
 import paths
 from conftest import Workspace, make_fake_cifar
-from selfstudy.data import CIFARDataset, DigitsDataset, HDF5Dataset, data_options
-from selfstudy.data.base import DeviceSplit, balanced_subset
+from selfstudy.data import CIFARDataset, DigitsDataset, FolderDataset, ResidentSplit, data_options
+from selfstudy.data.base import balanced_subset
 from selfstudy.errors import UserError
 
 
@@ -22,9 +22,11 @@ def test_digits_files(workspace: Workspace) -> None:
     assert (digits.train.num_images, digits.test.num_images) == (1500, 297)
     assert digits.train.image_shape == (3, 32, 32) and digits.num_classes == 10
     with h5py.File(digits.train.path) as f:
-        data = f["data"][...].astype(np.float32)
-        assert f["data"].dtype == np.float16
-    assert np.abs(data.mean(axis=(0, 2, 3))).max() < 1e-2  # normalised with its own statistics
+        raw = f["data"][...].astype(np.float32)
+        assert f["data"].dtype == np.float16 and raw.min() >= 0 and raw.max() <= 1  # pixel values
+    assert raw.mean(axis=(0, 2, 3)) == pytest.approx(digits.train.mean, abs=1e-3)
+    data = digits.load(data_options(num_valid=0), torch.device("cpu"), ("train",))["train"].images.float().numpy()
+    assert np.abs(data.mean(axis=(0, 2, 3))).max() < 1e-2  # normalised on loading with the stored statistics
     assert np.abs(data.std(axis=(0, 2, 3)) - 1).max() < 1e-2
 
 
@@ -51,15 +53,17 @@ def test_balanced_subset_is_deterministic_and_balanced() -> None:
 
 
 def test_batches_visit_each_image_once_per_pass() -> None:
-    split = DeviceSplit(torch.zeros(70, 3, 4, 4, dtype=torch.float16), torch.arange(70))
-    generator = torch.Generator().manual_seed(0)
-    train = list(split.batches(16, -1, train=True, generator=generator))
+    split = ResidentSplit(torch.zeros(70, 3, 4, 4, dtype=torch.float16), torch.arange(70))
+    train = list(split.batches(16, -1, shuffle=(0, 1)))
     assert len(train) == 4 and all(len(b.targets) == 16 for b in train)  # the partial batch is dropped
     seen = torch.cat([b.index for b in train])
     assert len(set(seen.tolist())) == 64 and torch.equal(seen, torch.cat([b.targets for b in train]))
-    evaluation = list(split.batches(16, -1, train=False))
+    evaluation = list(split.batches(16, -1))
     assert torch.equal(torch.cat([b.index for b in evaluation]), torch.arange(70))
-    assert len(list(split.batches(16, 9, train=True, generator=generator))) == 9  # more than one pass
+    assert len(list(split.batches(16, 9, shuffle=(0, 1)))) == 9  # more than one pass
+    again = list(split.batches(16, -1, shuffle=(0, 1)))
+    assert torch.equal(seen, torch.cat([b.index for b in again]))  # a function of (seed, epoch)
+    assert not torch.equal(seen, torch.cat([b.index for b in split.batches(16, -1, shuffle=(0, 2))]))
     assert train[0].images.dtype == torch.float32
 
 
@@ -83,8 +87,7 @@ def test_cifar_release_converts_to_hdf5(tmp_path: Path, monkeypatch: pytest.Monk
     assert targets.tolist() == raw[b"labels"]
     if not lab:
         pixel = raw[b"data"][0].reshape(3, 32, 32)[:, 5, 7] / 255.0
-        restored = data[0, :, 5, 7] * np.array(cifar.test.std) + np.array(cifar.test.mean)
-        assert restored == pytest.approx(pixel, abs=2e-3)
+        assert data[0, :, 5, 7] == pytest.approx(pixel, abs=2e-3)
     else:
         assert 20 < cifar.train.mean[0] < 80  # L of random colours, in [0, 100]
 
@@ -98,11 +101,11 @@ def test_cifar_absent_offline_says_where_to_put_it(workspace: Workspace, tmp_pat
     assert not (tmp_path / "empty" / "cifar" / "cifar10").exists() and not workspace.exp_dir.exists()
 
 
-def test_hdf5_dataset_errors(tmp_path: Path) -> None:
+def test_folder_dataset_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="missing dataset file"):
-        HDF5Dataset(str(tmp_path))
+        FolderDataset(str(tmp_path))
     with h5py.File(tmp_path / "train.h5", "w") as f:
         f["data"] = np.zeros((2, 3, 4, 4), np.float16)
     (tmp_path / "test.h5").write_bytes(b"garbage")
     with pytest.raises(UserError, match="lacks targets"):
-        HDF5Dataset(str(tmp_path))
+        FolderDataset(str(tmp_path))

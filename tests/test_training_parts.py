@@ -1,4 +1,4 @@
-"""Schedule, optimizer, augmentation, models and the classification loss, each on its own."""
+"""Schedule, optimizer, models and the classification loss, each on its own."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 import torch
 import torchvision
 
-from selfstudy.augment import augment_options, batch_cutout, batch_flip_lr, batch_translate
 from selfstudy.errors import UserError
 from selfstudy.models import ResNet, Wrapper
 from selfstudy.optim import Schedule, build_optimizer, optimizer_class
@@ -40,48 +39,6 @@ def test_optimizer_by_name() -> None:
         optimizer_class("Sgd")
     opt = build_optimizer([torch.nn.Parameter(torch.zeros(2))], optim_fn="SGD", lr=0.3, momentum=0.9)
     assert opt.defaults["lr"] == 0.3 and opt.defaults["momentum"] == 0.9
-
-
-def test_flip_mirrors_some_images_and_keeps_the_rest() -> None:
-    images = torch.randn(64, 3, 5, 5)
-    out = batch_flip_lr(images, torch.Generator().manual_seed(0))
-    flipped = [torch.equal(o, i.flip(-1)) for o, i in zip(out, images)]
-    kept = [torch.equal(o, i) for o, i in zip(out, images)]
-    assert all(f or k for f, k in zip(flipped, kept)) and 10 < sum(flipped) < 54
-
-
-def test_translate_is_a_crop_of_the_padded_image() -> None:
-    images = torch.randn(16, 2, 6, 6)
-    out = batch_translate(images, 2, torch.Generator().manual_seed(0))
-    padded = torch.nn.functional.pad(images, (2, 2, 2, 2), mode="reflect")
-    offsets = set()
-    for o, p in zip(out, padded):
-        matches = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(o, p[:, dy:dy + 6, dx:dx + 6])]
-        assert matches
-        offsets.add(matches[0])
-    assert len(offsets) > 3  # fresh offsets per image
-
-
-def test_cutout_erases_one_square_per_image() -> None:
-    images = torch.ones(32, 3, 16, 16)
-    out = batch_cutout(images, 4, torch.Generator().manual_seed(0))
-    erased = (out[:, 0] == 0).sum(dim=(1, 2))
-    assert (erased <= 16).all() and (erased > 0).all() and (erased == 16).sum() > 10
-    assert torch.equal(out[:, 0] == 0, out[:, 2] == 0)  # all channels together
-
-
-def test_augment_draws_fresh_randomness_each_batch() -> None:
-    augment = augment_options(color_jitter=0.4, grayscale=0.2, cutout=4)
-    images = torch.randn(8, 3, 8, 8)
-    mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
-    generator = torch.Generator().manual_seed(0)
-    first, second = augment(images, mean, std, generator), augment(images, mean, std, generator)
-    assert first.shape == images.shape and torch.isfinite(first).all() and not torch.equal(first, second)
-    with pytest.raises(UserError, match="need RGB"):
-        augment.check("lab")
-    assert not augment_options(do_augment=False).applies_to("train")
-    with pytest.raises(UserError, match="unknown splits"):
-        augment_options(do_augment=["train", "tset"])
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])

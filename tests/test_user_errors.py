@@ -38,12 +38,12 @@ def test_cli_mistakes(workspace: Workspace, args: list[str], says: str) -> None:
 
 def test_missing_and_corrupt_dataset_files(workspace: Workspace, tmp_path: Path) -> None:
     folder = tmp_path / "mine"
-    assert_refused(workspace, "-p", f"session.dataset = @HDF5Dataset()", f"HDF5Dataset.path = '{folder}'",
+    assert_refused(workspace, "-p", f"session.dataset = @FolderDataset()", f"FolderDataset.path = '{folder}'",
                    says=f"missing dataset file {folder / 'train.h5'}")
     folder.mkdir()
     for name in ("train.h5", "test.h5"):
         (folder / name).write_bytes(b"\x89HDF\r\n not really")
-    assert_refused(workspace, "-p", "session.dataset = @HDF5Dataset()", f"HDF5Dataset.path = '{folder}'",
+    assert_refused(workspace, "-p", "session.dataset = @FolderDataset()", f"FolderDataset.path = '{folder}'",
                    says=f"corrupt dataset file {folder / 'train.h5'}")
 
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Callable
 
-from selfstudy.data.base import Batch, DatasetFiles, DeviceSplit, HDF5Dataset, batch_size_option, data_options
+from selfstudy.data.base import DatasetFiles, FolderDataset, batch_size_option, data_options
 from selfstudy.data.cifar import CIFARDataset
 from selfstudy.data.digits import DigitsDataset
+from selfstudy.data.splits import Batch, DividedSplit, ResidentSplit
 from selfstudy.errors import UserError
 
 DATASETS: dict[str, Callable[[], DatasetFiles]] = {
     "DigitsDataset": DigitsDataset,
     "CIFARDataset": CIFARDataset,
-    "HDF5Dataset": HDF5Dataset,
+    "FolderDataset": FolderDataset,
 }
 
 
@@ -25,4 +26,5 @@ def build_dataset(choice: str | DatasetFiles) -> DatasetFiles:
     return DATASETS[choice]()
 
 
-__all__ = ["Batch", "DATASETS", "DatasetFiles", "DeviceSplit", "batch_size_option", "build_dataset", "data_options"]
+__all__ = ["Batch", "DATASETS", "DatasetFiles", "DividedSplit", "ResidentSplit", "batch_size_option", "build_dataset",
+           "data_options"]

@@ -1,8 +1,8 @@
-"""Device-resident splits served as whole batches by index.
+"""Dataset options (`BaseDataset.*`), datasets on disk, and their train/valid/test rows.
 
 A dataset on disk is a pair of HDF5 split files (train, test; see `hdf5.py`). Loading it
-for a trial reads the images once into one float16 tensor per split on the training
-device; a batch is then a single indexing operation, with no per-sample Python.
+for a trial puts each split on the training device (see `splits.py`): whole, or in
+divisions when it has more than `BaseDataset.max_images` images.
 The validation split is the last `num_valid` images of a fixed permutation of the
 training file (the same for every trial); `semisupervised = N` keeps N class-balanced
 labelled images of the rest.
@@ -12,42 +12,53 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
 
 import gin
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import paths
 from selfstudy.data import hdf5
+from selfstudy.data.splits import DividedSplit, Placement, ResidentSplit
 from selfstudy.errors import UserError
 
 SPLIT_SEED = 0  # fixes the valid split and label subsets across trials
 
 
-class Batch(NamedTuple):
-    images: torch.Tensor  # B x C x H x W, compute dtype, normalised
-    targets: torch.Tensor  # B, int64
-    index: torch.Tensor  # B, int64: row of each image in its split
-
-
 @dataclass(frozen=True)
 class DataOptions:
     input_res: int | None
+    max_images: int | None
+    chunk_size: int
+    use_fp16: bool
     semisupervised: int | None
     num_valid: int | None
+    double_sample: bool
 
 
 @gin.configurable("BaseDataset")
-def data_options(input_res: int | None = None, semisupervised: int | None = None,
-                 num_valid: int | None = None) -> DataOptions:
-    """`BaseDataset.*`: resolution (pixels; None keeps the stored one), labelled-image
-    budget (None or 0: all), validation images (None: a tenth of the training file)."""
+def data_options(input_res: int | None = None, max_images: int | None = None, chunk_size: int = 1024,
+                 use_fp16: bool = True, semisupervised: int | None = None, num_valid: int | None = None,
+                 double_sample: bool = False) -> DataOptions:
+    """`BaseDataset.*`.
+
+    input_res       resolution in pixels (None keeps the stored one)
+    max_images      images of one split held on the device at once; a larger split is served
+                    in divisions read in the background (None: every split resident)
+    chunk_size      rows per HDF5 read, and the unit of shuffling across divisions
+    use_fp16        keep images as float16 on the device (half the memory); else float32
+    semisupervised  labelled training images, class-balanced (None or 0: all)
+    num_valid       validation images taken from the training file (None: a tenth)
+    double_sample   every batch carries two independently augmented views of its images
+    """
     for name, value in (("input_res", input_res), ("semisupervised", semisupervised), ("num_valid", num_valid)):
         if value is not None and (not isinstance(value, int) or value < 0):
             raise UserError(f"BaseDataset.{name} must be a non-negative integer or None, got {value!r}")
-    return DataOptions(input_res, semisupervised or None, num_valid)
+    for name, value in (("max_images", max_images), ("chunk_size", chunk_size)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UserError(f"BaseDataset.{name} must be a positive integer, got {value!r}")
+    return DataOptions(input_res, max_images, chunk_size, bool(use_fp16), semisupervised or None, num_valid,
+                       bool(double_sample))
 
 
 @gin.configurable("dataloader")
@@ -93,30 +104,46 @@ class DatasetFiles:
         order = np.random.default_rng(SPLIT_SEED).permutation(n)
         rows = {"train": np.sort(order[: n - num_valid]), "valid": np.sort(order[n - num_valid:])}
         if options.semisupervised:
-            _, targets = hdf5.read_arrays(self.train.path, rows["train"])
+            targets = hdf5.read_targets(self.train.path)[rows["train"]]
             rows["train"] = rows["train"][balanced_subset(targets, options.semisupervised, self.name)]
         return rows
 
-    def load(self, options: DataOptions, device: torch.device, splits: tuple[str, ...]) -> dict[str, "DeviceSplit"]:
-        """Read the requested splits onto `device` at the requested resolution."""
+    def check(self, options: DataOptions, batch_size: int) -> None:
+        """Raise the `UserError` loading with these options would meet."""
+        self.split_rows(options)
+        if options.max_images is not None and options.max_images < batch_size:
+            raise UserError(f"BaseDataset.max_images = {options.max_images} is smaller than dataloader.batch_size "
+                            f"= {batch_size}: a division must hold at least one batch")
+
+    def placement(self, options: DataOptions, device: torch.device) -> Placement:
+        return Placement(device, self.resolution(options), torch.tensor(self.train.mean, device=device),
+                         torch.tensor(self.train.std, device=device), not self.train.normalised,
+                         torch.float16 if options.use_fp16 else torch.float32)
+
+    def load(self, options: DataOptions, device: torch.device,
+             splits: tuple[str, ...]) -> dict[str, ResidentSplit | DividedSplit]:
+        """Put the requested splits on `device`: resident, or divided when larger than max_images."""
         rows = self.split_rows(options)
-        loaded = {}
+        rows["test"] = np.arange(self.test.num_images)
+        placement = self.placement(options, device)
+        loaded: dict[str, ResidentSplit | DividedSplit] = {}
         for split in splits:
-            if split == "test":
-                images, targets = hdf5.read_arrays(self.test.path)
+            path = self.test.path if split == "test" else self.train.path
+            if options.max_images is not None and len(rows[split]) > options.max_images:
+                loaded[split] = DividedSplit(path, rows[split], placement, options.max_images, options.chunk_size)
             else:
-                images, targets = hdf5.read_arrays(self.train.path, rows[split])
-            loaded[split] = DeviceSplit.from_arrays(images, targets, self.resolution(options), device)
+                images, targets = hdf5.read_rows(path, rows[split], options.chunk_size)
+                loaded[split] = ResidentSplit(placement.images(images), placement.targets(targets))
         return loaded
 
 
 @gin.configurable
-def HDF5Dataset(path: str) -> DatasetFiles:  # noqa: N802  (the gin name users write)
-    """Any dataset in the project's format: a folder holding train.h5 and test.h5
-    (absolute, or relative to DATA_DIR)."""
+def FolderDataset(path: str) -> DatasetFiles:  # noqa: N802  (the gin name users write)
+    """A dataset made by `misc/make_dataset.py` (or any in the project's format): the folder
+    holding train.h5 and test.h5, absolute or relative to DATA_DIR."""
     folder = Path(path).expanduser()
     folder = folder if folder.is_absolute() else paths.DATA_DIR / folder
-    return DatasetFiles.open(f"HDF5Dataset({path})", folder / "train.h5", folder / "test.h5")
+    return DatasetFiles.open(f"FolderDataset({path})", folder / "train.h5", folder / "test.h5")
 
 
 def balanced_subset(targets: np.ndarray, budget: int, name: str) -> np.ndarray:
@@ -133,48 +160,3 @@ def balanced_subset(targets: np.ndarray, budget: int, name: str) -> np.ndarray:
                 picked.append(int(members[depth]))
         depth += 1
     return np.sort(np.array(picked))
-
-
-@dataclass
-class DeviceSplit:
-    """One split held on the training device."""
-
-    images: torch.Tensor  # N x C x H x W float16, normalised
-    targets: torch.Tensor  # N int64
-
-    @classmethod
-    def from_arrays(cls, images: np.ndarray, targets: np.ndarray, res: int, device: torch.device) -> "DeviceSplit":
-        x = torch.from_numpy(images).to(device)
-        if x.shape[-1] != res or x.shape[-2] != res:
-            x = F.interpolate(x.float(), size=(res, res), mode="bilinear", antialias=True, align_corners=False)
-        return cls(x.to(torch.float16).contiguous(), torch.from_numpy(targets).long().to(device))
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def num_batches(self, batch_size: int, iters: int, train: bool) -> int:
-        """Batches per epoch: `iters`, or a full pass when `iters == -1`.
-
-        A training pass drops a last partial batch when at least one full batch exists.
-        """
-        if iters >= 0:
-            return iters
-        full, rest = divmod(len(self), batch_size)
-        return full if (train and full) else full + bool(rest)
-
-    def batches(self, batch_size: int, iters: int, train: bool, generator: torch.Generator | None = None,
-                dtype: torch.dtype = torch.float32) -> Iterator[Batch]:
-        """Yield the epoch's batches; training order is a fresh permutation per pass."""
-        n = len(self)
-        device = self.targets.device
-
-        def new_pass() -> torch.Tensor:  # drawn on the CPU generator, moved once per pass
-            return (torch.randperm(n, generator=generator) if train else torch.arange(n)).to(device)
-
-        order, position = new_pass(), 0
-        for _ in range(self.num_batches(batch_size, iters, train)):
-            if position + (batch_size if train else 1) > n:  # start another pass
-                order, position = new_pass(), 0
-            index = order[position: position + batch_size]
-            position += batch_size
-            yield Batch(self.images[index].to(dtype), self.targets[index], index)

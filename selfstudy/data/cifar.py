@@ -14,11 +14,11 @@ from pathlib import Path
 
 import gin
 import numpy as np
-import torch
 
 import paths
 from selfstudy.data import hdf5
 from selfstudy.data.base import DatasetFiles
+from selfstudy.data.folder import to_lab
 from selfstudy.errors import UserError
 
 RELEASES = {
@@ -52,13 +52,6 @@ def _fetch(root: Path, use_100: bool) -> None:
         ) from None
 
 
-def to_lab(images: np.ndarray) -> np.ndarray:
-    """RGB in [0, 1] -> CIELAB (L in [0, 100], a/b roughly [-128, 127]); N x 3 x H x W."""
-    import kornia
-
-    return kornia.color.rgb_to_lab(torch.from_numpy(images)).numpy()
-
-
 def make_cifar(root: Path, target: Path, use_100: bool, lab: bool) -> None:
     """Convert the pickled release under `root` into HDF5 train/test files in `target`."""
     folder, train_files, test_files, meta_file, label_key, names_key = RELEASES[use_100]
@@ -75,8 +68,7 @@ def make_cifar(root: Path, target: Path, use_100: bool, lab: bool) -> None:
     mean = arrays["train"][0].mean(axis=(0, 2, 3))
     std = arrays["train"][0].std(axis=(0, 2, 3))
     for split, (images, targets) in arrays.items():
-        normalised = (images - mean[None, :, None, None]) / std[None, :, None, None]
-        hdf5.write_split(target / f"{split}.h5", normalised, targets, names, mean, std, "lab" if lab else "rgb")
+        hdf5.write_split(target / f"{split}.h5", images, targets, names, mean, std, "lab" if lab else "rgb")
 
 
 @gin.configurable

@@ -1,8 +1,7 @@
 """scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes), offline.
 
 Made once into `DATA_DIR/digits/{train,test}.h5`: upsampled to 32x32, grey replicated to
-three channels, normalised with the training split's statistics; 297 images form the
-test split.
+three channels, with the training split's mean/std; 297 images form the test split.
 """
 
 from __future__ import annotations
@@ -33,10 +32,9 @@ def make_digits(directory) -> None:
     test, train = order[:NUM_TEST], order[NUM_TEST:]
     mean = images[train].mean(axis=(0, 2, 3))
     std = images[train].std(axis=(0, 2, 3))
-    normalised = (images - mean[None, :, None, None]) / std[None, :, None, None]
     classes = [str(c) for c in digits.target_names]
     for name, rows in (("train", train), ("test", test)):
-        hdf5.write_split(directory / f"{name}.h5", normalised[rows], targets[rows], classes, mean, std)
+        hdf5.write_split(directory / f"{name}.h5", images[rows], targets[rows], classes, mean, std)
 
 
 @gin.configurable

@@ -1,12 +1,15 @@
 """The project's HDF5 format: one file per split.
 
 Datasets in a file:
-    data     float16, N x C x H x W, already normalised with the stored mean/std
+    data     float16, N x C x H x W: pixel values (RGB in [0, 1], or CIELAB)
     targets  int64, N (class index)
 Attributes:
-    mean, std     per-channel statistics of the training split (before normalisation)
+    mean, std     per-channel statistics of the training split, used to normalise on loading
     classes       class names, in target order
     color_space   'rgb' or 'lab'
+    normalised    False; files of the first layout (absent attribute) hold normalised data
+
+Files are read in chunks of rows, never whole: see `read_rows`.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ class SplitInfo:
     path: Path
     num_images: int
     image_shape: tuple[int, int, int]  # C, H, W
+    target_shape: tuple[int, ...]  # () for a class per image, (H, W) for dense targets
     classes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     color_space: str
+    normalised: bool
 
 
 def write_split(
@@ -43,19 +48,34 @@ def write_split(
     std: np.ndarray,
     color_space: str = "rgb",
 ) -> None:
-    """Write a split atomically: a crash leaves either no file or a complete one."""
-    if np.any(np.asarray(std) <= 0):
-        raise UserError(f"refusing to write {path}: a channel has std {list(std)}; the images are constant")
+    """Write a split of raw pixel values atomically: a crash leaves either no file or a complete one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with h5py.File(tmp, "w") as f:
-        f.create_dataset("data", data=data.astype(np.float16), chunks=(min(len(data), 256),) + data.shape[1:])
-        f.create_dataset("targets", data=targets.astype(np.int64))
-        f.attrs["classes"] = list(classes)
-        f.attrs["mean"] = np.asarray(mean, dtype=np.float64)
-        f.attrs["std"] = np.asarray(std, dtype=np.float64)
-        f.attrs["color_space"] = color_space
+        create_split(f, data.shape, classes, color_space)
+        f["data"][...] = data.astype(np.float16)
+        f["targets"][...] = targets.astype(np.int64)
+        set_statistics(f, mean, std)
     os.replace(tmp, path)
+
+
+def create_split(f: h5py.File, shape: tuple[int, ...], classes: list[str], color_space: str) -> None:
+    """Create the datasets and attributes of an empty split of `shape` (N x C x H x W) in `f`."""
+    f.create_dataset("data", shape=shape, dtype=np.float16, chunks=(min(shape[0], 256),) + tuple(shape[1:]))
+    f.create_dataset("targets", shape=(shape[0],), dtype=np.int64)
+    f.attrs["classes"] = list(classes)
+    f.attrs["color_space"] = color_space
+    f.attrs["normalised"] = False
+
+
+def set_statistics(f: h5py.File, mean: np.ndarray, std: np.ndarray) -> None:
+    """Store the per-channel mean/std that loading normalises with; a zero std is refused."""
+    std = np.asarray(std, dtype=np.float64)
+    if not np.all(std > 0):  # also catches NaN
+        raise UserError(f"refusing to write {f.filename}: channel std {std.tolist()} is not positive, so the "
+                        "images are constant in a channel; check the source images")
+    f.attrs["mean"] = np.asarray(mean, dtype=np.float64)
+    f.attrs["std"] = std
 
 
 def read_info(path: Path) -> SplitInfo:
@@ -68,28 +88,48 @@ def read_info(path: Path) -> SplitInfo:
             if missing:
                 raise UserError(f"dataset file {path} lacks {', '.join(missing)}: rebuild it (delete it and rerun)")
             data, targets = f["data"], f["targets"]
-            if data.ndim != 4 or targets.shape != (data.shape[0],):
+            if data.ndim != 4 or targets.shape[:1] != data.shape[:1]:
                 raise UserError(f"dataset file {path} has data {data.shape} and targets {targets.shape}; "
-                                "expected N x C x H x W and N: rebuild it")
+                                "expected N x C x H x W and N (or N x H x W): rebuild it")
             return SplitInfo(
                 path=path,
                 num_images=int(data.shape[0]),
                 image_shape=tuple(int(s) for s in data.shape[1:]),
+                target_shape=tuple(int(s) for s in targets.shape[1:]),
                 classes=tuple(str(c) for c in f.attrs["classes"]),
                 mean=tuple(float(m) for m in f.attrs["mean"]),
                 std=tuple(float(s) for s in f.attrs["std"]),
                 color_space=str(f.attrs.get("color_space", "rgb")),
+                normalised=bool(f.attrs.get("normalised", True)),
             )
     except (OSError, KeyError) as err:
         raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None
 
 
-def read_arrays(path: Path, index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Images (float16) and targets of a split, all or the sorted rows in `index`."""
+def read_targets(path: Path) -> np.ndarray:
+    """All targets of a split (no images)."""
     try:
         with h5py.File(path, "r") as f:
-            if index is None:
-                return f["data"][...], f["targets"][...]
-            return f["data"][index], f["targets"][index]
+            return f["targets"][...]
+    except OSError as err:
+        raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None
+
+
+def read_rows(path: Path, rows: np.ndarray | None, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (float16, raw) and targets of the sorted file `rows` (None: all), read in pieces
+    of at most `chunk_size` rows, each one contiguous slice unless the rows are sparse in it."""
+    try:
+        with h5py.File(path, "r") as f:
+            data, targets = f["data"], f["targets"]
+            rows = np.arange(len(targets)) if rows is None else np.asarray(rows, dtype=np.int64)
+            images = np.empty((len(rows),) + data.shape[1:], dtype=np.float16)
+            for start in range(0, len(rows), chunk_size):
+                piece = rows[start: start + chunk_size]
+                first, last = int(piece[0]), int(piece[-1]) + 1
+                if last - first <= 2 * len(piece):  # dense: one slice, then select
+                    images[start: start + len(piece)] = data[first:last][piece - first]
+                else:
+                    images[start: start + len(piece)] = data[piece]
+            return images, targets[...][rows]
     except OSError as err:
         raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None

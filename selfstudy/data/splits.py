@@ -1,0 +1,226 @@
+"""Splits on the training device, served as batches by index.
+
+A split that fits in `BaseDataset.max_images` is resident: read once into one device tensor,
+so a batch is a single indexing operation. A larger split is divided: it is served in
+divisions of at most `max_images` images. While one division trains on the device, a
+background thread reads the next from the HDF5 file in chunks of `chunk_size` rows, so the
+host holds at most the next division and the device at most the current one.
+
+Shuffling is a pure function of (seed, epoch). A divided split shuffles twice: chunks of
+`chunk_size` consecutive rows, with boundaries shifted by a random offset each epoch, are
+dealt to divisions in random order (so divisions mix differently every epoch while each
+division is read in file order), and then each division's images are permuted on the device.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from selfstudy.data import hdf5
+
+PIECE_VALUES = 1 << 24  # values converted on the device at a time (bounds the float32 temporary)
+Shuffle = tuple[int, int]  # (seed, epoch); None means in order
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # B x C x H x W float32, normalised
+    targets: torch.Tensor  # B int64 (classes), or B x H x W dense targets
+    index: torch.Tensor  # B int64: position of each image in its split
+    view2: torch.Tensor | None = None  # a second view of the same images (BaseDataset.double_sample)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How stored images become device tensors: resolution, normalisation, storage dtype."""
+
+    device: torch.device
+    res: int
+    mean: torch.Tensor  # C, on the device
+    std: torch.Tensor  # C, on the device
+    normalise: bool  # False for files that already hold normalised values
+    dtype: torch.dtype  # float16 (BaseDataset.use_fp16) or float32
+
+    def images(self, raw: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw float16 N x C x H x W from a file -> N x C x res x res on the device (into `out`)."""
+        if out is None:
+            out = torch.empty((len(raw), raw.shape[1], self.res, self.res), dtype=self.dtype, device=self.device)
+        piece = max(1, PIECE_VALUES // max(1, raw[:1].size))
+        for start in range(0, len(raw), piece):
+            x = torch.from_numpy(raw[start: start + piece]).to(self.device).float()
+            if x.shape[-2:] != (self.res, self.res):
+                x = F.interpolate(x, size=(self.res, self.res), mode="bilinear", antialias=True, align_corners=False)
+            if self.normalise:
+                x = (x - self.mean[:, None, None]) / self.std[:, None, None]
+            out[start: start + len(x)] = x
+        return out
+
+    def targets(self, raw: np.ndarray) -> torch.Tensor:
+        """Targets N (classes) or N x H x W (dense, resized with nearest sampling) on the device."""
+        t = torch.from_numpy(raw).to(self.device)
+        if t.ndim == 3 and t.shape[-2:] != (self.res, self.res):
+            t = F.interpolate(t[:, None].float(), size=(self.res, self.res), mode="nearest")[:, 0].to(t.dtype)
+        return t
+
+
+def num_batches(size: int, batch_size: int, iters: int, train: bool) -> int:
+    """Batches per epoch: `iters`, or a full pass when `iters == -1`.
+
+    A training pass drops a last partial batch when at least one full batch exists.
+    """
+    if iters >= 0:
+        return iters
+    full, rest = divmod(size, batch_size)
+    return full if (train and full) else full + bool(rest)
+
+
+def new_rng(shuffle: Shuffle | None) -> np.random.Generator | None:
+    return None if shuffle is None else np.random.default_rng(list(shuffle))
+
+
+class ResidentSplit:
+    """A split held whole on the training device."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
+        self.images = images  # N x C x H x W, storage dtype, normalised
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def num_batches(self, batch_size: int, iters: int, train: bool) -> int:
+        return num_batches(len(self), batch_size, iters, train)
+
+    def batches(self, batch_size: int, iters: int, shuffle: Shuffle | None = None) -> Iterator[Batch]:
+        """The epoch's batches: a fresh permutation per pass when `shuffle` is given, else in order."""
+        n, device, rng = len(self), self.targets.device, new_rng(shuffle)
+        train = rng is not None
+
+        def new_pass() -> torch.Tensor:  # drawn on the host, moved once per pass
+            return torch.from_numpy(rng.permutation(n)).to(device) if train else torch.arange(n, device=device)
+
+        order, position = new_pass(), 0
+        for _ in range(self.num_batches(batch_size, iters, train)):
+            if position + (batch_size if train else 1) > n:  # start another pass
+                order, position = new_pass(), 0
+            index = order[position: position + batch_size]
+            position += batch_size
+            yield Batch(self.images[index].float(), self.targets[index], index)
+
+    def close(self) -> None:
+        pass
+
+
+class DividedSplit:
+    """A split served in divisions of at most `max_images`, read in the background."""
+
+    def __init__(self, path: Path, rows: np.ndarray, placement: Placement, max_images: int, chunk_size: int):
+        self.path, self.rows, self.placement = path, rows, placement  # rows: sorted rows of the file
+        self.max_images, self.chunk_size = max_images, chunk_size
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfstudy-read")
+        self._pending: tuple[np.ndarray, Future] | None = None  # a division read ahead, by positions
+        self._images: torch.Tensor | None = None  # the device store, max_images long, reused
+        self._targets: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def num_batches(self, batch_size: int, iters: int, train: bool) -> int:
+        return num_batches(len(self), batch_size, iters, train)
+
+    def plan(self, rng: np.random.Generator | None) -> list[np.ndarray]:
+        """One pass: the sorted positions (into `rows`) of each division, in serving order."""
+        positions = np.arange(len(self))
+        if rng is not None:
+            cuts = np.arange(rng.integers(self.chunk_size), len(self), self.chunk_size)
+            chunks = np.split(positions, cuts)
+            positions = np.concatenate([chunks[i] for i in rng.permutation(len(chunks))])
+        return [np.sort(positions[s: s + self.max_images]) for s in range(0, len(self), self.max_images)]
+
+    def _read(self, positions: np.ndarray) -> Future:
+        """Start reading a division, or take the one read ahead if it is this one."""
+        if self._pending is not None:
+            ahead, future = self._pending
+            self._pending = None
+            if np.array_equal(ahead, positions):
+                return future
+            future.cancel()
+        return self._reader.submit(hdf5.read_rows, self.path, self.rows[positions], self.chunk_size)
+
+    def _upload(self, future: Future) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move a read division into the device store; returns views of the filled part."""
+        raw_images, raw_targets = future.result()
+        n = len(raw_targets)
+        if self._images is None:
+            shape = (self.max_images, raw_images.shape[1], self.placement.res, self.placement.res)
+            self._images = torch.empty(shape, dtype=self.placement.dtype, device=self.placement.device)
+        targets = self.placement.targets(raw_targets)
+        if self._targets is None:
+            self._targets = torch.empty((self.max_images,) + targets.shape[1:], dtype=targets.dtype,
+                                        device=self.placement.device)
+        self.placement.images(raw_images, out=self._images[:n])
+        self._targets[:n] = targets
+        return self._images[:n], self._targets[:n]
+
+    def batches(self, batch_size: int, iters: int, shuffle: Shuffle | None = None) -> Iterator[Batch]:
+        """As `ResidentSplit.batches`; batches may span two divisions. When the epoch's last
+        division starts training, the first division of the next epoch (shuffle epoch + 1) is
+        read ahead."""
+        rng = new_rng(shuffle)
+        train = rng is not None
+        remaining = self.num_batches(batch_size, iters, train)
+        queue = deque(self.plan(rng))
+        future = self._read(queue[0])
+        carry: Batch | None = None  # images left over from the previous division, fewer than a batch
+        while remaining > 0:
+            positions = queue.popleft()
+            images, targets = self._upload(future)
+            end_of_pass = not queue
+            available = len(positions) + (len(carry.index) if carry else 0)
+            makes = available // batch_size + (end_of_pass and not train and available % batch_size > 0)
+            if makes >= remaining:  # the call ends in this division: read ahead for the next call
+                following = None if shuffle is None else (shuffle[0], shuffle[1] + 1)
+                ahead = self.plan(new_rng(following))[0]
+                self._pending = (ahead, self._reader.submit(hdf5.read_rows, self.path, self.rows[ahead],
+                                                            self.chunk_size))
+            else:
+                if end_of_pass:
+                    queue.extend(self.plan(rng))
+                future = self._read(queue[0])
+            local = torch.from_numpy(rng.permutation(len(positions)) if train else np.arange(len(positions)))
+            local = local.to(images.device)
+            index = torch.from_numpy(positions).to(images.device)[local]
+            start = 0
+            if carry is not None:
+                need = batch_size - len(carry.index)
+                head = local[:need]
+                batch = Batch(torch.cat([carry.images, images[head].float()]),
+                              torch.cat([carry.targets, targets[head]]), torch.cat([carry.index, index[:need]]))
+                carry, start = None, need
+                if len(batch.index) == batch_size or (end_of_pass and not train):
+                    yield batch
+                    remaining -= 1
+                else:
+                    carry = batch
+            while remaining > 0 and start < len(local):
+                part = local[start: start + batch_size]
+                batch = Batch(images[part].float(), targets[part], index[start: start + batch_size])
+                start += batch_size
+                if len(part) == batch_size or (end_of_pass and not train):
+                    yield batch
+                    remaining -= 1
+                else:
+                    carry = batch
+            if end_of_pass:
+                carry = None  # training drops a pass's last partial batch
+
+    def close(self) -> None:
+        self._pending = None
+        self._reader.shutdown(wait=False, cancel_futures=True)
