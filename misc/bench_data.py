@@ -109,7 +109,7 @@ def torchvision_images_per_s(n: int, device: torch.device, batch: int, steps: in
     loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, drop_last=True,
                                          num_workers=os.cpu_count(), pin_memory=device.type == "cuda",
                                          persistent_workers=True, prefetch_factor=4)
-    batches = iter(loader)
+    batches = (batch for _ in iter(int, 1) for batch in loader)  # epoch after epoch
     for _ in range(2):  # workers start
         next(batches)
     start = time.perf_counter()
@@ -152,7 +152,17 @@ def rss_child(folder: str, max_images: int, batch: int) -> None:
         AUGMENT.batch(b, mean, std, None)
     sync(device)
     split.close()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(peak_rss_of_this_process_mb())
+
+
+def peak_rss_of_this_process_mb() -> float:
+    """VmHWM where /proc has it (ru_maxrss would include the parent's peak, kept across fork + exec)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1024)
 
 
 def main() -> None:

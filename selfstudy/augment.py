@@ -24,38 +24,52 @@ def reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     return torch.where(index > size - 1, 2 * (size - 1) - index, index)
 
 
-def flip_translate_grid(b: int, h: int, w: int, pad: int, flip: bool, generator: torch.Generator | None,
-                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source rows (B x H) and columns (B x W) of a random left-right flip (probability 1/2)
+class Tables:
+    """Per-size lookup tables that turn a batch's random draws into gather indices with a
+    handful of kernels (the augmentation is bound by kernel launches, not arithmetic)."""
+
+    def __init__(self, h: int, w: int, pad: int, cutout: int, device: torch.device):
+        shifts = torch.arange(-pad, pad + 1, device=device)[:, None]  # (2 pad + 1) x 1
+        self.rows = reflect(torch.arange(h, device=device) + shifts, h) * w  # shift -> source row offsets
+        cols = reflect(torch.arange(w, device=device) + shifts, w)
+        self.cols = torch.cat([cols, w - 1 - cols])  # shift, then shift + (2 pad + 1) when mirrored
+        self.cut_rows = self.inside(h, cutout, device)  # centre -> rows the square covers
+        self.cut_cols = self.inside(w, cutout, device)
+
+    @staticmethod
+    def inside(size: int, cutout: int, device: torch.device) -> torch.Tensor:
+        offset = torch.arange(size, device=device)[None, :] - torch.arange(size, device=device)[:, None]
+        return (offset + cutout // 2 >= 0) & (offset + cutout // 2 < cutout)  # centre x pixel
+
+
+def flip_translate_index(b: int, pad: int, flip: bool, tables: Tables,
+                         generator: torch.Generator | None) -> torch.Tensor:
+    """Flat source pixel (B x H x W, into H * W) of a random left-right flip (probability 1/2)
     and a random shift by -pad..pad pixels with reflection at the borders."""
-    rows = torch.arange(h, device=device).expand(b, h)
-    cols = torch.arange(w, device=device).expand(b, w)
-    if pad:
-        dy, dx = torch.randint(-pad, pad + 1, (2, b), device=device, generator=generator)
-        rows, cols = reflect(rows + dy[:, None], h), reflect(cols + dx[:, None], w)
+    device = tables.rows.device
+    shift = torch.randint(0, 2 * pad + 1, (2, b), device=device, generator=generator)
     if flip:
         mirror = torch.rand(b, device=device, generator=generator) < 0.5
-        cols = torch.where(mirror[:, None], w - 1 - cols, cols)
-    return rows, cols
+        shift[1] += mirror * (2 * pad + 1)
+    return tables.rows[shift[0]][:, :, None] + tables.cols[shift[1]][:, None, :]
 
 
-def gather_grid(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """x[b, ..., rows[b, i], cols[b, j]] for x of B x C x H x W or B x H x W."""
-    batch = torch.arange(x.shape[0], device=x.device)
+def gather_pixels(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[b, ..., index[b, i, j]] with x of B x C x H x W or B x H x W and flat indices B x H x W."""
+    b, h, w = index.shape
     if x.ndim == 3:
-        return x[batch[:, None, None], rows[:, :, None], cols[:, None, :]]
-    channel = torch.arange(x.shape[1], device=x.device)
-    return x[batch[:, None, None, None], channel[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+        return x.reshape(b, h * w).gather(1, index.reshape(b, h * w)).view(b, h, w)
+    c = x.shape[1]
+    return x.reshape(b, c, h * w).gather(2, index.reshape(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
 
 
-def batch_cutout(images: torch.Tensor, size: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Zero (the mean colour, as images are normalised) one size x size square per image;
-    squares may overlap the border."""
+def batch_cutout(images: torch.Tensor, size: int, tables: Tables, generator: torch.Generator | None) -> torch.Tensor:
+    """Zero (the mean colour, as images are normalised) one size x size square per image,
+    centred on a random pixel; squares may overlap the border."""
     b, _, h, w = images.shape
-    cy, cx = torch.randint(0, h, (2, b), device=images.device, generator=generator)
-    ys = torch.arange(h, device=images.device)[None, :] - cy[:, None] + size // 2  # B x H
-    xs = torch.arange(w, device=images.device)[None, :] - cx[:, None] + size // 2  # B x W
-    inside = ((ys >= 0) & (ys < size))[:, :, None] & ((xs >= 0) & (xs < size))[:, None, :]  # B x H x W
+    cy = torch.randint(0, h, (b,), device=images.device, generator=generator)
+    cx = torch.randint(0, w, (b,), device=images.device, generator=generator)
+    inside = tables.cut_rows[cy][:, :, None] & tables.cut_cols[cx][:, None, :]  # B x H x W
     return images.masked_fill(inside[:, None], 0.0)
 
 
@@ -73,6 +87,7 @@ class Augment:
     transform_targets: bool = False
     splits: tuple[str, ...] = ("train",)
     _kornia: dict = field(default_factory=dict, repr=False, compare=False)  # modules per image size
+    _tables: dict = field(default_factory=dict, repr=False, compare=False)  # Tables per size and device
 
     def __post_init__(self) -> None:
         if not (0 <= self.grayscale <= 1 and 0 <= self.blur <= 1 and 0 <= self.resized_crop <= 1):
@@ -114,6 +129,11 @@ class Augment:
             self._kornia[(h, w)] = ops
         return self._kornia[(h, w)]
 
+    def tables(self, h: int, w: int, device: torch.device) -> Tables:
+        if (h, w, device) not in self._tables:
+            self._tables[(h, w, device)] = Tables(h, w, self.crop, self.cutout, device)
+        return self._tables[(h, w, device)]
+
     def __call__(self, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                  generator: torch.Generator | None = None,
                  targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -131,13 +151,14 @@ class Augment:
             images = (ops["color"]((images * scale + shift).clamp(0, 1)) - shift) / scale
         if "blur" in ops:
             images = ops["blur"](images)
+        tables = self.tables(h, w, images.device)
         if self.flip or self.crop:
-            rows, cols = flip_translate_grid(b, h, w, self.crop, self.flip, generator, images.device)
-            images = gather_grid(images, rows, cols)
+            index = flip_translate_index(b, self.crop, self.flip, tables, generator)
+            images = gather_pixels(images, index)
             if targets is not None:
-                targets = gather_grid(targets, rows, cols)
+                targets = gather_pixels(targets, index)
         if self.cutout:
-            images = batch_cutout(images, self.cutout, generator)
+            images = batch_cutout(images, self.cutout, tables, generator)
         return images, targets
 
     def batch(self, batch: Batch, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import TINY
-from selfstudy.augment import Augment, augment_options, batch_cutout, flip_translate_grid, gather_grid
+from selfstudy.augment import Augment, Tables, augment_options, batch_cutout, flip_translate_index, gather_pixels
 from selfstudy.config import split_binding
 from selfstudy.errors import UserError
 from selfstudy.trial import Trial
@@ -28,8 +28,8 @@ def quadrant_scene(b: int = 16, size: int = 32) -> tuple[torch.Tensor, torch.Ten
 
 def test_flip_and_translate_crop_the_reflected_image() -> None:
     images = torch.randn(32, 2, 6, 6)
-    rows, cols = flip_translate_grid(32, 6, 6, 2, True, torch.Generator().manual_seed(0), images.device)
-    out = gather_grid(images, rows, cols)
+    index = flip_translate_index(32, 2, True, Tables(6, 6, 2, 0, images.device), torch.Generator().manual_seed(0))
+    out = gather_pixels(images, index)
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2), mode="reflect")
     seen = set()
     for o, p in zip(out, padded):
@@ -42,7 +42,7 @@ def test_flip_and_translate_crop_the_reflected_image() -> None:
 
 def test_cutout_erases_one_square_per_image() -> None:
     images = torch.ones(32, 3, 16, 16)
-    out = batch_cutout(images, 4, torch.Generator().manual_seed(0))
+    out = batch_cutout(images, 4, Tables(16, 16, 0, 4, images.device), torch.Generator().manual_seed(0))
     erased = (out[:, 0] == 0).sum(dim=(1, 2))
     assert (erased <= 16).all() and (erased > 0).all() and (erased == 16).sum() > 10
     assert torch.equal(out[:, 0] == 0, out[:, 2] == 0)  # all channels together

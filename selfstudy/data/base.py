@@ -128,12 +128,13 @@ class DatasetFiles:
         placement = self.placement(options, device)
         loaded: dict[str, ResidentSplit | DividedSplit] = {}
         for split in splits:
-            path = self.test.path if split == "test" else self.train.path
+            info = self.test if split == "test" else self.train
             if options.max_images is not None and len(rows[split]) > options.max_images:
-                loaded[split] = DividedSplit(path, rows[split], placement, options.max_images, options.chunk_size)
+                loaded[split] = DividedSplit(info.path, rows[split], info.image_shape, placement,
+                                             options.max_images, options.chunk_size)
             else:
-                images, targets = hdf5.read_rows(path, rows[split], options.chunk_size)
-                loaded[split] = ResidentSplit(placement.images(images), placement.targets(targets))
+                images, targets = hdf5.read_rows(info.path, rows[split], options.chunk_size)
+                loaded[split] = ResidentSplit(placement.images(torch.from_numpy(images)), placement.targets(targets))
         return loaded
 
 

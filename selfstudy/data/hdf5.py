@@ -115,21 +115,27 @@ def read_targets(path: Path) -> np.ndarray:
         raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None
 
 
-def read_rows(path: Path, rows: np.ndarray | None, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images (float16, raw) and targets of the sorted file `rows` (None: all), read in pieces
-    of at most `chunk_size` rows, each one contiguous slice unless the rows are sparse in it."""
+def read_rows(path: Path, rows: np.ndarray | None, chunk_size: int,
+              out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images (float16, raw; into `out` when given) and targets of the sorted file `rows` (None: all).
+
+    The file is read as contiguous slices within windows of `chunk_size` rows, so memory
+    beyond the result stays bounded and no slow point selection is used.
+    """
     try:
         with h5py.File(path, "r") as f:
             data, targets = f["data"], f["targets"]
             rows = np.arange(len(targets)) if rows is None else np.asarray(rows, dtype=np.int64)
-            images = np.empty((len(rows),) + data.shape[1:], dtype=np.float16)
-            for start in range(0, len(rows), chunk_size):
-                piece = rows[start: start + chunk_size]
-                first, last = int(piece[0]), int(piece[-1]) + 1
-                if last - first <= 2 * len(piece):  # dense: one slice, then select
-                    images[start: start + len(piece)] = data[first:last][piece - first]
+            images = np.empty((len(rows),) + data.shape[1:], dtype=np.float16) if out is None else out
+            buffer = np.empty((min(chunk_size, len(targets)),) + data.shape[1:], dtype=np.float16)
+            starts = np.flatnonzero(np.diff(rows // chunk_size, prepend=-1))  # first row of each window
+            for begin, end in zip(starts, np.append(starts[1:], len(rows))):
+                first, last = int(rows[begin]), int(rows[end - 1]) + 1
+                if last - first == end - begin:  # every row of the slice is wanted
+                    data.read_direct(images, np.s_[first:last], np.s_[begin:end])
                 else:
-                    images[start: start + len(piece)] = data[piece]
+                    data.read_direct(buffer, np.s_[first:last], np.s_[0:last - first])
+                    images[begin:end] = buffer[rows[begin:end] - first]
             return images, targets[...][rows]
     except OSError as err:
         raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None

@@ -3,8 +3,9 @@
 A split that fits in `BaseDataset.max_images` is resident: read once into one device tensor,
 so a batch is a single indexing operation. A larger split is divided: it is served in
 divisions of at most `max_images` images. While one division trains on the device, a
-background thread reads the next from the HDF5 file in chunks of `chunk_size` rows, so the
-host holds at most the next division and the device at most the current one.
+background thread reads the next from the HDF5 file in chunks of `chunk_size` rows into one
+reused host buffer, so the host holds at most the next division and the device at most the
+current one.
 
 Shuffling is a pure function of (seed, epoch). A divided split shuffles twice: chunks of
 `chunk_size` consecutive rows, with boundaries shifted by a random offset each epoch, are
@@ -48,13 +49,14 @@ class Placement:
     normalise: bool  # False for files that already hold normalised values
     dtype: torch.dtype  # float16 (BaseDataset.use_fp16) or float32
 
-    def images(self, raw: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw float16 N x C x H x W from a file -> N x C x res x res on the device (into `out`)."""
+    def images(self, raw: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw float16 N x C x H x W from a file (host memory, pinned for an asynchronous copy)
+        -> N x C x res x res on the device (into `out`)."""
         if out is None:
             out = torch.empty((len(raw), raw.shape[1], self.res, self.res), dtype=self.dtype, device=self.device)
-        piece = max(1, PIECE_VALUES // max(1, raw[:1].size))
+        piece = max(1, PIECE_VALUES // max(1, raw[:1].numel()))
         for start in range(0, len(raw), piece):
-            x = torch.from_numpy(raw[start: start + piece]).to(self.device).float()
+            x = raw[start: start + piece].to(self.device, non_blocking=True).float()
             if x.shape[-2:] != (self.res, self.res):
                 x = F.interpolate(x, size=(self.res, self.res), mode="bilinear", antialias=True, align_corners=False)
             if self.normalise:
@@ -121,12 +123,16 @@ class ResidentSplit:
 class DividedSplit:
     """A split served in divisions of at most `max_images`, read in the background."""
 
-    def __init__(self, path: Path, rows: np.ndarray, placement: Placement, max_images: int, chunk_size: int):
+    def __init__(self, path: Path, rows: np.ndarray, stored_shape: tuple[int, ...], placement: Placement,
+                 max_images: int, chunk_size: int):
         self.path, self.rows, self.placement = path, rows, placement  # rows: sorted rows of the file
+        self.stored_shape = stored_shape  # C x H x W in the file
         self.max_images, self.chunk_size = max_images, chunk_size
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfstudy-read")
         self._pending: tuple[np.ndarray, Future] | None = None  # a division read ahead, by positions
         self._images: torch.Tensor | None = None  # the device store, max_images long, reused
+        self._staging: torch.Tensor | None = None  # the host buffer the reader fills, max_images long, reused
+        self._uploaded: torch.cuda.Event | None = None  # marks the end of the last copy out of _staging
         self._targets: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -152,7 +158,19 @@ class DividedSplit:
             if np.array_equal(ahead, positions):
                 return future
             future.cancel()
-        return self._reader.submit(hdf5.read_rows, self.path, self.rows[positions], self.chunk_size)
+        return self._reader.submit(self._read_division, positions)
+
+    def _read_division(self, positions: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """(In the reader thread.) A division's raw images, in the one host buffer (pinned when
+        the device is a GPU, so that the copy to the device runs asynchronously)."""
+        if self._staging is None:
+            self._staging = torch.empty((self.max_images,) + self.stored_shape, dtype=torch.float16,
+                                        pin_memory=self.placement.device.type == "cuda")
+        if self._uploaded is not None:
+            self._uploaded.synchronize()  # the previous division has left the buffer
+        images = self._staging[: len(positions)]
+        _, targets = hdf5.read_rows(self.path, self.rows[positions], self.chunk_size, out=images.numpy())
+        return images, targets
 
     def _upload(self, future: Future) -> tuple[torch.Tensor, torch.Tensor]:
         """Move a read division into the device store; returns views of the filled part."""
@@ -167,6 +185,9 @@ class DividedSplit:
                                         device=self.placement.device)
         self.placement.images(raw_images, out=self._images[:n])
         self._targets[:n] = targets
+        if self.placement.device.type == "cuda":
+            self._uploaded = torch.cuda.Event()
+            self._uploaded.record()
         return self._images[:n], self._targets[:n]
 
     def batches(self, batch_size: int, iters: int, shuffle: Shuffle | None = None) -> Iterator[Batch]:
@@ -188,8 +209,7 @@ class DividedSplit:
             if makes >= remaining:  # the call ends in this division: read ahead for the next call
                 following = None if shuffle is None else (shuffle[0], shuffle[1] + 1)
                 ahead = self.plan(new_rng(following))[0]
-                self._pending = (ahead, self._reader.submit(hdf5.read_rows, self.path, self.rows[ahead],
-                                                            self.chunk_size))
+                self._pending = (ahead, self._reader.submit(self._read_division, ahead))
             else:
                 if end_of_pass:
                     queue.extend(self.plan(rng))
