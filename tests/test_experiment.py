@@ -153,7 +153,8 @@ checkpoint_frequency = 1
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
 
-    finished = [d for d in exp.glob("trial_*") if '"done": true' in (d / "result.json").read_text()]
+    results = [d / "result.json" for d in exp.glob("trial_*") if (d / "result.json").exists()]  # the second
+    finished = [r.parent for r in results if '"done": true' in r.read_text()]  # may not have written one yet
     assert len(finished) == 1
     finished_lines = (finished[0] / "result.json").read_text()
 
