@@ -13,6 +13,7 @@ import torch
 import paths
 from conftest import Workspace, make_fake_cifar
 from selfstudy.data import CIFARDataset, DigitsDataset, FolderDataset, ResidentSplit, data_options
+from selfstudy.data import hdf5
 from selfstudy.data.base import balanced_subset
 from selfstudy.errors import UserError
 
@@ -108,4 +109,10 @@ def test_folder_dataset_errors(tmp_path: Path) -> None:
         f["data"] = np.zeros((2, 3, 4, 4), np.float16)
     (tmp_path / "test.h5").write_bytes(b"garbage")
     with pytest.raises(UserError, match="lacks targets"):
+        FolderDataset(str(tmp_path))
+    for name in ("train.h5", "test.h5"):
+        with h5py.File(tmp_path / name, "w") as f:
+            hdf5.create_split(f, (2, 3, 4, 4), ["a"], "rgb")
+            f.attrs.update(mean=np.zeros(3), std=np.array([1.0, 0.0, 1.0]))
+    with pytest.raises(UserError, match=r"stores channel std \[1.0, 0.0, 1.0\]"):
         FolderDataset(str(tmp_path))

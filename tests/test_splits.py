@@ -61,7 +61,9 @@ def test_divisions_visit_every_training_image_once_per_epoch(numbered) -> None:
 def test_divided_matches_resident_in_order_and_spans_passes(numbered) -> None:
     divided = numbered.load(data_options(max_images=64, chunk_size=16, num_valid=0), CPU, ("train", "test"))
     resident = numbered.load(data_options(num_valid=0), CPU, ("train", "test"))
-    assert isinstance(resident["train"], ResidentSplit)
+    assert isinstance(resident["train"], ResidentSplit) and resident["train"].images.dtype == torch.float16
+    full = numbered.load(data_options(num_valid=0, use_fp16=False), CPU, ("train",))["train"]
+    assert full.images.dtype == torch.float32  # BaseDataset.use_fp16 = False
     ordered = list(divided["train"].batches(32, -1))  # evaluation order, last batch partial
     assert [len(b.index) for b in ordered] == [32] * 9 + [12]
     assert torch.equal(torch.cat([rows_of(b) for b in ordered]), torch.arange(300))
