@@ -24,7 +24,8 @@ import paths
 from selfstudy.augment import Augment, augment_options
 from selfstudy.checkpoint import load_snapshot, resolve_snapshot, rng_state, save_snapshot, set_rng_state
 from selfstudy.config import bind_trial
-from selfstudy.data import Batch, DatasetFiles, DividedSplit, ResidentSplit, batch_size_option, build_dataset, data_options
+from selfstudy.data import (Batch, DatasetFiles, DividedSplit, ResidentSplit, batch_size_option, build_dataset,
+                            data_options)
 from selfstudy.data.base import DataOptions
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper, build_model
@@ -159,7 +160,8 @@ class Trial:
         self.amp_dtype = autocast_dtype(self.settings.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         wanted = ("train", "valid") + (("test",) if self.settings.test_iters else ())
-        self.splits: dict[str, ResidentSplit | DividedSplit] = parts.dataset.load(parts.options, self.device, wanted)
+        self.splits: dict[str, ResidentSplit | DividedSplit]
+        self.splits = parts.dataset.load(parts.options, self.device, wanted)
         self.mean = torch.tensor(parts.dataset.train.mean, device=self.device)
         self.std = torch.tensor(parts.dataset.train.std, device=self.device)
         self.optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad])

@@ -76,7 +76,8 @@ def test_list_file_gives_the_same_dataset_as_the_folder(workspace: Workspace, tm
             p.rename(folder_test / p.parent.name / p.name)
     assert make(workspace, tmp_path / "tree", "--test", folder_test, "-o", "from_folder").returncode == 0
     for split in ("train", "test"):
-        a, b = read(workspace.data_dir / "from_list" / f"{split}.h5"), read(workspace.data_dir / "from_folder" / f"{split}.h5")
+        a = read(workspace.data_dir / "from_list" / f"{split}.h5")
+        b = read(workspace.data_dir / "from_folder" / f"{split}.h5")
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
 
 
@@ -106,7 +107,8 @@ def test_corrupt_images_are_skipped_or_fail_as_asked(workspace: Workspace, tmp_p
     bad = tmp_path / "tree" / "emu" / "broken.jpg"
     bad.write_bytes(b"GIF89a not really")
     failed = make(workspace, tmp_path / "tree", "-o", "strict")
-    assert failed.returncode == 2 and failed.stderr.strip().splitlines()[-1].startswith(f"error: cannot read image {bad}")
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines()[-1].startswith(f"error: cannot read image {bad}")
     assert not (workspace.data_dir / "strict" / "train.h5").exists()
     skipped = make(workspace, tmp_path / "tree", "-o", "lenient", "--on-error", "skip")
     assert skipped.returncode == 0 and f"skipped unreadable image {bad}" in skipped.stderr

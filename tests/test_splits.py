@@ -97,7 +97,8 @@ def test_training_through_main_with_divisions(workspace: Workspace) -> None:
     done = workspace.run("-l", "-q", "-e", "divided", "-p", *TINY, "BaseDataset.max_images = 400",
                          "BaseDataset.chunk_size = 64", "BaseDataset.use_fp16 = False")
     assert done.returncode == 0, done.stderr
-    results = [json.loads(line) for line in next(workspace.exp_dir.glob("divided/*/result.json")).read_text().splitlines()]
+    lines = next(workspace.exp_dir.glob("divided/*/result.json")).read_text().splitlines()
+    results = [json.loads(line) for line in lines]
     assert [r["epoch"] for r in results] == [1, 2]
     assert results[-1]["valid_accuracy"] > 0.3  # chance is 0.1: it learns from divisions
     refused = workspace.run("-l", "-e", "too_small", "-p", *TINY, "BaseDataset.max_images = 16")

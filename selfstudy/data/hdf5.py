@@ -92,8 +92,9 @@ def read_info(path: Path) -> SplitInfo:
                 raise UserError(f"dataset file {path} has data {data.shape} and targets {targets.shape}; "
                                 "expected N x C x H x W and N (or N x H x W): rebuild it")
             if not np.all(np.asarray(f.attrs["std"]) > 0):
-                raise UserError(f"dataset file {path} stores channel std {np.asarray(f.attrs['std']).tolist()}: a std must be "
-                                "positive to normalise; rebuild the file from images that vary")
+                std = np.asarray(f.attrs["std"]).tolist()
+                raise UserError(f"dataset file {path} stores channel std {std}: a std must be positive to "
+                                "normalise; rebuild the file from images that vary")
             return SplitInfo(
                 path=path,
                 num_images=int(data.shape[0]),
