@@ -166,7 +166,7 @@ class Augment:
         """Augment a batch; with `double`, add a second, independently augmented view."""
         images, targets = self(batch.images, mean, std, generator, batch.targets if self.transform_targets else None)
         view2 = self(batch.images, mean, std, generator)[0] if double else None
-        return Batch(images, batch.targets if targets is None else targets, batch.index, view2)
+        return batch._replace(images=images, targets=batch.targets if targets is None else targets, view2=view2)
 
 
 @gin.configurable("augment")

@@ -5,29 +5,45 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 import paths
 from conftest import TINY, make_fake_cifar
 from selfstudy.config import available_gin_configs, split_binding
+from selfstudy.data.syn import render_split
 from selfstudy.experiment import Request, expand, param_space
 from selfstudy.rayconfig import available_ray_configs, load_ray_config
+from selfstudy.render import STANDARD_CODES
 from selfstudy.trial import Trial, check_trial
 
 QUICK = [*TINY, "session.train_iters = 2", "session.valid_iters = 1", "session.test_iters = 1",
          "init_resnet.choice = 'resnet9'"]
 
 
+@pytest.fixture(scope="module")
+def syn_sets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The twelve standard synthetic sets, tiny, rendered once for this module."""
+    root = tmp_path_factory.mktemp("syn")
+    for code in STANDARD_CODES:
+        (root / code).mkdir()
+        statistics = render_split(root / code / "train.h5", code, 160, 32, 0, torch.device("cpu"), 1, code)
+        render_split(root / code / "test.h5", code, 16, 32, 1, torch.device("cpu"), 1, code, statistics)
+    return root
+
+
 @pytest.fixture
-def with_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def with_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syn_sets: Path) -> Path:
+    """DATA_DIR with a fake CIFAR release and the tiny synthetic sets."""
     make_fake_cifar(tmp_path, per_batch=220)
+    (tmp_path / "syn").symlink_to(syn_sets)
     monkeypatch.setattr(paths, "DATA_DIR", tmp_path)
     monkeypatch.setattr(paths, "EXP_DIR", tmp_path / "exp")
     return tmp_path
 
 
 def test_configs_are_shipped() -> None:
-    assert {"digits/r9/classify", "cifar/r9/classify"} <= set(available_gin_configs())
-    assert {"single_run", "grid_search"} <= set(available_ray_configs())
+    assert {"digits/r9/classify", "cifar/r9/classify", "syn/r9/classify"} <= set(available_gin_configs())
+    assert {"single_run", "grid_search", "syn_sweep"} <= set(available_ray_configs())
 
 
 @pytest.mark.parametrize("name", available_gin_configs())

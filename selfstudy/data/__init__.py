@@ -8,12 +8,14 @@ from selfstudy.data.base import DatasetFiles, FolderDataset, batch_size_option, 
 from selfstudy.data.cifar import CIFARDataset
 from selfstudy.data.digits import DigitsDataset
 from selfstudy.data.splits import Batch, DividedSplit, ResidentSplit
+from selfstudy.data.syn import SynDataset
 from selfstudy.errors import UserError
 
 DATASETS: dict[str, Callable[[], DatasetFiles]] = {
     "DigitsDataset": DigitsDataset,
     "CIFARDataset": CIFARDataset,
     "FolderDataset": FolderDataset,
+    "SynDataset": SynDataset,
 }
 
 

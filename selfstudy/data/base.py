@@ -21,6 +21,7 @@ import paths
 from selfstudy.data import hdf5
 from selfstudy.data.splits import DividedSplit, Placement, ResidentSplit
 from selfstudy.errors import UserError
+from selfstudy.render import pose_label
 
 SPLIT_SEED = 0  # fixes the valid split and label subsets across trials
 
@@ -34,12 +35,13 @@ class DataOptions:
     semisupervised: int | None
     num_valid: int | None
     double_sample: bool
+    predict_pose: bool
 
 
 @gin.configurable("BaseDataset")
 def data_options(input_res: int | None = None, max_images: int | None = None, chunk_size: int = 1024,
                  use_fp16: bool = True, semisupervised: int | None = None, num_valid: int | None = None,
-                 double_sample: bool = False) -> DataOptions:
+                 double_sample: bool = False, predict_pose: bool = False) -> DataOptions:
     """`BaseDataset.*`.
 
     input_res       resolution in pixels (None keeps the stored one)
@@ -50,6 +52,8 @@ def data_options(input_res: int | None = None, max_images: int | None = None, ch
     semisupervised  labelled training images, class-balanced (None or 0: all)
     num_valid       validation images taken from the training file (None: a tenth)
     double_sample   every batch carries two independently augmented views of its images
+    predict_pose    every batch carries a 5-way pose label from the dataset's rot_mat (top view,
+                    or the azimuth quadrant; see selfstudy.render.pose_label)
     """
     for name, value in (("input_res", input_res), ("semisupervised", semisupervised), ("num_valid", num_valid)):
         if value is not None and (not isinstance(value, int) or value < 0):
@@ -58,7 +62,7 @@ def data_options(input_res: int | None = None, max_images: int | None = None, ch
         if value is not None and (not isinstance(value, int) or value < 1):
             raise UserError(f"BaseDataset.{name} must be a positive integer, got {value!r}")
     return DataOptions(input_res, max_images, chunk_size, bool(use_fp16), semisupervised or None, num_valid,
-                       bool(double_sample))
+                       bool(double_sample), bool(predict_pose))
 
 
 @gin.configurable("dataloader")
@@ -111,6 +115,9 @@ class DatasetFiles:
     def check(self, options: DataOptions, batch_size: int) -> None:
         """Raise the `UserError` loading with these options would meet."""
         self.split_rows(options)
+        if options.predict_pose and "rot_mat" not in self.train.extras:
+            raise UserError(f"BaseDataset.predict_pose = True needs rot_mat in the dataset, but {self.name} has none: "
+                            "use a synthetic set (SynDataset) or set it to False")
         if options.max_images is not None and options.max_images < batch_size:
             raise UserError(f"BaseDataset.max_images = {options.max_images} is smaller than dataloader.batch_size "
                             f"= {batch_size}: a division must hold at least one batch")
@@ -135,6 +142,9 @@ class DatasetFiles:
             else:
                 images, targets = hdf5.read_rows(info.path, rows[split], options.chunk_size)
                 loaded[split] = ResidentSplit(placement.images(torch.from_numpy(images)), placement.targets(targets))
+            if options.predict_pose:
+                rotations = torch.from_numpy(hdf5.read_targets(info.path, "rot_mat")[rows[split]])
+                loaded[split].pose = pose_label(rotations.reshape(len(rotations), -1, 3, 3)[:, 0]).to(device)
         return loaded
 
 

@@ -8,6 +8,8 @@ Attributes:
     classes       class names, in target order
     color_space   'rgb' or 'lab'
     normalised    False; files of the first layout (absent attribute) hold normalised data
+Synthetic sets (`misc/render_syn.py`) add per-image factor values: rot_mat (N x 3 x 3, or
+N x S x 3 x 3 for S object slots), colour, light, texture, and depth for multi-object scenes.
 
 Files are read in chunks of rows, never whole: see `read_rows`.
 """
@@ -37,6 +39,7 @@ class SplitInfo:
     std: tuple[float, ...]
     color_space: str
     normalised: bool
+    extras: tuple[str, ...]  # further per-image datasets, e.g. rot_mat
 
 
 def write_split(
@@ -59,10 +62,12 @@ def write_split(
     os.replace(tmp, path)
 
 
-def create_split(f: h5py.File, shape: tuple[int, ...], classes: list[str], color_space: str) -> None:
-    """Create the datasets and attributes of an empty split of `shape` (N x C x H x W) in `f`."""
+def create_split(f: h5py.File, shape: tuple[int, ...], classes: list[str], color_space: str,
+                 target_shape: tuple[int, ...] = ()) -> None:
+    """Create the datasets and attributes of an empty split of `shape` (N x C x H x W) in `f`;
+    targets are N (classes) or N x `target_shape` (dense)."""
     f.create_dataset("data", shape=shape, dtype=np.float16, chunks=(min(shape[0], 256),) + tuple(shape[1:]))
-    f.create_dataset("targets", shape=(shape[0],), dtype=np.int64)
+    f.create_dataset("targets", shape=(shape[0],) + tuple(target_shape), dtype=np.int64)
     f.attrs["classes"] = list(classes)
     f.attrs["color_space"] = color_space
     f.attrs["normalised"] = False
@@ -105,16 +110,17 @@ def read_info(path: Path) -> SplitInfo:
                 std=tuple(float(s) for s in f.attrs["std"]),
                 color_space=str(f.attrs.get("color_space", "rgb")),
                 normalised=bool(f.attrs.get("normalised", True)),
+                extras=tuple(sorted(set(f) - {"data", "targets"})),
             )
     except (OSError, KeyError) as err:
         raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None
 
 
-def read_targets(path: Path) -> np.ndarray:
-    """All targets of a split (no images)."""
+def read_targets(path: Path, name: str = "targets") -> np.ndarray:
+    """All targets of a split, or another per-image dataset by name (no images)."""
     try:
         with h5py.File(path, "r") as f:
-            return f["targets"][...]
+            return f[name][...]
     except OSError as err:
         raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None
 

@@ -36,6 +36,7 @@ class Batch(NamedTuple):
     targets: torch.Tensor  # B int64 (classes), or B x H x W dense targets
     index: torch.Tensor  # B int64: position of each image in its split
     view2: torch.Tensor | None = None  # a second view of the same images (BaseDataset.double_sample)
+    pose: torch.Tensor | None = None  # B int64 in 0..4 (BaseDataset.predict_pose)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class ResidentSplit:
     def __init__(self, images: torch.Tensor, targets: torch.Tensor):
         self.images = images  # N x C x H x W, storage dtype, normalised
         self.targets = targets
+        self.pose: torch.Tensor | None = None  # N pose labels by position, when asked for
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -114,7 +116,8 @@ class ResidentSplit:
                 order, position = new_pass(), 0
             index = order[position: position + batch_size]
             position += batch_size
-            yield Batch(self.images[index].float(), self.targets[index], index)
+            yield Batch(self.images[index].float(), self.targets[index], index,
+                        pose=None if self.pose is None else self.pose[index])
 
     def close(self) -> None:
         pass
@@ -134,6 +137,7 @@ class DividedSplit:
         self._staging: torch.Tensor | None = None  # the host buffer the reader fills, max_images long, reused
         self._uploaded: torch.cuda.Event | None = None  # marks the end of the last copy out of _staging
         self._targets: torch.Tensor | None = None
+        self.pose: torch.Tensor | None = None  # N pose labels by position (on the device), when asked for
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -225,7 +229,7 @@ class DividedSplit:
                               torch.cat([carry.targets, targets[head]]), torch.cat([carry.index, index[:need]]))
                 carry, start = None, need
                 if len(batch.index) == batch_size or (end_of_pass and not train):
-                    yield batch
+                    yield self._with_pose(batch)
                     remaining -= 1
                 else:
                     carry = batch
@@ -234,12 +238,15 @@ class DividedSplit:
                 batch = Batch(images[part].float(), targets[part], index[start: start + batch_size])
                 start += batch_size
                 if len(part) == batch_size or (end_of_pass and not train):
-                    yield batch
+                    yield self._with_pose(batch)
                     remaining -= 1
                 else:
                     carry = batch
             if end_of_pass:
                 carry = None  # training drops a pass's last partial batch
+
+    def _with_pose(self, batch: Batch) -> Batch:
+        return batch if self.pose is None else batch._replace(pose=self.pose[batch.index])
 
     def close(self) -> None:
         self._pending = None
