@@ -13,6 +13,7 @@ Files are parsed first, then the sweep's binding keys, then the -p bindings.
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,15 @@ from selfstudy.errors import UserError
 GIN_SUFFIX = ".gin"
 DEFAULT_GIN_CONFIG = "digits/r9/classify"
 RESERVED_KEYS = ("gin_config", "gin_params", "seed")
+
+
+def _not_gin_package_probe(record: logging.LogRecord) -> bool:
+    """gin first tries an `include 'digits/r9/classify.gin'` as a Python package path and logs
+    an error when that fails, before finding the file on our search path; drop that record."""
+    return not (record.pathname.endswith("resource_reader.py") and record.getMessage().startswith("Path not found"))
+
+
+logging.getLogger().addFilter(_not_gin_package_probe)
 _BINDING = re.compile(r"^\s*([A-Za-z_][\w./]*\.[A-Za-z_]\w*)\s*=\s*(\S.*?)\s*$", re.DOTALL)
 
 

@@ -91,9 +91,9 @@ def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
         raise UserError("BaseDataset.double_sample and augment.transform_targets cannot be combined: two views "
                         "would need two target maps; turn one of them off")
     task = build_task(settings.task)
-    task.check(dataset)
     with torch.device(device):
         model = build_model(dataset.channels, dataset.resolution(options), dataset.num_classes)
+        task.setup(model, dataset, options)
     batch_size = batch_size_option()
     dataset.check(options, batch_size)
     return Parts(settings, dataset, options, batch_size, augment, task, model)
@@ -106,11 +106,16 @@ def check_trial(config: dict[str, Any]) -> None:
     but not loaded; the label budget and schedule are validated.
     """
     parts = build_parts(config, torch.device("meta"))
-    build_optimizer([p for p in parts.model.parameters() if p.requires_grad])
+    build_optimizer(trainable(parts.model, parts.task))
     build_schedule(1.0, 1)
     autocast_dtype(parts.settings.precision, default_device())
     if parts.settings.restore_session:
         resolve_snapshot(parts.settings.restore_session, "session.restore_session")
+
+
+def trainable(model: Wrapper, task: Task) -> list[torch.nn.Parameter]:
+    """The parameters the optimizer updates: the model's and the task's heads, unless frozen."""
+    return [p for module in (model, task) for p in module.parameters() if p.requires_grad]
 
 
 class MetricSums:
@@ -157,6 +162,7 @@ class Trial:
         self.settings, self.augment, self.task, self.batch_size = parts.settings, parts.augment, parts.task, parts.batch_size
         self.double_sample = parts.options.double_sample
         self.model = parts.model.to(memory_format=torch.channels_last)
+        parts.task.to(memory_format=torch.channels_last)  # its own encoders, if any
         self.amp_dtype = autocast_dtype(self.settings.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         wanted = ("train", "valid") + (("test",) if self.settings.test_iters else ())
@@ -164,9 +170,10 @@ class Trial:
         self.splits = parts.dataset.load(parts.options, self.device, wanted)
         self.mean = torch.tensor(parts.dataset.train.mean, device=self.device)
         self.std = torch.tensor(parts.dataset.train.std, device=self.device)
-        self.optimizer = build_optimizer([p for p in self.model.parameters() if p.requires_grad])
+        self.optimizer = build_optimizer(trainable(self.model, self.task))
         steps = self.splits["train"].num_batches(self.batch_size, self.settings.train_iters, train=True)
         self.schedule: Schedule = build_schedule(self.optimizer.defaults["lr"], steps)
+        self.total_steps = steps * self.schedule.num_epochs
         self.device_generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.step = 0
         self.epoch = 0
@@ -214,6 +221,7 @@ class Trial:
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
+        self.task.train()
         sums = MetricSums()
         split = self.splits["train"]
         for batch in split.batches(self.batch_size, self.settings.train_iters, shuffle=(self.seed, self.epoch)):
@@ -227,6 +235,7 @@ class Trial:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            self.task.after_step(self.model, self.step, self.total_steps)
             self.step += 1
             sums.add(metrics, len(batch.targets))
         means = sums.means("train")
@@ -238,6 +247,7 @@ class Trial:
     @torch.no_grad()
     def evaluate(self, split_name: str, iters: int) -> dict[str, float]:
         self.model.eval()
+        self.task.eval()
         sums = MetricSums()
         for batch in self.splits[split_name].batches(self.batch_size, iters):
             batch = self.prepare(batch, split_name)
@@ -247,7 +257,8 @@ class Trial:
         return sums.means(split_name)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+        return {"model": self.model.state_dict(), "task": self.task.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "step": self.step,
                 "epoch": self.epoch, "best_accuracy": self.best_accuracy, "config": self.config,
                 "scaler": self.scaler.state_dict(),
                 "rng": rng_state(self.device_generator)}
@@ -255,6 +266,7 @@ class Trial:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         try:
             self.model.load_state_dict(state["model"])
+            self.task.load_state_dict(state.get("task", {}))
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise UserError(f"snapshot does not fit this trial's model or optimizer: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from selfstudy.data.syn import render_split
 from selfstudy.experiment import Request, expand, param_space
 from selfstudy.rayconfig import available_ray_configs, load_ray_config
 from selfstudy.render import STANDARD_CODES
+from selfstudy.tasks import TASKS
 from selfstudy.trial import Trial, check_trial
 
 QUICK = [*TINY, "session.train_iters = 2", "session.valid_iters = 1", "session.test_iters = 1",
@@ -44,6 +46,12 @@ def with_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syn_sets: Path) 
 def test_configs_are_shipped() -> None:
     assert {"digits/r9/classify", "cifar/r9/classify", "syn/r9/classify"} <= set(available_gin_configs())
     assert {"single_run", "grid_search", "syn_sweep"} <= set(available_ray_configs())
+
+
+def test_every_registered_task_has_a_shipped_config() -> None:
+    named = {match for name in available_gin_configs()
+             for match in re.findall(r"session\.task = '(\w+)'", (paths.CONFIG_DIR / f"{name}.gin").read_text())}
+    assert set(TASKS) <= named  # so the test below trains a step and an eval step of every task
 
 
 @pytest.mark.parametrize("name", available_gin_configs())

@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import gin
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from selfstudy.checkpoint import load_snapshot, resolve_snapshot
@@ -39,17 +40,21 @@ class Wrapper(nn.Module):
     warmup_fc: training steps at the start during which only the classifier trains.
     pretrained: "<exp>/<name>" of a snapshot whose weights initialise the model.
     ignore_pretrained_fc: take only the backbone from `pretrained`.
+    run_selfsup: pretraining with a self-supervised task: the classifier becomes a linear
+        probe and an MLP probe joins it, both trained on detached features.
     """
 
     def __init__(self, backbone: ResNet, num_classes: int, out_classes: int | None = None, classifier: str = "linear",
                  mlp_hidden: int = 512, finetune_classifier: bool = False, warmup_fc: int = 0,
-                 pretrained: str | None = None, ignore_pretrained_fc: bool = False):
+                 pretrained: str | None = None, ignore_pretrained_fc: bool = False, run_selfsup: bool = False):
         super().__init__()
         out_classes = out_classes or num_classes
         if out_classes < num_classes:
             raise UserError(f"Wrapper.out_classes = {out_classes} is fewer than the dataset's {num_classes} classes")
         self.backbone = backbone
         self.classifier = make_head(classifier, backbone.out_dim, out_classes, mlp_hidden)
+        self.run_selfsup = run_selfsup
+        self.mlp_probe = make_head("mlp", backbone.out_dim, out_classes, mlp_hidden) if run_selfsup else None
         self.finetune_classifier = finetune_classifier
         self.warmup_fc = warmup_fc
         self.backbone_frozen = finetune_classifier
@@ -77,6 +82,16 @@ class Wrapper(nn.Module):
         if own[wanted[0]].is_meta:  # a config check builds the model without memory: shapes suffice
             return
         self.load_state_dict({k: weights[k] for k in wanted if k in weights}, strict=False)
+
+    def probe_loss(self, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Cross-entropy of the linear (classifier) and MLP probes on features B x D (detached by
+        the caller); metrics 'accuracy' (linear) and 'mlp_accuracy'."""
+        if self.mlp_probe is None:
+            raise UserError("probes exist only with Wrapper.run_selfsup = True")
+        linear, mlp = self.classifier(features), self.mlp_probe(features)
+        loss = F.cross_entropy(linear.float(), targets) + F.cross_entropy(mlp.float(), targets)
+        return loss, {"accuracy": (linear.argmax(1) == targets).float().mean(),
+                      "mlp_accuracy": (mlp.argmax(1) == targets).float().mean(), "probe_loss": loss.detach()}
 
     def set_step(self, step: int) -> None:
         """Freeze the backbone while `step < warmup_fc` (or always with `finetune_classifier`)."""

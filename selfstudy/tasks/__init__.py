@@ -5,11 +5,19 @@ from __future__ import annotations
 from typing import Callable
 
 from selfstudy.errors import UserError
-from selfstudy.tasks.base import Task
+from selfstudy.tasks.base import SelfSupervisedTask, Task
+from selfstudy.tasks.byol import BYOLTask
 from selfstudy.tasks.classify import ClassifyTask
+from selfstudy.tasks.moco import MoCoTask
+from selfstudy.tasks.rotate import RotateTask
+from selfstudy.tasks.simclr import SimCLRTask
 
 TASKS: dict[str, Callable[[], Task]] = {
     "ClassifyTask": ClassifyTask,
+    "RotateTask": RotateTask,
+    "SimCLRTask": SimCLRTask,
+    "MoCoTask": MoCoTask,
+    "BYOLTask": BYOLTask,
 }
 
 
@@ -22,4 +30,4 @@ def build_task(choice: str | Task) -> Task:
     return TASKS[choice]()
 
 
-__all__ = ["TASKS", "Task", "build_task"]
+__all__ = ["TASKS", "SelfSupervisedTask", "Task", "build_task"]

@@ -1,20 +1,59 @@
-"""What every task provides."""
+"""What every task provides, and the shared frame of the self-supervised ones."""
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
+from torch import nn
 
 from selfstudy.data import Batch, DatasetFiles
+from selfstudy.data.base import DataOptions
+from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 
 
-class Task(Protocol):
-    """A training objective. `loss` is stateless: everything it needs is in its arguments."""
+class Task(nn.Module):
+    """A training objective. `loss` is stateless between calls except for the task's own
+    parameters and buffers (heads, queues, target networks), which `setup` creates; they
+    train with the model and are saved in its checkpoints."""
 
-    def check(self, dataset: DatasetFiles) -> None:
-        """Raise `UserError` if the dataset lacks what the task needs."""
+    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
+        """Raise `UserError` if the dataset or options lack what the task needs; build heads."""
 
     def loss(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Scalar loss to minimise and named scalar metrics of the batch (e.g. 'accuracy')."""
+        raise NotImplementedError
+
+    def after_step(self, model: Wrapper, step: int, total_steps: int) -> None:
+        """Called after each optimizer step (momentum encoders follow the model here)."""
+
+
+class SelfSupervisedTask(Task):
+    """A pretraining method. `objective` gives its loss, metrics and the backbone features of
+    the (first view of the) batch; with `Wrapper.run_selfsup`, linear and MLP probes train on
+    those features, detached, so every run reports how good its features are ('accuracy' is
+    the linear probe's)."""
+
+    needs_two_views = False
+
+    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
+        name = type(self).__name__
+        if self.needs_two_views and not options.double_sample:
+            raise UserError(f"{name} compares two views of each image, but BaseDataset.double_sample is False: "
+                            "set it to True")
+        if not model.run_selfsup:
+            raise UserError(f"{name} is a self-supervised method: set Wrapper.run_selfsup = True (the probes then "
+                            "report feature quality)")
+
+    def objective(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        raise NotImplementedError
+
+    def loss(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, metrics, features = self.objective(model, batch)
+        probe_loss, probe_metrics = model.probe_loss(features.detach(), batch.targets)
+        return loss + probe_loss, {"loss": loss.detach(), **metrics, **probe_metrics}
+
+
+def projection_head(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
+    """Linear - BatchNorm - ReLU - Linear, the usual projector of contrastive methods."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, out_dim))

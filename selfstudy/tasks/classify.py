@@ -6,8 +6,9 @@ import gin
 import torch
 import torch.nn.functional as F
 
-from selfstudy.data import Batch, DatasetFiles
+from selfstudy.data import Batch
 from selfstudy.models import Wrapper
+from selfstudy.tasks.base import Task
 
 
 def classify_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,11 +19,8 @@ def classify_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
 
 
 @gin.configurable
-class ClassifyTask:
+class ClassifyTask(Task):
     """Predict each image's class with the wrapper's classifier."""
-
-    def check(self, dataset: DatasetFiles) -> None:
-        pass  # every dataset has class targets
 
     def loss(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, accuracy = classify_loss(model(batch.images).logits, batch.targets)

@@ -1,0 +1,44 @@
+"""SimCLR (Chen et al. 2020): two views of an image attract, every other image in the batch repels."""
+
+from __future__ import annotations
+
+import gin
+import torch
+import torch.nn.functional as F
+
+from selfstudy.data import Batch, DatasetFiles
+from selfstudy.data.base import DataOptions
+from selfstudy.models import Wrapper
+from selfstudy.tasks.base import SelfSupervisedTask, projection_head
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Normalised-temperature cross-entropy of embeddings z1, z2 (B x D, row i of each from the
+    same image): each of the 2B embeddings classifies its partner among the other 2B - 1 by
+    cosine similarity / temperature. Mean over the 2B, in nats."""
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    b = len(z1)
+    similarity = z @ z.T / temperature  # 2B x 2B
+    similarity.fill_diagonal_(float("-inf"))  # an embedding is not its own partner
+    partner = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(z.device)
+    return F.cross_entropy(similarity, partner)
+
+
+@gin.configurable
+class SimCLRTask(SelfSupervisedTask):
+    """NT-Xent on projections of two augmented views (`BaseDataset.double_sample = True`)."""
+
+    needs_two_views = True
+
+    def __init__(self, temperature: float = 0.5, proj_dim: int = 128, proj_hidden: int = 512):
+        super().__init__()
+        self.temperature, self.proj_dim, self.proj_hidden = temperature, proj_dim, proj_hidden
+
+    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
+        super().setup(model, dataset, options)
+        self.projector = projection_head(model.backbone.out_dim, self.proj_hidden, self.proj_dim)
+
+    def objective(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        features = model.backbone(torch.cat([batch.images, batch.view2]))
+        z1, z2 = self.projector(features).chunk(2)
+        return nt_xent(z1, z2, self.temperature), {}, features[: len(batch.images)]

@@ -1,0 +1,118 @@
+"""Self-supervised methods: each loss against a value worked out by hand, and 20 optimisation
+steps of each method on tiny data lower it."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY
+from selfstudy.config import split_binding
+from selfstudy.errors import UserError
+from selfstudy.tasks.byol import byol_loss, ema_momentum
+from selfstudy.tasks.moco import moco_loss, momentum_update
+from selfstudy.tasks.rotate import rotate_batch, rotation_loss
+from selfstudy.tasks.simclr import nt_xent
+from selfstudy.trial import Trial
+
+
+def test_rotations_and_their_labels() -> None:
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    turned, labels = rotate_batch(images)
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    for k in range(4):
+        assert torch.equal(turned[2 * k: 2 * k + 2], torch.rot90(images, k, dims=(2, 3)))
+    assert torch.equal(torch.rot90(turned[2], 3, dims=(1, 2)), images[0])  # label 1 undone by three more turns
+    loss, accuracy = rotation_loss(torch.zeros(8, 4), labels)
+    assert loss.item() == pytest.approx(math.log(4))  # uniform logits
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_nt_xent_of_identical_orthogonal_embeddings(temperature: float) -> None:
+    b = 4
+    z = torch.eye(8)[:b] * 3.0  # orthogonal rows, any length: cosines are 1 with the partner, 0 otherwise
+    expected = math.log(1 + (2 * b - 2) * math.exp(-1 / temperature))
+    assert nt_xent(z, z.clone(), temperature).item() == pytest.approx(expected, rel=1e-3)
+    # partners orthogonal to each other and to everyone: every logit 0, 2B - 1 candidates
+    assert nt_xent(torch.eye(8)[:b], torch.eye(8)[b:], temperature).item() == pytest.approx(math.log(2 * b - 1))
+
+
+def test_moco_loss_of_a_matching_key_and_orthogonal_queue() -> None:
+    q = torch.eye(6)[:2]
+    queue = torch.eye(6)[2:]  # K = 4 negatives, orthogonal to the queries
+    assert moco_loss(q, q, queue, 0.2).item() == pytest.approx(math.log(1 + 4 * math.exp(-1 / 0.2)), rel=1e-3)
+    assert moco_loss(q, -q, queue, 1.0).item() == pytest.approx(math.log(1 + 4 * math.exp(1.0)), rel=1e-5)
+
+
+def test_byol_loss_and_momentum() -> None:
+    x = torch.randn(5, 8)
+    assert byol_loss(x, 2 * x).item() == pytest.approx(0.0, abs=1e-6)
+    assert byol_loss(torch.eye(4)[:2], torch.eye(4)[2:]).item() == pytest.approx(2.0)
+    assert byol_loss(x, -x).item() == pytest.approx(4.0)
+    assert ema_momentum(0.99, 0, 100) == pytest.approx(0.99) and ema_momentum(0.99, 100, 100) == pytest.approx(1.0)
+    target, online = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    expected = 0.9 * target.weight.detach() + 0.1 * online.weight.detach()
+    momentum_update(target, online, 0.9)
+    assert torch.allclose(target.weight, expected)
+
+
+def ssl_trial(name: str, *extra: str) -> Trial:
+    bindings = [*TINY, "BaseDataset.semisupervised = 64", *extra]
+    return Trial({"gin_config": [f"digits/r9/{name}"], "seed": 0,
+                  "gin_params": dict(split_binding(b) for b in bindings)})
+
+
+@pytest.mark.parametrize("name", ["rotate", "simclr", "moco", "byol"])
+def test_twenty_steps_lower_the_loss(workspace, name: str) -> None:
+    trial = ssl_trial(name, "optimizer.lr = 0.02", "MoCoTask.queue_size = 256")
+    batch = trial.prepare(next(trial.splits["train"].batches(32, 1, shuffle=(0, 1))), "train")
+    start_state = copy.deepcopy(trial.task.state_dict())
+
+    def objective() -> float:  # the method's own loss on the batch (batch statistics), against the starting queue
+        trial.model.train(), trial.task.train()
+        with torch.no_grad():
+            if name == "moco":
+                queue = trial.task.queue.clone()
+                trial.task.queue.copy_(start_state["queue"])
+            value = trial.task.objective(trial.model, batch)[0].item()
+            if name == "moco":
+                trial.task.queue.copy_(queue)
+        return value
+
+    before = objective()
+    for step in range(20):
+        trial.model.train(), trial.task.train()
+        loss, metrics = trial.task.loss(trial.model, batch)
+        trial.optimizer.zero_grad()
+        loss.backward()
+        for group in trial.optimizer.param_groups:
+            group["lr"] = 0.02
+        trial.optimizer.step()
+        trial.task.after_step(trial.model, step, 20)
+        assert {"loss", "accuracy", "mlp_accuracy"} <= set(metrics)
+    assert objective() < before * 0.95, (name, before, objective())
+    trial.close()
+
+
+def test_methods_refuse_what_they_cannot_use(workspace) -> None:
+    with pytest.raises(UserError, match="SimCLRTask compares two views.*BaseDataset.double_sample"):
+        ssl_trial("simclr", "BaseDataset.double_sample = False")
+    with pytest.raises(UserError, match="RotateTask is a self-supervised method: set Wrapper.run_selfsup = True"):
+        ssl_trial("rotate", "Wrapper.run_selfsup = False")
+
+
+def test_checkpoints_keep_the_task_state(workspace, tmp_path) -> None:
+    trial = ssl_trial("moco", "session.train_iters = 3", "MoCoTask.queue_size = 64")
+    trial.run_epoch()
+    trial.save(tmp_path / "ckpt")
+    fresh = ssl_trial("moco", "session.train_iters = 3", "MoCoTask.queue_size = 64")
+    assert not torch.equal(fresh.task.queue, trial.task.queue)
+    fresh.restore(tmp_path / "ckpt")
+    assert torch.equal(fresh.task.queue, trial.task.queue) and fresh.task.queue_position == 32 * 3 % 64
+    assert all(torch.equal(a, b) for a, b in zip(fresh.task.key_backbone.state_dict().values(),
+                                                 trial.task.key_backbone.state_dict().values()))
+    trial.close(), fresh.close()
