@@ -17,6 +17,7 @@ from selfstudy.tasks.byol import byol_loss, ema_momentum
 from selfstudy.tasks.moco import moco_loss, momentum_update
 from selfstudy.tasks.rotate import rotate_batch, rotation_loss
 from selfstudy.tasks.simclr import nt_xent
+from selfstudy.tasks.vae import erase_squares, gaussian_kl, vae_loss
 from selfstudy.trial import Trial
 
 
@@ -60,13 +61,28 @@ def test_byol_loss_and_momentum() -> None:
     assert torch.allclose(target.weight, expected)
 
 
+def test_vae_terms() -> None:
+    zeros = torch.zeros(3, 4)
+    assert gaussian_kl(zeros, zeros).tolist() == [0.0, 0.0, 0.0]  # the prior itself
+    assert gaussian_kl(torch.ones(1, 4), torch.zeros(1, 4)).item() == pytest.approx(2.0)  # 4 dims x mu^2 / 2
+    sigma2 = 2.0  # unit mean shift aside, KL of a wider Gaussian: (sigma^2 - 1 - log sigma^2) / 2 per dim
+    assert gaussian_kl(torch.zeros(1, 1), torch.full((1, 1), math.log(sigma2))).item() == \
+        pytest.approx((sigma2 - 1 - math.log(sigma2)) / 2)
+    x = torch.randn(2, 3, 4, 4)
+    loss, error, kl = vae_loss(x, x, zeros[:2], zeros[:2], lmd=0.5)
+    assert loss.item() == error.item() == kl.item() == 0.0
+    assert vae_loss(x + 1, x, torch.ones(2, 4), zeros[:2], lmd=0.5)[0].item() == pytest.approx(1 + 0.5 * 2)
+    erased = erase_squares(torch.ones(8, 3, 10, 10), 4)
+    assert ((erased[:, 0] == 0).sum(dim=(1, 2)) == 16).all() and torch.equal(erased[:, 0] == 0, erased[:, 2] == 0)
+
+
 def ssl_trial(name: str, *extra: str) -> Trial:
     bindings = [*TINY, "BaseDataset.semisupervised = 64", *extra]
     return Trial({"gin_config": [f"digits/r9/{name}"], "seed": 0,
                   "gin_params": dict(split_binding(b) for b in bindings)})
 
 
-@pytest.mark.parametrize("name", ["rotate", "simclr", "moco", "byol"])
+@pytest.mark.parametrize("name", ["rotate", "simclr", "moco", "byol", "vae"])
 def test_twenty_steps_lower_the_loss(workspace, name: str) -> None:
     trial = ssl_trial(name, "optimizer.lr = 0.02", "MoCoTask.queue_size = 256")
     batch = trial.prepare(next(trial.splits["train"].batches(32, 1, shuffle=(0, 1))), "train")

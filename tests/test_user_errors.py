@@ -31,6 +31,11 @@ def assert_refused(workspace: Workspace, *args: str, says: str) -> None:
     (["-e", "never_ran", "--resume"], "nothing to resume"),
     (["-p", "session.precision = 'fp8'"], "unknown session.precision 'fp8'"),
     (["-e", "../escape"], "experiment name"),
+    (["-p", "ClassifyTask.is_pose = True"], "ClassifyTask.is_pose = True needs pose labels, but "
+                                            "BaseDataset.predict_pose is False for DigitsDataset"),
+    (["-p", "BaseDataset.predict_pose = True"], "BaseDataset.predict_pose = True needs rot_mat in the dataset, "
+                                                "but DigitsDataset has none"),
+    (["-g", "digits/r9/simclr", "-p", "BaseDataset.double_sample = False"], "SimCLRTask compares two views"),
 ])
 def test_cli_mistakes(workspace: Workspace, args: list[str], says: str) -> None:
     assert_refused(workspace, *args, says=says)

@@ -11,6 +11,7 @@ from selfstudy.tasks.classify import ClassifyTask
 from selfstudy.tasks.moco import MoCoTask
 from selfstudy.tasks.rotate import RotateTask
 from selfstudy.tasks.simclr import SimCLRTask
+from selfstudy.tasks.vae import VAETask
 
 TASKS: dict[str, Callable[[], Task]] = {
     "ClassifyTask": ClassifyTask,
@@ -18,6 +19,7 @@ TASKS: dict[str, Callable[[], Task]] = {
     "SimCLRTask": SimCLRTask,
     "MoCoTask": MoCoTask,
     "BYOLTask": BYOLTask,
+    "VAETask": VAETask,
 }
 
 

@@ -1,14 +1,19 @@
-"""Supervised classification: cross-entropy and accuracy."""
+"""Supervised classification of the class, or of the pose: cross-entropy and accuracy."""
 
 from __future__ import annotations
 
 import gin
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from selfstudy.data import Batch
+from selfstudy.data import Batch, DatasetFiles
+from selfstudy.data.base import DataOptions
+from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 from selfstudy.tasks.base import Task
+
+NUM_POSES = 5  # top view and four azimuth quadrants (selfstudy.render.pose_label)
 
 
 def classify_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -20,8 +25,23 @@ def classify_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
 
 @gin.configurable
 class ClassifyTask(Task):
-    """Predict each image's class with the wrapper's classifier."""
+    """Predict each image's class with the wrapper's classifier; with `is_pose`, predict its
+    5-way pose label instead (`BaseDataset.predict_pose`), with a pose head of the task's own."""
+
+    def __init__(self, is_pose: bool = False):
+        super().__init__()
+        self.is_pose = is_pose
+
+    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
+        if self.is_pose:
+            if not options.predict_pose:
+                raise UserError(f"ClassifyTask.is_pose = True needs pose labels, but BaseDataset.predict_pose is "
+                                f"False for {dataset.name}: set it to True (the dataset must have rot_mat)")
+            self.pose_head = nn.Linear(model.backbone.out_dim, NUM_POSES)
 
     def loss(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss, accuracy = classify_loss(model(batch.images).logits, batch.targets)
+        if self.is_pose:
+            loss, accuracy = classify_loss(self.pose_head(model.backbone(batch.images)), batch.pose)
+        else:
+            loss, accuracy = classify_loss(model(batch.images).logits, batch.targets)
         return loss, {"loss": loss.detach(), "accuracy": accuracy}
