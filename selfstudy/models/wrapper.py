@@ -42,6 +42,8 @@ class Wrapper(nn.Module):
     ignore_pretrained_fc: take only the backbone from `pretrained`.
     run_selfsup: pretraining with a self-supervised task: the classifier becomes a linear
         probe and an MLP probe joins it, both trained on detached features.
+    With finetune_classifier or run_selfsup, features are standardised (BatchNorm without
+    affine parameters) before the classifier and probes.
     """
 
     def __init__(self, backbone: ResNet, num_classes: int, out_classes: int | None = None, classifier: str = "linear",
@@ -54,6 +56,11 @@ class Wrapper(nn.Module):
         self.backbone = backbone
         self.classifier = make_head(classifier, backbone.out_dim, out_classes, mlp_hidden)
         self.run_selfsup = run_selfsup
+        # Probes on frozen or detached features see them standardised (a fixed affine map at
+        # evaluation, so a linear probe stays linear): untrained and self-supervised features
+        # come at any scale, which plain SGD on a linear head does not recover from.
+        probing = finetune_classifier or run_selfsup
+        self.feature_norm = nn.BatchNorm1d(backbone.out_dim, affine=False) if probing else nn.Identity()
         self.mlp_probe = make_head("mlp", backbone.out_dim, out_classes, mlp_hidden) if run_selfsup else None
         self.finetune_classifier = finetune_classifier
         self.warmup_fc = warmup_fc
@@ -88,6 +95,7 @@ class Wrapper(nn.Module):
         the caller); metrics 'accuracy' (linear) and 'mlp_accuracy'."""
         if self.mlp_probe is None:
             raise UserError("probes exist only with Wrapper.run_selfsup = True")
+        features = self.feature_norm(features)
         linear, mlp = self.classifier(features), self.mlp_probe(features)
         loss = F.cross_entropy(linear.float(), targets) + F.cross_entropy(mlp.float(), targets)
         return loss, {"accuracy": (linear.argmax(1) == targets).float().mean(),
@@ -112,4 +120,4 @@ class Wrapper(nn.Module):
                 features = self.backbone(images)
         else:
             features = self.backbone(images)
-        return ModelOutput(features, self.classifier(features))
+        return ModelOutput(features, self.classifier(self.feature_norm(features)))
