@@ -36,9 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, required=True, help="training images")
     parser.add_argument("--res", type=int, default=32, help="image side in pixels (default 32)")
     parser.add_argument("--test", type=int, help="test images (default n / 10)")
-    parser.add_argument("--multi", action="store_true", help="2..--objects objects per image, with class and depth maps")
+    parser.add_argument("--multi", action="store_true",
+                        help="2..--objects objects per image, with class and depth maps")
     parser.add_argument("--objects", type=int, default=4, help="most objects per image with --multi (default 4)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--to-lab", action="store_true", help="store CIELAB instead of RGB (for CMCTask)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--force", action="store_true", help="overwrite an existing set of that name")
     parser.add_argument("-o", "--out", required=True, help="name: the folder DATA_DIR/syn/<name>")
@@ -54,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         device, objects = torch.device(args.device), args.objects if args.multi else 1
         test = args.test if args.test is not None else max(1, args.n // 10)
         started = time.time()
-        statistics = render_split(out / "train.h5", args.code, args.n, args.res, args.seed, device, objects, "train")
-        render_split(out / "test.h5", args.code, test, args.res, args.seed + 1, device, objects, "test", statistics)
+        statistics = render_split(out / "train.h5", args.code, args.n, args.res, args.seed, device, objects, "train",
+                                  lab=args.to_lab)
+        render_split(out / "test.h5", args.code, test, args.res, args.seed + 1, device, objects, "test", statistics,
+                     lab=args.to_lab)
     except UserError as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         return 2

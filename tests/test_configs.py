@@ -30,6 +30,10 @@ def syn_sets(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / code).mkdir()
         statistics = render_split(root / code / "train.h5", code, 160, 32, 0, torch.device("cpu"), 1, code)
         render_split(root / code / "test.h5", code, 16, 32, 1, torch.device("cpu"), 1, code, statistics)
+    (root / "0000_lab").mkdir()  # for the CMC config
+    statistics = render_split(root / "0000_lab" / "train.h5", "0000", 160, 32, 0, torch.device("cpu"), 1, "lab",
+                              lab=True)
+    render_split(root / "0000_lab" / "test.h5", "0000", 16, 32, 1, torch.device("cpu"), 1, "lab", statistics, lab=True)
     return root
 
 
@@ -45,7 +49,7 @@ def with_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syn_sets: Path) 
 
 def test_configs_are_shipped() -> None:
     assert {"digits/r9/classify", "cifar/r9/classify", "syn/r9/classify"} <= set(available_gin_configs())
-    assert {"single_run", "grid_search", "syn_sweep"} <= set(available_ray_configs())
+    assert {"single_run", "grid_search", "syn_sweep", "pretrain_sweep"} <= set(available_ray_configs())
 
 
 def test_every_registered_task_has_a_shipped_config() -> None:

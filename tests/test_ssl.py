@@ -14,6 +14,7 @@ from conftest import TINY
 from selfstudy.config import split_binding
 from selfstudy.errors import UserError
 from selfstudy.tasks.byol import byol_loss, ema_momentum
+from selfstudy.tasks.cmc import memory_bank_nce, split_lab
 from selfstudy.tasks.moco import moco_loss, momentum_update
 from selfstudy.tasks.rotate import rotate_batch, rotation_loss
 from selfstudy.tasks.simclr import nt_xent
@@ -49,6 +50,17 @@ def test_moco_loss_of_a_matching_key_and_orthogonal_queue() -> None:
     assert moco_loss(q, -q, queue, 1.0).item() == pytest.approx(math.log(1 + 4 * math.exp(1.0)), rel=1e-5)
 
 
+def test_memory_bank_nce_and_lab_views() -> None:
+    z = torch.eye(6)[:2]
+    negatives = torch.eye(6)[2:].expand(2, 4, 6)  # K = 4 orthogonal negatives per row
+    assert memory_bank_nce(z, z, negatives, 0.1).item() == pytest.approx(math.log(1 + 4 * math.exp(-10)), rel=1e-3)
+    assert memory_bank_nce(z, torch.eye(6)[4:], negatives, 1.0).item() == pytest.approx(math.log(5))
+    images = torch.randn(2, 3, 4, 4)
+    l_view, ab_view = split_lab(images)
+    assert torch.equal(l_view[:, 0], images[:, 0]) and (l_view[:, 1:] == 0).all()
+    assert torch.equal(ab_view[:, 1:], images[:, 1:]) and (ab_view[:, 0] == 0).all()
+
+
 def test_byol_loss_and_momentum() -> None:
     x = torch.randn(5, 8)
     assert byol_loss(x, 2 * x).item() == pytest.approx(0.0, abs=1e-6)
@@ -82,7 +94,7 @@ def ssl_trial(name: str, *extra: str) -> Trial:
                   "gin_params": dict(split_binding(b) for b in bindings)})
 
 
-@pytest.mark.parametrize("name", ["rotate", "simclr", "moco", "byol", "vae"])
+@pytest.mark.parametrize("name", ["rotate", "simclr", "moco", "byol", "vae", "cmc"])
 def test_twenty_steps_lower_the_loss(workspace, name: str) -> None:
     trial = ssl_trial(name, "optimizer.lr = 0.02", "MoCoTask.queue_size = 256")
     batch = trial.prepare(next(trial.splits["train"].batches(32, 1, shuffle=(0, 1))), "train")
@@ -91,12 +103,14 @@ def test_twenty_steps_lower_the_loss(workspace, name: str) -> None:
     def objective() -> float:  # the method's own loss on the batch (batch statistics), against the starting queue
         trial.model.train(), trial.task.train()
         with torch.no_grad():
-            if name == "moco":
-                queue = trial.task.queue.clone()
-                trial.task.queue.copy_(start_state["queue"])
+            kept = {key: trial.task.state_dict()[key].clone() for key in ("queue", "bank_l", "bank_ab")
+                    if key in start_state}  # measure against the starting queue or banks
+            for key in kept:
+                getattr(trial.task, key).copy_(start_state[key])
+            torch.manual_seed(0)  # the same negatives drawn from a bank
             value = trial.task.objective(trial.model, batch)[0].item()
-            if name == "moco":
-                trial.task.queue.copy_(queue)
+            for key, tensor in kept.items():
+                getattr(trial.task, key).copy_(tensor)
         return value
 
     before = objective()

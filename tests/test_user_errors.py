@@ -36,6 +36,8 @@ def assert_refused(workspace: Workspace, *args: str, says: str) -> None:
     (["-p", "BaseDataset.predict_pose = True"], "BaseDataset.predict_pose = True needs rot_mat in the dataset, "
                                                 "but DigitsDataset has none"),
     (["-g", "digits/r9/simclr", "-p", "BaseDataset.double_sample = False"], "SimCLRTask compares two views"),
+    (["-g", "digits/r9/cmc", "-p", "DigitsDataset.to_lab = False"], "CMCTask contrasts the L and ab channels of "
+                                                                    "LAB images, but DigitsDataset stores rgb"),
 ])
 def test_cli_mistakes(workspace: Workspace, args: list[str], says: str) -> None:
     assert_refused(workspace, *args, says=says)

@@ -13,21 +13,22 @@ import torch
 import paths
 from selfstudy.data import hdf5
 from selfstudy.data.base import DatasetFiles
-from selfstudy.data.folder import Progress
+from selfstudy.data.folder import Progress, to_lab
 from selfstudy.errors import UserError
 from selfstudy.render import SHAPE_NAMES, Code, render_batches
 
 
 def render_split(path: Path, code: str, n: int, res: int, seed: int, device: torch.device, objects: int,
-                label: str, statistics: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 label: str, statistics: tuple[np.ndarray, np.ndarray] | None = None,
+                 lab: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Render n images into `path` (atomically). Returns their per-channel mean/std, and stores
-    them, or the given `statistics` (the test split takes the training split's)."""
+    them, or the given `statistics` (the test split takes the training split's). `lab` stores CIELAB."""
     multi = objects > 1
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     sums, squares = np.zeros(3), np.zeros(3)
     progress, written = Progress(label, n), 0
     with h5py.File(tmp, "w") as f:
-        hdf5.create_split(f, (n, 3, res, res), list(SHAPE_NAMES), "rgb", (res, res) if multi else ())
+        hdf5.create_split(f, (n, 3, res, res), list(SHAPE_NAMES), "lab" if lab else "rgb", (res, res) if multi else ())
         slots = (n, objects) if multi else (n,)
         for name, shape in (("rot_mat", (3, 3)), ("colour", (3,)), ("texture", (4,))):
             f.create_dataset(name, shape=slots + shape, dtype=np.float32)
@@ -38,7 +39,8 @@ def render_split(path: Path, code: str, n: int, res: int, seed: int, device: tor
         f.attrs.update(code=code, display=Code.parse(code).display(), seed=seed, objects=objects)
         for scene, rendering in render_batches(code, n, res, seed, device, objects):
             rows = slice(written, written + len(rendering.images))
-            images = rendering.images.cpu().numpy().astype(np.float16)
+            images = rendering.images.cpu().numpy()
+            images = (to_lab(images) if lab else images).astype(np.float16)
             f["data"][rows] = images
             f["targets"][rows] = (rendering.class_map if multi else scene.classes[:, 0]).cpu().numpy()
             pick = (lambda x: x) if multi else (lambda x: x[:, 0])

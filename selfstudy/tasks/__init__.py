@@ -8,6 +8,7 @@ from selfstudy.errors import UserError
 from selfstudy.tasks.base import SelfSupervisedTask, Task
 from selfstudy.tasks.byol import BYOLTask
 from selfstudy.tasks.classify import ClassifyTask
+from selfstudy.tasks.cmc import CMCTask
 from selfstudy.tasks.moco import MoCoTask
 from selfstudy.tasks.rotate import RotateTask
 from selfstudy.tasks.simclr import SimCLRTask
@@ -20,6 +21,7 @@ TASKS: dict[str, Callable[[], Task]] = {
     "MoCoTask": MoCoTask,
     "BYOLTask": BYOLTask,
     "VAETask": VAETask,
+    "CMCTask": CMCTask,
 }
 
 
