@@ -18,7 +18,7 @@ from selfstudy.data.syn import render_split
 from selfstudy.errors import UserError
 from selfstudy.render import STANDARD_CODES, Code, pose_label, render_batches
 from selfstudy.render.factors import rotation_matrix
-from selfstudy.render.scene import CAMERA_Z
+from selfstudy.render.scene import BACKGROUND, CAMERA_Z
 
 CPU = torch.device("cpu")
 
@@ -89,7 +89,7 @@ def test_multi_object_maps_agree_with_the_image() -> None:
     scene, out = rendered("1111", 64, res=48, objects=4)
     obj = out.class_map > 0
     assert torch.isfinite(out.depth).all() and (out.depth[obj] > CAMERA_Z - 2).all() and (out.depth[~obj] == 0).all()
-    background = torch.linspace(0.45, 0.3, 48)[None, None, :, None].expand_as(out.images)
+    background = torch.full_like(out.images, BACKGROUND)
     assert torch.allclose(out.images.permute(0, 2, 3, 1)[~obj], background.permute(0, 2, 3, 1)[~obj])
     assert (out.images - background).abs().sum(1)[obj].gt(1e-4).float().mean() > 0.95  # objects show
     visible = [len(out.class_map[i].unique()) - 1 for i in range(64)]

@@ -20,6 +20,7 @@ STEPS = 32
 NEAR, FAR = 1.9, 6.0  # every object lies beyond NEAR (see factors.sample_scene)
 AMBIENT = 0.25
 HIT = 2e-3
+BACKGROUND = 0.4  # grey level of every pixel without an object
 
 
 @dataclass
@@ -105,9 +106,8 @@ def render(scene: Scene, res: int) -> Rendering:
     diffuse = (normal * scene.light[:, None, :3]).sum(-1).clamp(min=0) * scene.light[:, None, 3]
     shaded = colour * (pattern * (AMBIENT + (1 - AMBIENT) * diffuse))[..., None]
 
-    height = torch.linspace(0.45, 0.3, res, device=device).repeat_interleave(res)  # background gradient
-    background = height[None, :, None].expand(b, -1, 3)
-    pixels = torch.where(hit[..., None], shaded, background).clamp(0, 1)
+    # a uniform background: a gradient would tell which way is up, and give rotation prediction away
+    pixels = torch.where(hit[..., None], shaded, BACKGROUND).clamp(0, 1)
     images = pixels.transpose(1, 2).reshape(b, 3, res, res)
     classes = scene.classes.gather(1, slot) + 1
     class_map = torch.where(hit, classes, 0).reshape(b, res, res)
