@@ -92,7 +92,8 @@ def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
                         "would need two target maps; turn one of them off")
     task = build_task(settings.task)
     with torch.device(device):
-        model = build_model(dataset.channels, dataset.resolution(options), dataset.num_classes)
+        classes = dataset.num_classes + (1 if dataset.train.target_shape else 0)  # dense maps: 0 is background
+        model = build_model(dataset.channels, dataset.resolution(options), classes)
         task.setup(model, dataset, options)
     batch_size = batch_size_option()
     dataset.check(options, batch_size)
@@ -167,7 +168,7 @@ class Trial:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         wanted = ("train", "valid") + (("test",) if self.settings.test_iters else ())
         self.splits: dict[str, ResidentSplit | DividedSplit]
-        self.splits = parts.dataset.load(parts.options, self.device, wanted)
+        self.splits = parts.dataset.load(parts.options, self.device, wanted, extras=parts.task.needs)
         self.mean = torch.tensor(parts.dataset.train.mean, device=self.device)
         self.std = torch.tensor(parts.dataset.train.std, device=self.device)
         self.optimizer = build_optimizer(trainable(self.model, self.task))

@@ -30,6 +30,9 @@ def syn_sets(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / code).mkdir()
         statistics = render_split(root / code / "train.h5", code, 160, 32, 0, torch.device("cpu"), 1, code)
         render_split(root / code / "test.h5", code, 16, 32, 1, torch.device("cpu"), 1, code, statistics)
+    (root / "multi_1111").mkdir()  # for the dense configs
+    statistics = render_split(root / "multi_1111" / "train.h5", "1111", 160, 32, 0, torch.device("cpu"), 3, "multi")
+    render_split(root / "multi_1111" / "test.h5", "1111", 16, 32, 1, torch.device("cpu"), 3, "multi", statistics)
     (root / "0000_lab").mkdir()  # for the CMC config
     statistics = render_split(root / "0000_lab" / "train.h5", "0000", 160, 32, 0, torch.device("cpu"), 1, "lab",
                               lab=True)

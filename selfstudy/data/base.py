@@ -127,9 +127,10 @@ class DatasetFiles:
                          torch.tensor(self.train.std, device=device), not self.train.normalised,
                          torch.float16 if options.use_fp16 else torch.float32)
 
-    def load(self, options: DataOptions, device: torch.device,
-             splits: tuple[str, ...]) -> dict[str, ResidentSplit | DividedSplit]:
-        """Put the requested splits on `device`: resident, or divided when larger than max_images."""
+    def load(self, options: DataOptions, device: torch.device, splits: tuple[str, ...],
+             extras: tuple[str, ...] = ()) -> dict[str, ResidentSplit | DividedSplit]:
+        """Put the requested splits on `device`: resident, or divided when larger than max_images.
+        `extras`: further per-image maps a task needs (e.g. 'depth'), held on the device whole."""
         rows = self.split_rows(options)
         rows["test"] = np.arange(self.test.num_images)
         placement = self.placement(options, device)
@@ -144,7 +145,9 @@ class DatasetFiles:
                 loaded[split] = ResidentSplit(placement.images(torch.from_numpy(images)), placement.targets(targets))
             if options.predict_pose:
                 rotations = torch.from_numpy(hdf5.read_targets(info.path, "rot_mat")[rows[split]])
-                loaded[split].pose = pose_label(rotations.reshape(len(rotations), -1, 3, 3)[:, 0]).to(device)
+                loaded[split].extra["pose"] = pose_label(rotations.reshape(len(rotations), -1, 3, 3)[:, 0]).to(device)
+            for name in extras:
+                loaded[split].extra[name] = placement.targets(hdf5.read_targets(info.path, name)[rows[split]])
         return loaded
 
 

@@ -37,6 +37,7 @@ class Batch(NamedTuple):
     index: torch.Tensor  # B int64: position of each image in its split
     view2: torch.Tensor | None = None  # a second view of the same images (BaseDataset.double_sample)
     pose: torch.Tensor | None = None  # B int64 in 0..4 (BaseDataset.predict_pose)
+    depth: torch.Tensor | None = None  # B x H x W float32, distance from the camera, 0 where no object
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ def num_batches(size: int, batch_size: int, iters: int, train: bool) -> int:
     return full if (train and full) else full + bool(rest)
 
 
+def attach(batch: Batch, extra: dict[str, torch.Tensor]) -> Batch:
+    """The batch with its rows of the split's further labels (by position) filled in."""
+    return batch._replace(**{name: values[batch.index] for name, values in extra.items()}) if extra else batch
+
+
 def new_rng(shuffle: Shuffle | None) -> np.random.Generator | None:
     return None if shuffle is None else np.random.default_rng(list(shuffle))
 
@@ -94,7 +100,7 @@ class ResidentSplit:
     def __init__(self, images: torch.Tensor, targets: torch.Tensor):
         self.images = images  # N x C x H x W, storage dtype, normalised
         self.targets = targets
-        self.pose: torch.Tensor | None = None  # N pose labels by position, when asked for
+        self.extra: dict[str, torch.Tensor] = {}  # further labels by position ('pose', 'depth'), when asked for
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -116,8 +122,7 @@ class ResidentSplit:
                 order, position = new_pass(), 0
             index = order[position: position + batch_size]
             position += batch_size
-            yield Batch(self.images[index].float(), self.targets[index], index,
-                        pose=None if self.pose is None else self.pose[index])
+            yield attach(Batch(self.images[index].float(), self.targets[index], index), self.extra)
 
     def close(self) -> None:
         pass
@@ -137,7 +142,7 @@ class DividedSplit:
         self._staging: torch.Tensor | None = None  # the host buffer the reader fills, max_images long, reused
         self._uploaded: torch.cuda.Event | None = None  # marks the end of the last copy out of _staging
         self._targets: torch.Tensor | None = None
-        self.pose: torch.Tensor | None = None  # N pose labels by position (on the device), when asked for
+        self.extra: dict[str, torch.Tensor] = {}  # further labels by position, held whole on the device
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -229,7 +234,7 @@ class DividedSplit:
                               torch.cat([carry.targets, targets[head]]), torch.cat([carry.index, index[:need]]))
                 carry, start = None, need
                 if len(batch.index) == batch_size or (end_of_pass and not train):
-                    yield self._with_pose(batch)
+                    yield attach(batch, self.extra)
                     remaining -= 1
                 else:
                     carry = batch
@@ -238,15 +243,12 @@ class DividedSplit:
                 batch = Batch(images[part].float(), targets[part], index[start: start + batch_size])
                 start += batch_size
                 if len(part) == batch_size or (end_of_pass and not train):
-                    yield self._with_pose(batch)
+                    yield attach(batch, self.extra)
                     remaining -= 1
                 else:
                     carry = batch
             if end_of_pass:
                 carry = None  # training drops a pass's last partial batch
-
-    def _with_pose(self, batch: Batch) -> Batch:
-        return batch if self.pose is None else batch._replace(pose=self.pose[batch.index])
 
     def close(self) -> None:
         self._pending = None

@@ -18,7 +18,7 @@ HEADS = ("linear", "mlp")
 
 class ModelOutput(NamedTuple):
     features: torch.Tensor  # B x D, pooled backbone features
-    logits: torch.Tensor  # B x out_classes
+    logits: torch.Tensor  # B x out_classes, or B x out_classes x H x W with Wrapper.dense_pred
 
 
 def make_head(kind: str, in_dim: int, out_dim: int, hidden: int) -> nn.Module:
@@ -42,19 +42,27 @@ class Wrapper(nn.Module):
     ignore_pretrained_fc: take only the backbone from `pretrained`.
     run_selfsup: pretraining with a self-supervised task: the classifier becomes a linear
         probe and an MLP probe joins it, both trained on detached features.
+    dense_pred: per-pixel logits: the classifier becomes a 1x1 convolution on the backbone's
+        feature map, upsampled bilinearly to the input size (segmentation).
     With finetune_classifier or run_selfsup, features are standardised (BatchNorm without
     affine parameters) before the classifier and probes.
     """
 
     def __init__(self, backbone: ResNet, num_classes: int, out_classes: int | None = None, classifier: str = "linear",
                  mlp_hidden: int = 512, finetune_classifier: bool = False, warmup_fc: int = 0,
-                 pretrained: str | None = None, ignore_pretrained_fc: bool = False, run_selfsup: bool = False):
+                 pretrained: str | None = None, ignore_pretrained_fc: bool = False, run_selfsup: bool = False,
+                 dense_pred: bool = False):
         super().__init__()
         out_classes = out_classes or num_classes
         if out_classes < num_classes:
             raise UserError(f"Wrapper.out_classes = {out_classes} is fewer than the dataset's {num_classes} classes")
         self.backbone = backbone
-        self.classifier = make_head(classifier, backbone.out_dim, out_classes, mlp_hidden)
+        self.dense_pred = dense_pred
+        if dense_pred and (classifier != "linear" or run_selfsup):
+            raise UserError("Wrapper.dense_pred = True has a linear (1x1 convolution) classifier and no probes: "
+                            "leave Wrapper.classifier = 'linear' and Wrapper.run_selfsup = False")
+        self.classifier = (nn.Conv2d(backbone.out_dim, out_classes, 1) if dense_pred
+                           else make_head(classifier, backbone.out_dim, out_classes, mlp_hidden))
         self.run_selfsup = run_selfsup
         # Probes on frozen or detached features see them standardised (a fixed affine map at
         # evaluation, so a linear probe stays linear): untrained and self-supervised features
@@ -114,10 +122,15 @@ class Wrapper(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> ModelOutput:
-        """images: B x C x H x W -> features B x D and logits B x out_classes."""
-        if self.backbone_frozen:
-            with torch.no_grad():
+        """images: B x C x H x W -> features B x D and logits (B x out_classes, or per pixel)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+            if self.dense_pred:
+                feature_map = self.backbone.feature_map(images)
+                features = feature_map.mean(dim=(2, 3))
+            else:
                 features = self.backbone(images)
-        else:
-            features = self.backbone(images)
+        if self.dense_pred:
+            logits = F.interpolate(self.classifier(feature_map), size=images.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+            return ModelOutput(features, logits)
         return ModelOutput(features, self.classifier(self.feature_norm(features)))

@@ -9,6 +9,7 @@ from selfstudy.tasks.base import SelfSupervisedTask, Task
 from selfstudy.tasks.byol import BYOLTask
 from selfstudy.tasks.classify import ClassifyTask
 from selfstudy.tasks.cmc import CMCTask
+from selfstudy.tasks.depth import DepthTask
 from selfstudy.tasks.moco import MoCoTask
 from selfstudy.tasks.rotate import RotateTask
 from selfstudy.tasks.simclr import SimCLRTask
@@ -22,6 +23,7 @@ TASKS: dict[str, Callable[[], Task]] = {
     "BYOLTask": BYOLTask,
     "VAETask": VAETask,
     "CMCTask": CMCTask,
+    "DepthTask": DepthTask,
 }
 
 

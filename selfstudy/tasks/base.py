@@ -14,7 +14,10 @@ from selfstudy.models import Wrapper
 class Task(nn.Module):
     """A training objective. `loss` is stateless between calls except for the task's own
     parameters and buffers (heads, queues, target networks), which `setup` creates; they
-    train with the model and are saved in its checkpoints."""
+    train with the model and are saved in its checkpoints. `needs` names further per-image
+    maps of the dataset file the task reads from its batches (e.g. 'depth')."""
+
+    needs: tuple[str, ...] = ()
 
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
         """Raise `UserError` if the dataset or options lack what the task needs; build heads."""

@@ -16,6 +16,18 @@ from selfstudy.tasks.base import Task
 NUM_POSES = 5  # top view and four azimuth quadrants (selfstudy.render.pose_label)
 
 
+def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-pixel cross-entropy (nats) of logits B x K x H x W against class maps B x H x W, with
+    pixel accuracy and mean IoU (over the classes present in the targets or predictions of
+    this batch)."""
+    loss = F.cross_entropy(logits.float(), targets)
+    predicted = logits.argmax(dim=1)
+    classes = torch.cat([targets.unique(), predicted.unique()]).unique()
+    hit, wanted = predicted[..., None] == classes, targets[..., None] == classes  # B x H x W x C
+    iou = (hit & wanted).sum(dim=(0, 1, 2)).float() / (hit | wanted).sum(dim=(0, 1, 2)).float()
+    return loss, {"pixel_accuracy": (predicted == targets).float().mean(), "mean_iou": iou.mean()}
+
+
 def classify_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy (nats) and accuracy (fraction) of logits B x K against targets B."""
     loss = F.cross_entropy(logits.float(), targets)
@@ -26,13 +38,22 @@ def classify_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Te
 @gin.configurable
 class ClassifyTask(Task):
     """Predict each image's class with the wrapper's classifier; with `is_pose`, predict its
-    5-way pose label instead (`BaseDataset.predict_pose`), with a pose head of the task's own."""
+    5-way pose label instead (`BaseDataset.predict_pose`), with a pose head of the task's own.
+    On a dataset of class maps (multi-object scenes) it segments: every pixel's class, 0 for
+    background, with `Wrapper.dense_pred = True`; 'accuracy' is then the pixel accuracy."""
 
     def __init__(self, is_pose: bool = False):
         super().__init__()
         self.is_pose = is_pose
 
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
+        dense = bool(dataset.train.target_shape)
+        if dense and not model.dense_pred:
+            raise UserError(f"{dataset.name} has a class per pixel, but Wrapper.dense_pred is False: set it to True "
+                            "to segment")
+        if model.dense_pred and not dense:
+            raise UserError(f"Wrapper.dense_pred = True predicts a class per pixel, but {dataset.name} has one class "
+                            "per image (a classification set): use a --multi synthetic set or set it to False")
         if self.is_pose:
             if not options.predict_pose:
                 raise UserError(f"ClassifyTask.is_pose = True needs pose labels, but BaseDataset.predict_pose is "
@@ -42,6 +63,9 @@ class ClassifyTask(Task):
     def loss(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.is_pose:
             loss, accuracy = classify_loss(self.pose_head(model.backbone(batch.images)), batch.pose)
+        elif model.dense_pred:
+            loss, metrics = segmentation_loss(model(batch.images).logits, batch.targets)
+            return loss, {"loss": loss.detach(), "accuracy": metrics["pixel_accuracy"], **metrics}
         else:
             loss, accuracy = classify_loss(model(batch.images).logits, batch.targets)
         return loss, {"loss": loss.detach(), "accuracy": accuracy}

@@ -1,0 +1,93 @@
+"""Dense tasks on multi-object scenes: metrics by hand, training through main.py beats the
+trivial baselines, and dense tasks refuse classification sets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, Workspace
+from selfstudy.tasks.classify import segmentation_loss
+from selfstudy.tasks.depth import depth_loss
+
+
+def test_depth_metrics_by_hand() -> None:
+    target = torch.tensor([[[2.0, 4.0], [0.0, 3.0]]])  # one background pixel (0) is ignored
+    loss, metrics = depth_loss(target.clone(), target)
+    assert loss.item() == 0 and metrics["delta_1.25"].item() == 1 and metrics["rmse"].item() == 0
+    loss, metrics = depth_loss(target * 1.2, target)
+    assert loss.item() == pytest.approx(0.2 * 3.0)  # mean of 0.4, 0.8, 0.6
+    assert metrics["delta_1.25"].item() == 1 and metrics["delta_1.1"].item() == 0
+    assert metrics["rmse"].item() == pytest.approx(np.sqrt((0.16 + 0.64 + 0.36) / 3))
+
+
+def test_segmentation_metrics_by_hand() -> None:
+    targets = torch.tensor([[[0, 0], [1, 2]]])
+    perfect = torch.nn.functional.one_hot(targets, 3).permute(0, 3, 1, 2).float() * 10
+    _, metrics = segmentation_loss(perfect, targets)
+    assert metrics["pixel_accuracy"].item() == 1 and metrics["mean_iou"].item() == 1
+    background = torch.zeros(1, 3, 2, 2)
+    background[:, 0] = 10
+    _, metrics = segmentation_loss(background, targets)
+    assert metrics["pixel_accuracy"].item() == 0.5
+    assert metrics["mean_iou"].item() == pytest.approx((2 / 4 + 0 + 0) / 3)  # background 2 of 4; classes 1, 2 missed
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny multi-object set rendered through the CLI."""
+    data = tmp_path_factory.mktemp("dense_data")
+    workspace = Workspace(data / "exp", data)
+    made = workspace.run("--code", "0000", "--n", "600", "--res", "32", "--multi", "--objects", "3", "--test", "200",
+                         "-o", "scenes", script="misc/render_syn.py")
+    assert made.returncode == 0, made.stderr
+    return data
+
+
+def train(workspace: Workspace, scenes: Path, name: str, config: str) -> dict:
+    workspace.data_dir = scenes
+    done = workspace.run("-l", "-q", "-e", name, "-g", config, "-p", *TINY, "init_resnet.choice = 'resnet9'",
+                         "ResNet.width = 16", "SynDataset.dataset_choice = 'scenes'", "BaseDataset.num_valid = 100",
+                         "scheduler.milestones = [2, 14]", "scheduler.target_lrs = [0.1, 0.0]", "augment.crop = 2")
+    assert done.returncode == 0, done.stderr
+    return json.loads(next(workspace.exp_dir.glob(f"{name}/*/result.json")).read_text().splitlines()[-1])
+
+
+def test_segmentation_beats_predicting_background(workspace: Workspace, scenes: Path) -> None:
+    result = train(workspace, scenes, "segment", "dense/r50/segment")
+    with h5py.File(scenes / "syn" / "scenes" / "test.h5") as f:
+        background = float((f["targets"][...] == 0).mean())
+    print(f"segmentation: test pixel accuracy {result['test_pixel_accuracy']:.3f}, mean IoU "
+          f"{result['test_mean_iou']:.3f}; all-background baseline {background:.3f}")
+    assert result["test_pixel_accuracy"] > background + 0.02, (result["test_pixel_accuracy"], background)
+
+
+def test_depth_beats_predicting_the_mean(workspace: Workspace, scenes: Path) -> None:
+    result = train(workspace, scenes, "depth", "dense/r50/depth")
+    with h5py.File(scenes / "syn" / "scenes" / "train.h5") as f:
+        mean_depth = f["depth"][...][f["depth"][...] > 0].mean()
+    with h5py.File(scenes / "syn" / "scenes" / "test.h5") as f:
+        depth = f["depth"][...]
+        baseline = np.abs(depth[depth > 0] - mean_depth).mean()
+    print(f"depth: test L1 {result['test_loss']:.3f}, delta<1.25 {result['test_delta_1.25']:.3f}; "
+          f"mean-depth baseline L1 {baseline:.3f}")
+    assert result["test_loss"] < 0.9 * baseline, (result["test_loss"], baseline)
+
+
+@pytest.mark.parametrize("config, says", [
+    ("dense/r50/depth", "DepthTask needs depth maps, but DigitsDataset has none (a classification set)"),
+    ("dense/r50/segment", "Wrapper.dense_pred = True predicts a class per pixel, but DigitsDataset has one class "
+                          "per image (a classification set)"),
+])
+def test_dense_tasks_refuse_classification_sets(workspace: Workspace, config: str, says: str) -> None:
+    done = workspace.run("-l", "-e", "refused", "-g", config, "-p", "session.dataset = 'DigitsDataset'",
+                         "augment.transform_targets = False")
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == f"error: {says}" + (
+        ": render a multi-object set with misc/render_syn.py --multi" if "DepthTask" in says
+        else ": use a --multi synthetic set or set it to False")
+    assert not (workspace.exp_dir / "refused").exists()
