@@ -1,4 +1,4 @@
-"""Pretraining method x pretraining dataset: 5 methods x the 12 standard synthetic sets = 60 trials.
+"""Pretraining method x pretraining dataset: 6 methods x the 12 standard synthetic sets = 72 trials.
 
 Render the sets first (README, "Synthetic datasets"). Afterwards move every snapshot to a
 readable place and fine-tune from it:
@@ -8,7 +8,7 @@ readable place and fine-tune from it:
 
 from ray import tune
 
-METHODS = ["rotate", "simclr", "moco", "byol", "vae"]
+METHODS = ["rotate", "simclr", "moco", "byol", "vae", "amdim"]  # CMC needs LAB sets: see syn/r9/cmc.gin
 CODES = ["0000", "1000", "0100", "0010", "0001", "1100", "0110", "0101", "0111", "1110", "1011", "1111"]
 
 search_space = {

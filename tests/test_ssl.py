@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY
+from selfstudy.tasks.amdim import amdim_nce
 from selfstudy.config import split_binding
 from selfstudy.errors import UserError
 from selfstudy.tasks.byol import byol_loss, ema_momentum
@@ -61,6 +62,17 @@ def test_memory_bank_nce_and_lab_views() -> None:
     assert torch.equal(ab_view[:, 1:], images[:, 1:]) and (ab_view[:, 0] == 0).all()
 
 
+def test_amdim_nce_of_uninformative_and_matching_scores() -> None:
+    b, e, n = 3, 4, 5
+    zeros = amdim_nce(torch.zeros(b, e), torch.randn(b, e, n), tclip=20.0)
+    assert zeros.item() == pytest.approx(math.log(1 + (b - 1) * n))  # every score 0: 1 positive among (B-1)N + 1
+    g = torch.eye(e)[:b] * 50  # each image's local features point along its own global one
+    local = torch.eye(e)[:b, :, None].expand(b, e, n) * 50
+    clipped = 5.0  # scores 50 * 50 / sqrt(4) = 1250, clipped to ~5; others 0
+    expected = math.log(1 + (b - 1) * n * math.exp(-clipped))
+    assert amdim_nce(g, local, tclip=clipped).item() == pytest.approx(expected, rel=1e-3)
+
+
 def test_byol_loss_and_momentum() -> None:
     x = torch.randn(5, 8)
     assert byol_loss(x, 2 * x).item() == pytest.approx(0.0, abs=1e-6)
@@ -88,15 +100,19 @@ def test_vae_terms() -> None:
     assert ((erased[:, 0] == 0).sum(dim=(1, 2)) == 16).all() and torch.equal(erased[:, 0] == 0, erased[:, 2] == 0)
 
 
+LEARNING_RATES = {"amdim": 0.3}  # its clipped scores start flat and move slowly at 0.02
+
+
 def ssl_trial(name: str, *extra: str) -> Trial:
     bindings = [*TINY, "BaseDataset.semisupervised = 64", *extra]
     return Trial({"gin_config": [f"digits/r9/{name}"], "seed": 0,
                   "gin_params": dict(split_binding(b) for b in bindings)})
 
 
-@pytest.mark.parametrize("name", ["rotate", "simclr", "moco", "byol", "vae", "cmc"])
+@pytest.mark.parametrize("name", ["rotate", "simclr", "moco", "byol", "vae", "cmc", "amdim"])
 def test_twenty_steps_lower_the_loss(workspace, name: str) -> None:
-    trial = ssl_trial(name, "optimizer.lr = 0.02", "MoCoTask.queue_size = 256")
+    lr = LEARNING_RATES.get(name, 0.02)
+    trial = ssl_trial(name, f"optimizer.lr = {lr}", "MoCoTask.queue_size = 256")
     batch = trial.prepare(next(trial.splits["train"].batches(32, 1, shuffle=(0, 1))), "train")
     start_state = copy.deepcopy(trial.task.state_dict())
 
@@ -120,7 +136,7 @@ def test_twenty_steps_lower_the_loss(workspace, name: str) -> None:
         trial.optimizer.zero_grad()
         loss.backward()
         for group in trial.optimizer.param_groups:
-            group["lr"] = 0.02
+            group["lr"] = lr
         trial.optimizer.step()
         trial.task.after_step(trial.model, step, 20)
         assert {"loss", "accuracy", "mlp_accuracy"} <= set(metrics)

@@ -117,6 +117,17 @@ class ResNet(nn.Module):
             module.eval()
         return self
 
+    def stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The feature map after each stage up to `feat_layer` (the last one projected, as in
+        `feature_map`): coarser and deeper from first to last."""
+        maps = []
+        for name in self.stage_names:
+            for module in (getattr(self, s) for s in (STEM if name == "stem" else (name,))):
+                x = module(x)
+            maps.append(x)
+        maps[-1] = self.project(maps[-1])
+        return maps
+
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """B x C x H x W -> B x out_dim x h x w, after `feat_layer`."""
         for module in self._stages():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from selfstudy.errors import UserError
+from selfstudy.tasks.amdim import AMDIMTask
 from selfstudy.tasks.base import SelfSupervisedTask, Task
 from selfstudy.tasks.byol import BYOLTask
 from selfstudy.tasks.classify import ClassifyTask
@@ -24,6 +25,7 @@ TASKS: dict[str, Callable[[], Task]] = {
     "VAETask": VAETask,
     "CMCTask": CMCTask,
     "DepthTask": DepthTask,
+    "AMDIMTask": AMDIMTask,
 }
 
 

@@ -1,0 +1,64 @@
+"""AMDIM (Bachman et al. 2019): maximise mutual information between the global features of one
+view and the local features of the other, at several scales, with a noise-contrastive loss
+whose scores are softly clipped (`tclip`)."""
+
+from __future__ import annotations
+
+import gin
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfstudy.data import Batch, DatasetFiles
+from selfstudy.data.base import DataOptions
+from selfstudy.models import Wrapper
+from selfstudy.tasks.base import SelfSupervisedTask
+
+
+def amdim_nce(global_: torch.Tensor, local: torch.Tensor, tclip: float) -> torch.Tensor:
+    """InfoNCE of global embeddings B x E against local embeddings B x E x N (N positions):
+    each (image i, position p) pair must score its own global embedding above every position
+    of every other image. Scores are dot products / sqrt(E), softly clipped to +-tclip. Nats."""
+    b, e, n = local.shape
+    scores = torch.einsum("be,cen->bcn", global_.float(), local.float()) / e ** 0.5  # B x B x N
+    scores = tclip * torch.tanh(scores / tclip)
+    positive = scores[torch.arange(b), torch.arange(b)]  # B x N
+    others = scores.masked_fill(torch.eye(b, dtype=torch.bool, device=scores.device)[:, :, None], float("-inf"))
+    negative = torch.logsumexp(others.reshape(b, -1), dim=1, keepdim=True)  # B x 1
+    return (torch.logaddexp(positive, negative) - positive).mean()
+
+
+@gin.configurable
+class AMDIMTask(SelfSupervisedTask):
+    """Global features of each view against the local features of the other view on the last
+    two stages of the backbone (`scales`), both directions."""
+
+    needs_two_views = True
+
+    def __init__(self, tclip: float = 20.0, embedding: int = 256, scales: int = 2):
+        super().__init__()
+        self.tclip, self.embedding, self.scales = tclip, embedding, scales
+
+    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
+        super().setup(model, dataset, options)
+        res = dataset.resolution(options)
+        probe = torch.zeros(2, dataset.channels, res, res, device=next(model.backbone.parameters()).device)
+        was_training = model.backbone.training
+        model.backbone.eval()  # a shape probe must not move the running statistics
+        with torch.no_grad():
+            channels = [m.shape[1] for m in model.backbone.stage_maps(probe)]
+        model.backbone.train(was_training)
+        self.global_head = nn.Linear(model.backbone.out_dim, self.embedding)
+        self.local_heads = nn.ModuleList(nn.Conv2d(c, self.embedding, 1) for c in channels[-self.scales:])
+
+    def embed(self, model: Wrapper, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        maps = model.backbone.stage_maps(images)
+        features = maps[-1].mean(dim=(2, 3))
+        local = [head(m).flatten(2) for head, m in zip(self.local_heads, maps[-self.scales:])]
+        return self.global_head(features), local, features
+
+    def objective(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        g1, local1, features = self.embed(model, batch.images)
+        g2, local2, _ = self.embed(model, batch.view2)
+        terms = [amdim_nce(g, l, self.tclip) for g, locals_ in ((g1, local2), (g2, local1)) for l in locals_]
+        return torch.stack(terms).mean(), {}, features
