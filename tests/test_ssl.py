@@ -144,6 +144,18 @@ def test_twenty_steps_lower_the_loss(workspace, name: str) -> None:
     trial.close()
 
 
+def test_finetune_selfsup_trains_the_heads_on_a_frozen_backbone(workspace) -> None:
+    trial = ssl_trial("rotate", "Wrapper.finetune_selfsup = True", "session.train_iters = 3")
+    backbone = copy.deepcopy(trial.model.backbone.state_dict())
+    head = trial.task.head.weight.detach().clone()
+    trial.run_epoch()
+    assert all(torch.equal(v, trial.model.backbone.state_dict()[k]) for k, v in backbone.items())  # BN stats too
+    assert not torch.equal(head, trial.task.head.weight)
+    trial.close()
+    with pytest.raises(UserError, match="finetune_selfsup = True .* needs Wrapper.run_selfsup = True"):
+        ssl_trial("rotate", "Wrapper.finetune_selfsup = True", "Wrapper.run_selfsup = False")
+
+
 def test_methods_refuse_what_they_cannot_use(workspace) -> None:
     with pytest.raises(UserError, match="SimCLRTask compares two views.*BaseDataset.double_sample"):
         ssl_trial("simclr", "BaseDataset.double_sample = False")

@@ -42,6 +42,8 @@ class Wrapper(nn.Module):
     ignore_pretrained_fc: take only the backbone from `pretrained`.
     run_selfsup: pretraining with a self-supervised task: the classifier becomes a linear
         probe and an MLP probe joins it, both trained on detached features.
+    finetune_selfsup: with run_selfsup, train only the self-supervised task's heads (and the
+        probes) on a frozen backbone, e.g. to ask how well given features solve a pretext task.
     dense_pred: per-pixel logits: the classifier becomes a 1x1 convolution on the backbone's
         feature map, upsampled bilinearly to the input size (segmentation).
     With finetune_classifier or run_selfsup, features are standardised (BatchNorm without
@@ -51,8 +53,11 @@ class Wrapper(nn.Module):
     def __init__(self, backbone: ResNet, num_classes: int, out_classes: int | None = None, classifier: str = "linear",
                  mlp_hidden: int = 512, finetune_classifier: bool = False, warmup_fc: int = 0,
                  pretrained: str | None = None, ignore_pretrained_fc: bool = False, run_selfsup: bool = False,
-                 dense_pred: bool = False):
+                 dense_pred: bool = False, finetune_selfsup: bool = False):
         super().__init__()
+        if finetune_selfsup and not run_selfsup:
+            raise UserError("Wrapper.finetune_selfsup = True trains a self-supervised task's heads on a frozen "
+                            "backbone: it needs Wrapper.run_selfsup = True and a self-supervised session.task")
         out_classes = out_classes or num_classes
         if out_classes < num_classes:
             raise UserError(f"Wrapper.out_classes = {out_classes} is fewer than the dataset's {num_classes} classes")
@@ -70,10 +75,10 @@ class Wrapper(nn.Module):
         probing = finetune_classifier or run_selfsup
         self.feature_norm = nn.BatchNorm1d(backbone.out_dim, affine=False) if probing else nn.Identity()
         self.mlp_probe = make_head("mlp", backbone.out_dim, out_classes, mlp_hidden) if run_selfsup else None
-        self.finetune_classifier = finetune_classifier
+        self.finetune_classifier = finetune_classifier or finetune_selfsup  # either way the backbone stays
         self.warmup_fc = warmup_fc
-        self.backbone_frozen = finetune_classifier
-        if finetune_classifier:
+        self.backbone_frozen = self.finetune_classifier
+        if self.finetune_classifier:
             backbone.requires_grad_(False)
         if pretrained:
             self.load_pretrained(pretrained, ignore_pretrained_fc)
