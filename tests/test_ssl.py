@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import TINY
 from selfstudy.tasks.amdim import amdim_nce

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gin
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from selfstudy.data import Batch, DatasetFiles
