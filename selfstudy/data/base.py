@@ -108,7 +108,7 @@ class DatasetFiles:
         order = np.random.default_rng(SPLIT_SEED).permutation(n)
         rows = {"train": np.sort(order[: n - num_valid]), "valid": np.sort(order[n - num_valid:])}
         if options.semisupervised:
-            targets = hdf5.read_targets(self.train.path)[rows["train"]]
+            targets = hdf5.read_dataset(self.train.path)[rows["train"]]
             rows["train"] = rows["train"][balanced_subset(targets, options.semisupervised, self.name)]
         return rows
 
@@ -144,10 +144,10 @@ class DatasetFiles:
                 images, targets = hdf5.read_rows(info.path, rows[split], options.chunk_size)
                 loaded[split] = ResidentSplit(placement.images(torch.from_numpy(images)), placement.targets(targets))
             if options.predict_pose:
-                rotations = torch.from_numpy(hdf5.read_targets(info.path, "rot_mat")[rows[split]])
+                rotations = torch.from_numpy(hdf5.read_dataset(info.path, "rot_mat")[rows[split]])
                 loaded[split].extra["pose"] = pose_label(rotations.reshape(len(rotations), -1, 3, 3)[:, 0]).to(device)
             for name in extras:
-                loaded[split].extra[name] = placement.targets(hdf5.read_targets(info.path, name)[rows[split]])
+                loaded[split].extra[name] = placement.targets(hdf5.read_dataset(info.path, name)[rows[split]])
         return loaded
 
 

@@ -116,7 +116,7 @@ def read_info(path: Path) -> SplitInfo:
         raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None
 
 
-def read_targets(path: Path, name: str = "targets") -> np.ndarray:
+def read_dataset(path: Path, name: str = "targets") -> np.ndarray:
     """All targets of a split, or another per-image dataset by name (no images)."""
     try:
         with h5py.File(path, "r") as f:
