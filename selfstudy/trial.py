@@ -94,10 +94,20 @@ def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
     with torch.device(device):
         classes = dataset.num_classes + (1 if dataset.train.target_shape else 0)  # dense maps: 0 is background
         model = build_model(dataset.channels, dataset.resolution(options), classes)
+        check_heads(model, task)
         task.setup(model, dataset, options)
     batch_size = batch_size_option()
     dataset.check(options, batch_size)
     return Parts(settings, dataset, options, batch_size, augment, task, model)
+
+
+def check_heads(model: Wrapper, task: Task) -> None:
+    """The task must know what to train each of the model's heads on."""
+    if len(model.more_heads) > len(task.more_labels):
+        labels = ("class", *task.more_labels)
+        raise UserError(f"Wrapper.out_classes asks for {1 + len(model.more_heads)} heads, but {type(task).__name__} "
+                        f"trains {len(labels)} ({', '.join(labels)}): give Wrapper.out_classes at most {len(labels)} "
+                        "numbers")
 
 
 def check_trial(config: dict[str, Any]) -> None:

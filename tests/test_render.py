@@ -85,6 +85,17 @@ def test_pose_labels_from_rotations() -> None:
     assert torch.bincount(labels, minlength=5).min() > 20  # random viewpoints reach every pose
 
 
+def test_random_viewpoints_keep_objects_upright() -> None:
+    rotations = rendered("0010", 400)[0].rotation[:, 0]
+    assert torch.allclose(rotations @ rotations.transpose(1, 2), torch.eye(3).expand(400, 3, 3), atol=1e-5)
+    assert torch.allclose(torch.linalg.det(rotations), torch.ones(400), atol=1e-5)
+    up = rotations[:, :, 1]  # where the object's up axis points (x right, y up, z at the camera)
+    assert up[:, 1].min() > 0.2  # never upside down or on its side: the image's up means something
+    assert up[:, 2].max() > 0.9 and up[:, 2].min() < -0.4  # from nearly overhead to below
+    spin = torch.atan2(rotations[:, 0, 2], rotations[:, 0, 0])  # azimuth, when elevation and roll are small
+    assert spin.max() - spin.min() > 5.5  # all the way round
+
+
 def test_multi_object_maps_agree_with_the_image() -> None:
     scene, out = rendered("1111", 64, res=48, objects=4)
     obj = out.class_map > 0
@@ -125,6 +136,47 @@ def test_rendered_set_loads_with_pose_labels(tmp_path: Path, monkeypatch: pytest
         DigitsDataset().check(data_options(predict_pose=True), 32)
 
 
+def test_two_heads_learn_class_and_pose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import paths
+    from selfstudy.config import split_binding
+    from selfstudy.tasks.classify import classify_loss
+    from selfstudy.trial import Trial
+
+    monkeypatch.setattr(paths, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(paths, "EXP_DIR", tmp_path / "exp")
+    folder = tmp_path / "syn" / "0010"
+    folder.mkdir(parents=True)
+    stats = render_split(folder / "train.h5", "0010", 200, 16, 0, CPU, 1, "train")
+    render_split(folder / "test.h5", "0010", 20, 16, 1, CPU, 1, "test", stats)
+    bindings = [*TINY, "SynDataset.dataset_choice = '0010'", "BaseDataset.predict_pose = True",
+                "Wrapper.out_classes = [10, 5]", "ResNet.width = 8"]
+    trial = Trial({"gin_config": ["syn/r9/classify"], "seed": 0,
+                   "gin_params": dict(split_binding(b) for b in bindings)})
+    batch = trial.prepare(next(trial.splits["train"].batches(64, 1, shuffle=(0, 1))), "train")
+
+    def losses() -> tuple[float, float]:  # on batch statistics, as in training
+        trial.model.train()
+        with torch.no_grad():
+            output = trial.model(batch.images)
+        assert output.logits.shape == (64, 10) and output.more_logits[0].shape == (64, 5)
+        return classify_loss(output.logits, batch.targets)[0].item(), classify_loss(output.more_logits[0],
+                                                                                    batch.pose)[0].item()
+
+    before = losses()
+    for _ in range(20):
+        trial.model.train()
+        loss, metrics = trial.task.loss(trial.model, batch)
+        trial.optimizer.zero_grad()
+        loss.backward()
+        for group in trial.optimizer.param_groups:
+            group["lr"] = 0.05
+        trial.optimizer.step()
+    assert {"accuracy", "pose_accuracy"} <= set(metrics)
+    after = losses()
+    assert after[0] < before[0] * 0.9 and after[1] < before[1] * 0.9, (before, after)
+    trial.close()
+
+
 def read_test_mean(folder: Path) -> np.ndarray:
     with h5py.File(folder / "test.h5") as f:
         return f.attrs["mean"]  # the test split carries the training statistics
@@ -143,3 +195,9 @@ def test_render_cli_and_training_through_main(workspace: Workspace) -> None:
     assert done.returncode == 0, done.stderr
     result = json.loads(next(workspace.exp_dir.glob("syn/*/result.json")).read_text().splitlines()[-1])
     assert result["epoch"] == 2 and 0 <= result["test_accuracy"] <= 1
+    done = workspace.run("-l", "-q", "-e", "two_heads", "-g", "syn/r9/classify", "-p", *TINY,
+                         "SynDataset.dataset_choice = 'tiny0000'", "BaseDataset.predict_pose = True",
+                         "Wrapper.out_classes = [10, 5]")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(next(workspace.exp_dir.glob("two_heads/*/result.json")).read_text().splitlines()[-1])
+    assert 0 <= result["test_pose_accuracy"] <= 1 and 0 <= result["test_accuracy"] <= 1

@@ -36,6 +36,11 @@ def assert_refused(workspace: Workspace, *args: str, says: str) -> None:
     (["-p", "BaseDataset.predict_pose = True"], "BaseDataset.predict_pose = True needs rot_mat in the dataset, "
                                                 "but DigitsDataset has none"),
     (["-g", "digits/r9/simclr", "-p", "BaseDataset.double_sample = False"], "SimCLRTask compares two views"),
+    (["-p", "Wrapper.out_classes = [10, 5]"], "Wrapper.out_classes' second head learns the 5-way pose: set "
+                                             "BaseDataset.predict_pose = True"),
+    (["-p", "Wrapper.out_classes = [10, 5, 3]"], "asks for 3 heads, but ClassifyTask trains 2 (class, pose)"),
+    (["-p", "Wrapper.out_classes = [10, 0]"], "must be a positive number of outputs or a list of them"),
+    (["-g", "digits/r9/rotate", "-p", "Wrapper.out_classes = [10, 5]"], "asks for several heads"),
     (["-g", "digits/r9/cmc", "-p", "DigitsDataset.to_lab = False"], "CMCTask contrasts the L and ab channels of "
                                                                     "LAB images, but DigitsDataset stores rgb"),
 ])

@@ -19,6 +19,7 @@ HEADS = ("linear", "mlp")
 class ModelOutput(NamedTuple):
     features: torch.Tensor  # B x D, pooled backbone features
     logits: torch.Tensor  # B x out_classes, or B x out_classes x H x W with Wrapper.dense_pred
+    more_logits: tuple[torch.Tensor, ...] = ()  # of the further heads of a list out_classes
 
 
 def make_head(kind: str, in_dim: int, out_dim: int, hidden: int) -> nn.Module:
@@ -30,11 +31,24 @@ def make_head(kind: str, in_dim: int, out_dim: int, hidden: int) -> nn.Module:
     raise UserError(f"unknown Wrapper.classifier {kind!r}; choose from: {', '.join(HEADS)}")
 
 
+def head_sizes(out_classes: int | list[int] | tuple[int, ...] | None, num_classes: int) -> tuple[int, ...]:
+    """`Wrapper.out_classes` as outputs per head; the first head must cover the dataset's classes."""
+    sizes = (out_classes or num_classes,) if not isinstance(out_classes, (list, tuple)) else tuple(out_classes)
+    if not sizes or not all(isinstance(size, int) and size > 0 for size in sizes):
+        raise UserError(f"Wrapper.out_classes = {out_classes!r} must be a positive number of outputs or a list of "
+                        "them, one per head, e.g. [10, 5]")
+    if sizes[0] < num_classes:
+        raise UserError(f"Wrapper.out_classes = {out_classes} is fewer than the dataset's {num_classes} classes")
+    return sizes
+
+
 @gin.configurable(denylist=["backbone", "num_classes"])
 class Wrapper(nn.Module):
     """Backbone + classifier.
 
-    out_classes: classifier outputs (default: the dataset's classes).
+    out_classes: classifier outputs (default: the dataset's classes); a list gives several
+        heads on the same features, the first for the class and the others for the further
+        labels the task trains (ClassifyTask: the pose), e.g. [10, 5].
     classifier: 'linear' or 'mlp' (hidden units `mlp_hidden`).
     finetune_classifier: train the classifier only, on frozen backbone features.
     warmup_fc: training steps at the start during which only the classifier trains.
@@ -50,7 +64,8 @@ class Wrapper(nn.Module):
     affine parameters) before the classifier and probes.
     """
 
-    def __init__(self, backbone: ResNet, num_classes: int, out_classes: int | None = None, classifier: str = "linear",
+    def __init__(self, backbone: ResNet, num_classes: int, out_classes: int | list[int] | None = None,
+                 classifier: str = "linear",
                  mlp_hidden: int = 512, finetune_classifier: bool = False, warmup_fc: int = 0,
                  pretrained: str | None = None, ignore_pretrained_fc: bool = False, run_selfsup: bool = False,
                  dense_pred: bool = False, finetune_selfsup: bool = False):
@@ -58,16 +73,19 @@ class Wrapper(nn.Module):
         if finetune_selfsup and not run_selfsup:
             raise UserError("Wrapper.finetune_selfsup = True trains a self-supervised task's heads on a frozen "
                             "backbone: it needs Wrapper.run_selfsup = True and a self-supervised session.task")
-        out_classes = out_classes or num_classes
-        if out_classes < num_classes:
-            raise UserError(f"Wrapper.out_classes = {out_classes} is fewer than the dataset's {num_classes} classes")
+        self.head_sizes = sizes = head_sizes(out_classes, num_classes)
+        out_classes = sizes[0]
         self.backbone = backbone
         self.dense_pred = dense_pred
         if dense_pred and (classifier != "linear" or run_selfsup):
             raise UserError("Wrapper.dense_pred = True has a linear (1x1 convolution) classifier and no probes: "
                             "leave Wrapper.classifier = 'linear' and Wrapper.run_selfsup = False")
+        if len(sizes) > 1 and (dense_pred or run_selfsup):
+            raise UserError(f"Wrapper.out_classes = {list(sizes)} asks for several heads, which classify whole images "
+                            "under supervision: give one number with Wrapper.dense_pred or Wrapper.run_selfsup")
         self.classifier = (nn.Conv2d(backbone.out_dim, out_classes, 1) if dense_pred
                            else make_head(classifier, backbone.out_dim, out_classes, mlp_hidden))
+        self.more_heads = nn.ModuleList(make_head(classifier, backbone.out_dim, size, mlp_hidden) for size in sizes[1:])
         self.run_selfsup = run_selfsup
         # Probes on frozen or detached features see them standardised (a fixed affine map at
         # evaluation, so a linear probe stays linear): untrained and self-supervised features
@@ -138,4 +156,5 @@ class Wrapper(nn.Module):
             logits = F.interpolate(self.classifier(feature_map), size=images.shape[-2:], mode="bilinear",
                                    align_corners=False)
             return ModelOutput(features, logits)
-        return ModelOutput(features, self.classifier(self.feature_norm(features)))
+        features_in = self.feature_norm(features)
+        return ModelOutput(features, self.classifier(features_in), tuple(head(features_in) for head in self.more_heads))

@@ -49,27 +49,38 @@ def palette(device: torch.device) -> torch.Tensor:
     return 0.9 - 0.7 * (torch.minimum(k, 4 - k).clamp(0, 1))
 
 
+def axis_rotations(axis: int, angles: torch.Tensor) -> torch.Tensor:
+    """Rotations about one coordinate axis by each of `angles` (radians): ... x 3 x 3."""
+    c, s = angles.cos(), angles.sin()
+    out = torch.eye(3, device=angles.device).expand(*angles.shape, 3, 3).clone()
+    i, j = [a for a in range(3) if a != axis]
+    out[..., i, i], out[..., i, j], out[..., j, i], out[..., j, j] = c, -s, s, c
+    return out
+
+
 def rotation_matrix(axis_angles: list[tuple[int, float]], device: torch.device) -> torch.Tensor:
     """Product of rotations about coordinate axes (0 = x, 1 = y, 2 = z), angles in radians."""
     out = torch.eye(3, device=device)
     for axis, angle in axis_angles:
-        c, s = math.cos(angle), math.sin(angle)
-        r = torch.eye(3, device=device)
-        i, j = [a for a in range(3) if a != axis]
-        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-        out = out @ r
+        out = out @ axis_rotations(axis, torch.tensor(angle, device=device))
     return out
 
 
-def random_rotations(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """n rotation matrices, uniform over SO(3) (from normalised Gaussian quaternions)."""
-    q = torch.randn(n, 4, generator=generator, device=device)
-    w, x, y, z = (q / q.norm(dim=1, keepdim=True)).unbind(1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
-    ], dim=1).view(n, 3, 3)
+# Random viewpoints orbit an upright object, as photographs mostly do: any azimuth, an
+# elevation from below to nearly overhead, and a slight camera roll. The image's "up" thus
+# stays meaningful, as in natural images; rotation prediction relies on that.
+ELEVATION = (math.radians(-30), math.radians(75))
+ROLL = math.radians(15)
+
+
+def random_viewpoints(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """n object -> world rotations: turned by a uniform azimuth about the object's up axis,
+    tilted towards the camera by an elevation uniform in ELEVATION, rolled by up to ROLL."""
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n, generator=generator, device=device)
+
+    azimuth, elevation, roll = uniform(0, 2 * math.pi), uniform(*ELEVATION), uniform(-ROLL, ROLL)
+    return axis_rotations(2, roll) @ axis_rotations(0, elevation) @ axis_rotations(1, azimuth)
 
 
 def canonical_rotation(device: torch.device) -> torch.Tensor:
@@ -97,7 +108,7 @@ def sample_scene(code: Code, n: int, generator: torch.Generator, device: torch.d
                               uniform(-0.6, 0.6, n, objects)], dim=-1)
         scale = uniform(0.35, 0.55, n, objects)
     if code.viewpoint:
-        rotation = random_rotations(n * objects, generator, device).view(n, objects, 3, 3)
+        rotation = random_viewpoints(n * objects, generator, device).view(n, objects, 3, 3)
     else:
         rotation = canonical_rotation(device).expand(n, objects, 3, 3).clone()
     colour = uniform(0.1, 0.95, n, objects, 3) if code.colour else palette(device)[classes]

@@ -15,9 +15,11 @@ class Task(nn.Module):
     """A training objective. `loss` is stateless between calls except for the task's own
     parameters and buffers (heads, queues, target networks), which `setup` creates; they
     train with the model and are saved in its checkpoints. `needs` names further per-image
-    maps of the dataset file the task reads from its batches (e.g. 'depth')."""
+    maps of the dataset file the task reads from its batches (e.g. 'depth'). `more_labels`
+    names what the task trains the Wrapper's further heads on (none: it takes one head)."""
 
     needs: tuple[str, ...] = ()
+    more_labels: tuple[str, ...] = ()  # what further heads of a list Wrapper.out_classes learn, in order
 
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
         """Raise `UserError` if the dataset or options lack what the task needs; build heads."""

@@ -40,7 +40,11 @@ class ClassifyTask(Task):
     """Predict each image's class with the wrapper's classifier; with `is_pose`, predict its
     5-way pose label instead (`BaseDataset.predict_pose`), with a pose head of the task's own.
     On a dataset of class maps (multi-object scenes) it segments: every pixel's class, 0 for
-    background, with `Wrapper.dense_pred = True`; 'accuracy' is then the pixel accuracy."""
+    background, with `Wrapper.dense_pred = True`; 'accuracy' is then the pixel accuracy.
+    With two Wrapper heads (`Wrapper.out_classes = [10, 5]`) it learns class and pose at once,
+    the loss their sum, reporting 'accuracy' (class) and 'pose_accuracy'."""
+
+    more_labels = ("pose",)
 
     def __init__(self, is_pose: bool = False):
         super().__init__()
@@ -54,6 +58,14 @@ class ClassifyTask(Task):
         if model.dense_pred and not dense:
             raise UserError(f"Wrapper.dense_pred = True predicts a class per pixel, but {dataset.name} has one class "
                             "per image (a classification set): use a --multi synthetic set or set it to False")
+        if model.more_heads:
+            if self.is_pose:
+                raise UserError("ClassifyTask.is_pose = True learns the pose alone with a head of its own: give "
+                                "Wrapper.out_classes one number, or set is_pose to False to learn class and pose")
+            if not options.predict_pose or model.head_sizes[1] < NUM_POSES:
+                raise UserError(f"Wrapper.out_classes' second head learns the {NUM_POSES}-way pose: set "
+                                f"BaseDataset.predict_pose = True (the dataset must have rot_mat) and give that head "
+                                f"at least {NUM_POSES} outputs")
         if self.is_pose:
             if not options.predict_pose:
                 raise UserError(f"ClassifyTask.is_pose = True needs pose labels, but BaseDataset.predict_pose is "
@@ -66,6 +78,12 @@ class ClassifyTask(Task):
         elif model.dense_pred:
             loss, metrics = segmentation_loss(model(batch.images).logits, batch.targets)
             return loss, {"loss": loss.detach(), "accuracy": metrics["pixel_accuracy"], **metrics}
+        elif model.more_heads:
+            output = model(batch.images)
+            loss, accuracy = classify_loss(output.logits, batch.targets)
+            pose_loss, pose_accuracy = classify_loss(output.more_logits[0], batch.pose)
+            return loss + pose_loss, {"loss": (loss + pose_loss).detach(), "accuracy": accuracy,
+                                      "pose_accuracy": pose_accuracy}
         else:
             loss, accuracy = classify_loss(model(batch.images).logits, batch.targets)
         return loss, {"loss": loss.detach(), "accuracy": accuracy}
