@@ -19,7 +19,7 @@ from selfstudy.tasks import TASKS
 from selfstudy.trial import Trial, check_trial
 
 QUICK = [*TINY, "session.train_iters = 2", "session.valid_iters = 1", "session.test_iters = 1",
-         "init_resnet.choice = 'resnet9'"]
+         "init_resnet.choice = 'resnet9'", "MoCoTask.queue_size = 32"]  # below the tiny sets' images
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions
+from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 from selfstudy.tasks.base import SelfSupervisedTask, projection_head
 
@@ -48,6 +49,11 @@ class MoCoTask(SelfSupervisedTask):
 
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
         super().setup(model, dataset, options)
+        images = len(dataset.split_rows(options)["train"])
+        if self.queue_size >= images:
+            raise UserError(f"MoCoTask.queue_size = {self.queue_size} is not below the {images} training images of "
+                            f"{dataset.name}: the queue would hold each image's own earlier keys as negatives; set it "
+                            f"well below (MoCo's ImageNet queue is about 5% of the images: {max(images // 20, 1)})")
         self.projector = projection_head(model.backbone.out_dim, self.proj_hidden, self.proj_dim)
         self.key_backbone = copy.deepcopy(model.backbone).requires_grad_(False)
         self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
