@@ -65,8 +65,7 @@ class Wrapper(nn.Module):
     """
 
     def __init__(self, backbone: ResNet, num_classes: int, out_classes: int | list[int] | None = None,
-                 classifier: str = "linear",
-                 mlp_hidden: int = 512, finetune_classifier: bool = False, warmup_fc: int = 0,
+                 classifier: str = "linear", mlp_hidden: int = 512, finetune_classifier: bool = False, warmup_fc: int = 0,
                  pretrained: str | None = None, ignore_pretrained_fc: bool = False, run_selfsup: bool = False,
                  dense_pred: bool = False, finetune_selfsup: bool = False):
         super().__init__()
