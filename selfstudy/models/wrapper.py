@@ -65,9 +65,9 @@ class Wrapper(nn.Module):
     """
 
     def __init__(self, backbone: ResNet, num_classes: int, out_classes: int | list[int] | None = None,
-                 classifier: str = "linear", mlp_hidden: int = 512, finetune_classifier: bool = False, warmup_fc: int = 0,
-                 pretrained: str | None = None, ignore_pretrained_fc: bool = False, run_selfsup: bool = False,
-                 dense_pred: bool = False, finetune_selfsup: bool = False):
+                 classifier: str = "linear", mlp_hidden: int = 512, finetune_classifier: bool = False,
+                 warmup_fc: int = 0, pretrained: str | None = None, ignore_pretrained_fc: bool = False,
+                 run_selfsup: bool = False, dense_pred: bool = False, finetune_selfsup: bool = False):
         super().__init__()
         if finetune_selfsup and not run_selfsup:
             raise UserError("Wrapper.finetune_selfsup = True trains a self-supervised task's heads on a frozen "
