@@ -3,17 +3,21 @@
 Prints one JSON line.
 
     python misc/bench_ssl.py [--code 1110] [--n 5000] [--pretrain-epochs 20] [--probe-epochs 10]
+                             [--methods rotate simclr moco byol vae amdim cmc]
 
-For each method: `main.py -l -g syn/r9/<method>` pretrains ResNet-9 on the set,
-`misc/move_snapshots.py` moves its checkpoint, and `main.py -l -g <dataset>/r9/classify` with
-`Wrapper.pretrained`, `Wrapper.ignore_pretrained_fc` and `Wrapper.finetune_classifier` trains a
-linear probe on the frozen features, in-domain (the same set, with its labels; test accuracy)
-and transferred to digits (validation accuracy). The baseline `random` probes a randomly
-initialised backbone (same seed, same budget), whose BatchNorm layers keep their initial
-statistics; `calibrated` is the same backbone with the statistics of one pass over the set at
-learning rate 0, as every pretrained backbone has them. Also reported: each method's online linear
-probe accuracy at the end of pretraining. Everything lives under DATA_DIR/bench_ssl and is
-removed at the end; progress goes to stderr.
+For each method: `main.py -l -g syn/r9/<method>` pretrains ResNet-9 on the set (at the batch
+size of its config), `misc/move_snapshots.py` moves its checkpoint, and `main.py -l -g
+<dataset>/r9/classify` with `Wrapper.pretrained`, `Wrapper.ignore_pretrained_fc` and
+`Wrapper.finetune_classifier` trains a linear probe (batch 256) on the frozen features,
+in-domain (the same set, with its labels; test accuracy) and transferred to digits (validation
+accuracy). The baseline `random` probes a randomly initialised backbone (same seed, same
+budget), whose BatchNorm layers keep their initial statistics; `calibrated` is the same backbone
+with the statistics of one pass over the set at learning rate 0, as every pretrained backbone
+has them. CMC's backbone encodes the L channel of the same images in CIELAB: it has baselines of
+its own (`random_lab`, `calibrated_lab`), and its probes are CMCTask's linear probe on the
+frozen backbone (`Wrapper.finetune_selfsup`, `<dataset>/r9/cmc`), which sees the L view. Also
+reported: each method's online linear probe accuracy at the end of pretraining. Everything lives
+under DATA_DIR/bench_ssl and is removed at the end; progress goes to stderr.
 
 The default code 1110 varies texture, colour and viewpoint. Colour is not tied to the class,
 so a random backbone's colour features do not give the class away, and the fixed light,
@@ -37,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 import paths  # noqa: E402
 
 START = time.perf_counter()
-METHODS = ("rotate", "simclr", "moco", "byol")
+METHODS = ("rotate", "simclr", "moco", "byol", "vae", "amdim", "cmc")
 
 
 def run(script: str, *args: str, env: dict[str, str]) -> None:
@@ -70,28 +74,39 @@ def main() -> None:
     exp_dir = root / "exp"
     env = dict(os.environ, SELFSTUDY_DATA_DIR=str(root / "data"), SELFSTUDY_EXP_DIR=str(exp_dir),
                SELFSTUDY_OFFLINE="1")
-    common = [f"ResNet.width = {args.width}", "dataloader.batch_size = 256", "BaseDataset.num_valid = 500"]
+    common = [f"ResNet.width = {args.width}", "BaseDataset.num_valid = 500"]
+    probe = ["dataloader.batch_size = 256"]
     figures: dict[str, object] = {"code": args.code, "n": args.n, "pretrain_epochs": args.pretrain_epochs,
                                   "probe_epochs": args.probe_epochs, "width": args.width}
     try:
         run("misc/render_syn.py", "--code", args.code, "--n", str(args.n), "--res", "32", "-o", args.code, env=env)
-        syn = [f"SynDataset.dataset_choice = '{args.code}'"]
-        for source in ("random", "calibrated", *args.methods):
+        sources = ["random", "calibrated", *(method for method in args.methods if method != "cmc")]
+        if "cmc" in args.methods:  # the same images in CIELAB, and baselines that see only L, as CMC's backbone
+            run("misc/render_syn.py", "--code", args.code, "--n", str(args.n), "--res", "32", "--to-lab",
+                "-o", f"{args.code}_lab", env=env)
+            sources += ["random_lab", "calibrated_lab", "cmc"]
+        for source in sources:
+            lab = source == "cmc" or source.endswith("_lab")
+            syn = [f"SynDataset.dataset_choice = '{args.code}{'_lab' if lab else ''}'"]
+            # CMC's backbone encodes the L channel: its probe is CMCTask's own linear probe, trained
+            # on the frozen backbone's features of the L view (Wrapper.finetune_selfsup).
+            probe_config, frozen = ("cmc", "Wrapper.finetune_selfsup = True") if lab else (
+                "classify", "Wrapper.finetune_classifier = True")
             start = []
-            if source == "calibrated":  # one pass at learning rate 0: random weights, BatchNorm statistics of the set
-                run("main.py", "-l", "-q", "-e", "pre_calibrated", "-g", "syn/r9/classify", "-p", *common, *syn,
-                    "scheduler.milestones = [1]", "scheduler.target_lrs = [0.0]", env=env)
-            elif source != "random":
+            if source.startswith("calibrated"):  # one pass at learning rate 0: random weights, BatchNorm statistics
+                run("main.py", "-l", "-q", "-e", f"pre_{source}", "-g", f"syn/r9/{probe_config}", "-p", *common, *probe,
+                    *syn, "scheduler.milestones = [1]", "scheduler.target_lrs = [0.0]", env=env)
+            elif not source.startswith("random"):
                 run("main.py", "-l", "-q", "-e", f"pre_{source}", "-g", f"syn/r9/{source}", "-p", *common, *syn,
                     f"scheduler.milestones = [1, {args.pretrain_epochs}]", env=env)
                 record(figures, f"{source}_online_probe", final(exp_dir, f"pre_{source}")["valid_accuracy"])
-            if source != "random":
+            if not source.startswith("random"):
                 run("misc/move_snapshots.py", "-e", f"pre_{source}", "-m", env=env)
                 start = [f"Wrapper.pretrained = 'pre_{source}'", "Wrapper.ignore_pretrained_fc = True"]
             for target, extra in (("syn", syn), ("digits", ["session.test_iters = 0"])):
                 name = f"probe_{source}_{target}"
-                run("main.py", "-l", "-q", "-e", name, "-g", f"{target}/r9/classify", "-p", *common, *extra, *start,
-                    "Wrapper.finetune_classifier = True", f"scheduler.milestones = [1, {args.probe_epochs}]",
+                run("main.py", "-l", "-q", "-e", name, "-g", f"{target}/r9/{probe_config}", "-p", *common, *extra,
+                    *probe, *start, frozen, f"scheduler.milestones = [1, {args.probe_epochs}]",
                     "BaseDataset.num_valid = 300" if target == "digits" else "BaseDataset.num_valid = 500", env=env)
                 result = final(exp_dir, name)
                 record(figures, f"{source}_probe_{target}",
