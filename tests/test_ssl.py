@@ -155,6 +155,27 @@ def test_finetune_selfsup_trains_the_heads_on_a_frozen_backbone(workspace) -> No
         ssl_trial("rotate", "Wrapper.finetune_selfsup = True", "Wrapper.run_selfsup = False")
 
 
+def test_cmc_evaluates_an_image_against_its_own_other_view(workspace) -> None:
+    """The bank has rows of training images only: in training an image's positive is its bank row,
+    in evaluation the other view of the image itself, so a validation index names no bank row."""
+    trial = ssl_trial("cmc")
+    batch = trial.prepare(next(trial.splits["valid"].batches(16, 1)), "valid")
+    moved = batch._replace(index=batch.index + 1)
+
+    def loss(training: bool, batch) -> float:
+        trial.model.train(training), trial.task.train(training)
+        torch.manual_seed(0)  # the same negatives
+        with torch.no_grad():
+            return trial.task.objective(trial.model, batch)[0].item()
+
+    trial.task.bank_l.copy_(torch.nn.functional.normalize(torch.randn_like(trial.task.bank_l), dim=1))
+    bank = trial.task.bank_l.clone()
+    assert loss(False, batch) == pytest.approx(loss(False, moved))
+    assert torch.equal(bank, trial.task.bank_l)  # evaluation leaves the bank alone
+    assert loss(True, batch) != pytest.approx(loss(True, moved), rel=1e-4)
+    trial.close()
+
+
 def test_methods_refuse_what_they_cannot_use(workspace) -> None:
     with pytest.raises(UserError, match="SimCLRTask compares two views.*BaseDataset.double_sample"):
         ssl_trial("simclr", "BaseDataset.double_sample = False")

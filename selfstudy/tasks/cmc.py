@@ -72,8 +72,10 @@ class CMCTask(SelfSupervisedTask):
         z_ab = F.normalize(self.ab_head(self.ab_backbone(ab_view)).float(), dim=1)
         rows = batch.index % len(self.bank_l)
         drawn = torch.randint(0, len(self.bank_l), (len(rows), self.negatives), device=rows.device)
-        loss = (memory_bank_nce(z_l, self.bank_ab[rows], self.bank_ab[drawn], self.temperature)
-                + memory_bank_nce(z_ab, self.bank_l[rows], self.bank_l[drawn], self.temperature))
+        # The bank holds training images: an evaluated image's positive is its own other view.
+        positive_l, positive_ab = (self.bank_l[rows], self.bank_ab[rows]) if self.training else (z_l, z_ab)
+        loss = (memory_bank_nce(z_l, positive_ab, self.bank_ab[drawn], self.temperature)
+                + memory_bank_nce(z_ab, positive_l, self.bank_l[drawn], self.temperature))
         if self.training:
             with torch.no_grad():
                 for bank, z in ((self.bank_l, z_l), (self.bank_ab, z_ab)):
