@@ -8,7 +8,7 @@ Prints one JSON line.
 For each method: `main.py -l -g syn/r9/<method>` pretrains ResNet-9 on the set (at the batch
 size of its config), `misc/move_snapshots.py` moves its checkpoint, and `main.py -l -g
 <dataset>/r9/classify` with `Wrapper.pretrained`, `Wrapper.ignore_pretrained_fc` and
-`Wrapper.finetune_classifier` trains a linear probe (batch 256) on the frozen features,
+`Wrapper.finetune_classifier` trains a linear probe (batch 256, lr 0.2) on the frozen features,
 in-domain (the same set, with its labels; test accuracy) and transferred to digits (validation
 accuracy). The baseline `random` probes a randomly initialised backbone (same seed, same
 budget), whose BatchNorm layers keep their initial statistics; `calibrated` is the same backbone
@@ -75,7 +75,7 @@ def main() -> None:
     env = dict(os.environ, SELFSTUDY_DATA_DIR=str(root / "data"), SELFSTUDY_EXP_DIR=str(exp_dir),
                SELFSTUDY_OFFLINE="1")
     common = [f"ResNet.width = {args.width}", "BaseDataset.num_valid = 500"]
-    probe = ["dataloader.batch_size = 256"]
+    probe = ["dataloader.batch_size = 256", "scheduler.target_lrs = [0.2, 0.0]"]  # every probe alike
     figures: dict[str, object] = {"code": args.code, "n": args.n, "pretrain_epochs": args.pretrain_epochs,
                                   "probe_epochs": args.probe_epochs, "width": args.width}
     try:
