@@ -75,8 +75,8 @@ def test_gin_config_builds_and_trains(name: str, with_cifar: Path, tmp_path: Pat
 @pytest.mark.parametrize("name", available_ray_configs())
 def test_ray_config_expands_to_valid_trials(name: str, with_cifar: Path) -> None:
     ray_config = load_ray_config(name)
-    variants = expand(param_space(Request(gin_params=["ResNet.width = 4", "BaseDataset.num_valid = 64",
-                                                                "MoCoTask.queue_size = 32"]), ray_config))
+    tiny = ["ResNet.width = 4", "BaseDataset.num_valid = 64", "MoCoTask.queue_size = 32"]
+    variants = expand(param_space(Request(gin_params=tiny), ray_config))
     assert variants
     for config in variants:
         check_trial(config)

@@ -12,6 +12,7 @@ import torch
 from conftest import TINY
 from selfstudy.tasks.amdim import amdim_nce
 from selfstudy.config import split_binding
+from selfstudy.data import Batch
 from selfstudy.errors import UserError
 from selfstudy.tasks.byol import byol_loss, ema_momentum
 from selfstudy.tasks.cmc import memory_bank_nce, split_lab
@@ -162,11 +163,11 @@ def test_cmc_evaluates_an_image_against_its_own_other_view(workspace) -> None:
     batch = trial.prepare(next(trial.splits["valid"].batches(16, 1)), "valid")
     moved = batch._replace(index=batch.index + 1)
 
-    def loss(training: bool, batch) -> float:
+    def loss(training: bool, indexed: Batch) -> float:
         trial.model.train(training), trial.task.train(training)
         torch.manual_seed(0)  # the same negatives
         with torch.no_grad():
-            return trial.task.objective(trial.model, batch)[0].item()
+            return trial.task.objective(trial.model, indexed)[0].item()
 
     trial.task.bank_l.copy_(torch.nn.functional.normalize(torch.randn_like(trial.task.bank_l), dim=1))
     bank = trial.task.bank_l.clone()
