@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from selfstudy.config import first_line
     from selfstudy.errors import UserError
-    from selfstudy.experiment import Request, run
+    from selfstudy.experiment import EXIT_INTERRUPTED, Request, interrupted_hint, run
+    from selfstudy.folders import exp_dir
 
     request = Request(exp_id=args.exp_id, ray_config=args.ray_config, gin_config=args.gin_config,
                       gin_params=args.gin_param, local=args.local_mode, address=args.address, quiet=args.quiet,
@@ -51,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        started = exp_dir(args.exp_id).is_dir()
+        print(interrupted_hint(args.exp_id) if started else "interrupted before anything was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

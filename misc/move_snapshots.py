@@ -22,16 +22,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import paths  # noqa: E402
-from selfstudy.checkpoint import SNAPSHOT  # noqa: E402
+from selfstudy import folders  # noqa: E402
 from selfstudy.config import first_line  # noqa: E402
 from selfstudy.errors import UserError  # noqa: E402
+from selfstudy.folders import SNAPSHOT  # noqa: E402
 from util.vis import config_columns  # noqa: E402
 
 
-def latest_snapshot(trial_dir: Path) -> Path | None:
-    found = sorted(trial_dir.glob(f"checkpoint_*/{SNAPSHOT}"))
-    return found[-1] if found else None
+def moved_from(exp_dir: Path) -> dict[str, Path]:
+    """Trial name -> where an earlier -m moved its snapshot (from the snapshot.json records)."""
+    moved = {}
+    for record in exp_dir.glob("**/snapshot.json"):
+        try:
+            moved[json.loads(record.read_text())["trial"]] = record.parent
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return moved
 
 
 def target_dir(exp_dir: Path, fmt: str, config: dict, trial: str) -> Path:
@@ -53,18 +59,18 @@ def target_dir(exp_dir: Path, fmt: str, config: dict, trial: str) -> Path:
 
 def plan_moves(exp_id: str, fmt: str) -> list[tuple[Path, Path]]:
     """(source snapshot, target directory) for every trial with a checkpoint; all checks done."""
-    exp_dir = paths.EXP_DIR / exp_id
-    if not exp_dir.is_dir():
-        raise UserError(f"no experiment '{exp_id}' in {paths.EXP_DIR}: check -e")
+    exp_dir = folders.existing_exp_dir(exp_id)
     moves: list[tuple[Path, Path]] = []
     owners: dict[Path, str] = {}
-    for params in sorted(exp_dir.glob("*/params.json")):
-        trial_dir = params.parent
-        source = latest_snapshot(trial_dir)
+    moved = moved_from(exp_dir)
+    for trial_dir in folders.trial_dirs(exp_dir):
+        source = folders.latest_snapshot(trial_dir)
         if source is None:
-            print(f"Skipping {trial_dir.name}: it has no checkpoint (run with -c to checkpoint at the end)")
+            why = (f"its snapshot was already moved to {moved[trial_dir.name]}" if trial_dir.name in moved
+                   else "it has no checkpoint (run with -c to checkpoint at the end)")
+            print(f"Skipping {trial_dir.name}: {why}")
             continue
-        target = target_dir(exp_dir, fmt, json.loads(params.read_text()), trial_dir.name)
+        target = target_dir(exp_dir, fmt, folders.read_params(trial_dir), trial_dir.name)
         if target in owners:
             raise UserError(f"trials {owners[target]} and {trial_dir.name} would both move to {target}: "
                             "give -p a format that tells them apart, e.g. '{cfg[BaseDataset.semisupervised]}'")
@@ -72,8 +78,11 @@ def plan_moves(exp_id: str, fmt: str) -> list[tuple[Path, Path]]:
             raise UserError(f"{target / SNAPSHOT} already exists: remove it or choose another -p format")
         owners[target] = trial_dir.name
         moves.append((source, target))
+    if not moves and moved:
+        places = ", ".join(sorted({str(place) for place in moved.values()}))
+        raise UserError(f"every snapshot of '{exp_id}' was already moved (to {places}): nothing left to move")
     if not moves:
-        raise UserError(f"no trial of '{exp_id}' has a checkpoint to move")
+        raise UserError(f"no trial of '{exp_id}' has a checkpoint to move: run it with -c to checkpoint at the end")
     return moves
 
 

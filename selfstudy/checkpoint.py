@@ -1,15 +1,20 @@
 """Snapshots: one file named `snapshot` holding a trial's state by name.
 
-    {"format": 1, "model": state_dict, "optimizer": state_dict, "step": int, "epoch": int,
+    {"format": 2, "model": state_dict, "optimizer": state_dict, "step": int, "epoch": int,
      "best_accuracy": float, "rng": {...}}
 
 Written atomically (a temporary file, then a rename). `Wrapper.pretrained` and
 `session.restore_session` name them as "<exp>/<name>": `EXP_DIR/<exp>/<name>/snapshot`.
+
+A snapshot holds data only: tensors and plain Python values (random states included), and
+it is read with `torch.load(weights_only=True)`. A file that needs code to unpickle is
+refused, so a snapshot from someone else can never run code here.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -19,9 +24,9 @@ import torch
 
 import paths
 from selfstudy.errors import UserError
+from selfstudy.folders import SNAPSHOT
 
-SNAPSHOT = "snapshot"
-FORMAT = 1
+FORMAT = 2  # 2: random states as tensors and plain values (format 1 pickled numpy arrays)
 
 
 def save_snapshot(directory: Path, state: dict[str, Any]) -> Path:
@@ -49,7 +54,13 @@ def resolve_snapshot(name: str, setting: str) -> Path:
 def load_snapshot(path: Path, setting: str) -> dict[str, Any]:
     """Read a snapshot onto the CPU; an unreadable file is a `UserError`."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():
+            raise UserError(f"{setting}: cannot read snapshot {path} (UnpicklingError); it is damaged") from None
+        raise UserError(f"{setting}: refusing {path}: it holds Python objects that need code to load, and snapshots "
+                        "are read as data only (tensors and plain values); use a snapshot written by selfstudy") \
+            from None
     except Exception as err:  # torch raises many types for a damaged file
         raise UserError(f"{setting}: cannot read snapshot {path} ({type(err).__name__}); it is damaged") from None
     if not isinstance(state, dict) or "model" not in state:
@@ -62,16 +73,23 @@ def rng_state(device_generator: torch.Generator | None) -> dict[str, Any]:
     (Shuffling needs none: it is a function of the seed and the epoch.)"""
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": numpy_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "device": device_generator.get_state() if device_generator is not None else None,
     }
 
 
+def numpy_state() -> tuple[str, torch.Tensor, int, int, float]:
+    """numpy's global random state with its key array as a tensor (loadable as data)."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    return name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)
+
+
 def set_rng_state(state: dict[str, Any], device_generator: torch.Generator | None) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+import tokenize
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,9 @@ def bind_trial(config: dict[str, Any]) -> None:
     gin.add_config_file_search_path(str(paths.CONFIG_DIR))
     try:
         gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    except tokenize.TokenError:  # an unclosed bracket or quote
+        raise UserError(f"gin config: a value is cut short (an unclosed bracket or quote?); check the bindings in "
+                        f"{', '.join(names)} and -p, e.g. -p 'dataloader.batch_size = 128'") from None
     except (ValueError, SyntaxError, OSError, TypeError) as err:
         raise UserError(f"gin config: {first_line(err)}; check the binding names in {', '.join(names)} and -p") from None
 

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import paths
+from selfstudy import folders
 from selfstudy.config import DEFAULT_GIN_CONFIG, resolve_gin_file, split_binding
 from selfstudy.errors import UserError
 from selfstudy.rayconfig import RayConfig, load_ray_config
-
-_EXP_ID = re.compile(r"^[\w.+-]+$")
 
 
 @dataclass
@@ -95,14 +94,13 @@ def trial_resources(ray_config: RayConfig, cluster: dict[str, float] | None = No
 
 
 def run(request: Request) -> int:
-    """Run (or resume) the experiment; returns the process exit code."""
-    if not _EXP_ID.match(request.exp_id):
-        raise UserError(f"experiment name {request.exp_id!r}: use letters, digits and . _ + - only")
-    exp_dir = paths.EXP_DIR / request.exp_id
+    """Run (or resume) the experiment; returns the process exit code (see `exit_code`)."""
+    directory = folders.exp_dir(request.exp_id)
+    folders.check_writable(paths.EXP_DIR, "SELFSTUDY_EXP_DIR")
     if request.resume:
-        return resume(request, exp_dir)
-    if exp_dir.exists() and any(exp_dir.iterdir()):
-        raise UserError(f"experiment '{request.exp_id}' already exists at {exp_dir}: continue it with --resume, "
+        return resume(request, directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise UserError(f"experiment '{request.exp_id}' already exists at {directory}: continue it with --resume, "
                         "name a new one with -e, or delete the folder")
     ray_config = load_ray_config(request.ray_config)
     if request.checkpoint_at_end:
@@ -110,15 +108,19 @@ def run(request: Request) -> int:
     space = param_space(request, ray_config)
     variants = expand(space, ray_config.num_samples)
     check_variants(variants)
+    record = {"ray_config": ray_config.name, "local": request.local, "checkpointing": checkpointing(ray_config)}
     if request.local:
         from selfstudy.local import run_local
 
-        run_local(exp_dir, variants, ray_config, trial_resources(ray_config), request.quiet)
-        return report(request.exp_id, [])
+        resources = trial_resources(ray_config)
+        folders.write_json(directory / folders.EXPERIMENT_FILE, {**record, "resources": resources, "variants": variants})
+        run_local(directory, variants, ray_config, resources, request.quiet)
+        return finish(request.exp_id)
     from ray import tune
 
     start_ray(request)
     resources = trial_resources(ray_config, cluster=_cluster_resources())
+    folders.write_json(directory / folders.EXPERIMENT_FILE, {**record, "resources": resources})
     tuner = tune.Tuner(
         tune.with_resources(_trainable(), resources),
         param_space=space,
@@ -133,22 +135,57 @@ def run(request: Request) -> int:
                 checkpoint_at_end=ray_config.checkpoint_at_end),
             failure_config=tune.FailureConfig(max_failures=ray_config.max_failures)),
     )
-    return report(request.exp_id, tuner.fit().errors)
+    mark_stopped(tuner.fit())
+    return finish(request.exp_id)
 
 
-def resume(request: Request, exp_dir: Path) -> int:
-    """Continue an interrupted Tune experiment; finished trials are not run again."""
-    if request.local:
-        raise UserError("--resume continues a Ray Tune experiment: drop -l")
+def checkpointing(ray_config: RayConfig) -> dict[str, int | bool]:
+    """The Ray config's checkpoint and retry settings, recorded so that --resume of -l needs no module."""
+    return {"checkpoint_frequency": ray_config.checkpoint_frequency, "checkpoint_at_end": ray_config.checkpoint_at_end,
+            "keep_checkpoints": ray_config.keep_checkpoints, "max_failures": ray_config.max_failures}
+
+
+def resume(request: Request, directory: Path) -> int:
+    """Continue an interrupted experiment the way it was started; finished trials are not run again."""
     from ray import tune
 
-    if not exp_dir.is_dir() or not tune.Tuner.can_restore(str(exp_dir)):
-        known = sorted(p.name for p in paths.EXP_DIR.iterdir()) if paths.EXP_DIR.is_dir() else []
-        raise UserError(f"nothing to resume: no Ray Tune experiment at {exp_dir}; experiments in "
-                        f"{paths.EXP_DIR}: {', '.join(known) or 'none'}")
+    record = folders.read_experiment(directory) if directory.is_dir() else None
+    if record is None and not (directory.is_dir() and tune.Tuner.can_restore(str(directory))):
+        raise UserError(f"nothing to resume: no experiment at {directory}; experiments in {paths.EXP_DIR}: "
+                        f"{', '.join(folders.known_experiments()) or 'none'}")
+    local = bool(record and record.get("local"))
+    if request.local != local:
+        how = "in this process (-l)" if local else "through Ray (without -l)"
+        raise UserError(f"experiment '{request.exp_id}' ran {how}: --resume continues it the same way; "
+                        f"{'add' if local else 'drop'} -l")
+    check_unfinished(directory)
+    if local:
+        from selfstudy.local import run_local
+
+        ray_config = RayConfig(name=record["ray_config"], search_space={}, **record["checkpointing"])
+        run_local(directory, record["variants"], ray_config, record["resources"], request.quiet)
+        return finish(request.exp_id)
     start_ray(request)
-    tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(), resume_unfinished=True, resume_errored=True)
-    return report(request.exp_id, tuner.fit().errors)
+    resources = record["resources"] if record else trial_resources(load_ray_config("single_run"),
+                                                                   cluster=_cluster_resources())
+    tuner = tune.Tuner.restore(str(directory), trainable=tune.with_resources(_trainable(), resources),
+                               resume_unfinished=True, resume_errored=True)
+    mark_stopped(tuner.fit())
+    return finish(request.exp_id)
+
+
+def check_unfinished(directory: Path) -> None:
+    """Before anything runs again: every unfinished trial's config still builds, and its
+    checkpoints load as data (a planted or damaged snapshot is refused here, in one line)."""
+    from selfstudy.checkpoint import load_snapshot
+    from selfstudy.trial import check_trial
+
+    for trial_dir in folders.trial_dirs(directory):
+        if folders.trial_status(trial_dir).state in ("finished", "stopped"):
+            continue
+        check_trial(folders.read_params(trial_dir))
+        for checkpoint in folders.checkpoints(trial_dir):
+            load_snapshot(checkpoint / folders.SNAPSHOT, f"--resume of {trial_dir.name}")
 
 
 def _trainable() -> Any:
@@ -174,19 +211,45 @@ def start_ray(request: Request) -> None:
     ray.init(address=request.address, include_dashboard=False, log_to_driver=not request.quiet,
              logging_level=logging.ERROR if request.quiet else logging.WARNING,
              runtime_env={"env_vars": env})
+    # Tune's own interruption hint names its Python API; `finish` names --resume instead.
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
 
 
-def report(exp_id: str, errors: list[BaseException]) -> int:
-    """Print one line per trial (and per failed trial); non-zero if any trial failed."""
+def mark_stopped(grid: Any) -> None:
+    """Trials a scheduler ended before their last epoch are complete, not unfinished: say so in their folders."""
+    for trial in grid._experiment_analysis.trials:
+        if trial.status == "TERMINATED" and trial.path:
+            trial_dir = Path(trial.path)
+            if (trial_dir / folders.PARAMS_FILE).exists() and folders.trial_status(trial_dir).state == "running":
+                folders.write_json(trial_dir / folders.STOPPED_FILE, {"by": "the scheduler"})
+
+
+EXIT_INTERRUPTED = 130
+
+
+def finish(exp_id: str) -> int:
+    """Print one line per trial with its status, then each failure; the exit code says whether
+    every trial completed (0), some failed (1) or some have not finished (130: --resume continues)."""
     from util.vis import load_experiment
 
     frame = load_experiment(exp_id)
-    print(f"experiment {exp_id}: {len(frame)} trial(s) in {paths.EXP_DIR / exp_id}")
-    shown = [c for c in ("epoch", "train_accuracy", "valid_accuracy", "test_accuracy", "best_accuracy")
+    print(f"experiment {exp_id}: {len(frame)} trial(s) in {folders.exp_dir(exp_id)}")
+    shown = [c for c in ("status", "epoch", "train_accuracy", "valid_accuracy", "test_accuracy", "best_accuracy")
              if c in frame.columns]
     swept = [c for c in frame.columns if "." in c and frame[c].astype(str).nunique() > 1]
     if len(frame):
-        print(frame[["trial"] + swept + shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    for err in errors:
-        print(f"error: a trial failed: {str(err).strip().splitlines()[-1]}")
-    return 1 if errors else 0
+        print(frame[["trial"] + swept + shown].to_string(index=False, float_format=lambda v: f"{v:.4f}",
+                                                          na_rep="-"))
+    errored = frame[frame["status"] == "errored"] if len(frame) else frame
+    for _, row in errored.iterrows():
+        settings = ", ".join(f"{c}={row[c]}" for c in swept)
+        print(f"error: trial {row['trial']}{f' ({settings})' if settings else ''} failed: {row['error']}",
+              file=sys.stderr)
+    if len(frame) and (frame["status"] == "running").any():
+        print(interrupted_hint(exp_id), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 1 if len(errored) or not len(frame) else 0
+
+
+def interrupted_hint(exp_id: str) -> str:
+    return f"interrupted; continue with `python main.py -e {exp_id} --resume`"

@@ -1,8 +1,11 @@
 """`-l`: run a sweep's trials one after another in this process, without Ray workers.
 
-Each trial directory gets the same files a Ray Tune trial gets (`params.json`,
-`result.json`, `checkpoint_NNNNNN/snapshot`), so `util.vis` and `misc/move_snapshots.py`
-read both alike.
+Each trial directory gets the same files a Ray Tune trial gets (see `selfstudy.folders`),
+so `util.vis` and `misc/move_snapshots.py` read both alike. Like a Ray sweep, a `-l` sweep
+goes on past a failed trial (its error goes to the trial's error.txt), retries a crashed
+trial from its last checkpoint up to `max_failures` times, and continues where it stopped
+on `--resume`: finished trials are skipped, unfinished ones continue from their newest
+checkpoint (from the start if they have none).
 """
 
 from __future__ import annotations
@@ -10,39 +13,64 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
+from selfstudy import folders
+from selfstudy.errors import UserError
 from selfstudy.rayconfig import RayConfig
 from selfstudy.trial import Trial
 
 
+def local_trial_dir(exp_dir: Path, index: int) -> Path:
+    return exp_dir / f"trial_local_{index:05d}"
+
+
 def run_local(exp_dir: Path, variants: list[dict[str, Any]], ray_config: RayConfig,
               resources: dict[str, float], quiet: bool = False) -> None:
+    """Run every variant that has not finished; a failed trial is recorded and the sweep goes on."""
     for index, config in enumerate(variants):
-        trial_id = f"local_{index:05d}"
-        trial_dir = exp_dir / f"trial_{trial_id}"
-        trial_dir.mkdir(parents=True)
-        (trial_dir / "params.json").write_text(json.dumps(config, indent=2, default=str))
-        trial = Trial(config, trial_dir, num_threads=int(resources["cpu"]))
-        checkpoints: list[Path] = []
+        trial_dir = local_trial_dir(exp_dir, index)
+        if (trial_dir / folders.PARAMS_FILE).exists() and folders.trial_status(trial_dir).state == "finished":
+            continue
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        folders.write_json(trial_dir / folders.PARAMS_FILE, config)
+        for attempt in range(ray_config.max_failures + 1):
+            try:
+                run_trial(trial_dir, config, ray_config, int(resources["cpu"]), quiet)
+                break
+            except Exception as err:  # noqa: BLE001  (any failure of one trial is recorded; the sweep goes on)
+                text = f"{type(err).__name__}: {err}" if isinstance(err, UserError) else traceback.format_exc()
+                folders.write_error(trial_dir, f"Failure # {attempt + 1}\n{text}")
+                if attempt < ray_config.max_failures:  # the last failure is reported with the results
+                    print(f"{trial_dir.name} failed: {folders.error_line(text)}; retrying from its last checkpoint")
+
+
+def run_trial(trial_dir: Path, config: dict[str, Any], ray_config: RayConfig, threads: int, quiet: bool) -> None:
+    """Run one trial to its end, continuing from its newest checkpoint if it has one."""
+    trial = Trial(config, trial_dir, num_threads=threads)
+    try:
+        snapshot = folders.latest_snapshot(trial_dir)
+        if snapshot is not None:
+            trial.restore(snapshot.parent)
+        folders.truncate_results(trial_dir, trial.epoch)  # epochs past the checkpoint are trained again
         started = time.time()
-        with open(trial_dir / "result.json", "a") as results:
-            while True:
-                tick = time.time()
-                metrics = trial.run_epoch()
-                metrics.update(training_iteration=trial.epoch, trial_id=trial_id, time_this_iter_s=time.time() - tick,
-                               time_total_s=time.time() - started, timestamp=int(time.time()), config=config)
+        while not trial.done:
+            tick = time.time()
+            metrics = trial.run_epoch()
+            metrics.update(training_iteration=trial.epoch, trial_id=trial_dir.name.removeprefix("trial_"),
+                           time_this_iter_s=time.time() - tick, time_total_s=time.time() - started,
+                           timestamp=int(time.time()), config=config)
+            with open(trial_dir / folders.RESULTS_FILE, "a") as results:
                 results.write(json.dumps(metrics, default=str) + "\n")
-                results.flush()
-                if not quiet:
-                    print(f"{trial_id} epoch {trial.epoch}: " + ", ".join(
-                        f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith(("_loss", "_accuracy"))))
-                frequency = ray_config.checkpoint_frequency
-                if (frequency and trial.epoch % frequency == 0) or (trial.done and ray_config.checkpoint_at_end):
-                    checkpoints.append(trial.save(trial_dir / f"checkpoint_{len(checkpoints):06d}").parent)
-                    while len(checkpoints) > max(ray_config.keep_checkpoints, 1):
-                        shutil.rmtree(checkpoints.pop(0))
-                if trial.done:
-                    break
+            if not quiet:
+                print(f"{trial_dir.name} epoch {trial.epoch}: " + ", ".join(
+                    f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith(("_loss", "_accuracy"))))
+            frequency = ray_config.checkpoint_frequency
+            if (frequency and trial.epoch % frequency == 0) or (trial.done and ray_config.checkpoint_at_end):
+                trial.save(folders.next_checkpoint_dir(trial_dir))
+                for old in folders.checkpoints(trial_dir)[:-max(ray_config.keep_checkpoints, 1)]:
+                    shutil.rmtree(old)
+    finally:
         trial.close()

@@ -27,6 +27,7 @@ from selfstudy.config import bind_trial
 from selfstudy.data import (Batch, DatasetFiles, DividedSplit, ResidentSplit, batch_size_option, build_dataset,
                             data_options)
 from selfstudy.data.base import DataOptions
+from selfstudy.data.splits import num_batches
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper, build_model
 from selfstudy.optim import Schedule, build_optimizer, build_schedule
@@ -117,8 +118,15 @@ def check_trial(config: dict[str, Any]) -> None:
     but not loaded; the label budget and schedule are validated.
     """
     parts = build_parts(config, torch.device("meta"))
+    parts.dataset.verify()
     build_optimizer(trainable(parts.model, parts.task))
-    build_schedule(1.0, 1)
+    rows = parts.dataset.split_rows(parts.options)
+    settings = parts.settings
+    if settings.valid_iters and not len(rows["valid"]):
+        raise UserError(f"{parts.dataset.name} has no validation images (BaseDataset.num_valid = "
+                        f"{parts.options.num_valid}), but session.valid_iters = {settings.valid_iters} evaluates them: "
+                        "set BaseDataset.num_valid > 0, or session.valid_iters = 0 to select on training accuracy")
+    build_schedule(1.0, num_batches(len(rows["train"]), parts.batch_size, settings.train_iters, train=True))
     autocast_dtype(parts.settings.precision, default_device())
     if parts.settings.restore_session:
         resolve_snapshot(parts.settings.restore_session, "session.restore_session")
@@ -201,7 +209,7 @@ class Trial:
         (trial_dir / "operative_config.gin").write_text(gin.operative_config_str())
         provenance = {"config": self.config, "seed": self.seed, "git_commit": git_commit(),
                       "device": str(self.device), "torch": torch.__version__, "host": socket.gethostname(),
-                      "threads": torch.get_num_threads()}
+                      "threads": torch.get_num_threads(), "pid": os.getpid()}
         (trial_dir / "trial.json").write_text(json.dumps(provenance, indent=1, default=str))
 
     @property
@@ -215,6 +223,10 @@ class Trial:
         for split, iters in (("valid", self.settings.valid_iters), ("test", self.settings.test_iters)):
             if iters:
                 metrics.update(self.evaluate(split, iters))
+        diverged = [name for name, value in metrics.items() if name.endswith("loss") and not np.isfinite(value)]
+        if diverged:
+            raise UserError(f"training diverged at epoch {self.epoch} ({diverged[0]} {metrics[diverged[0]]}): "
+                            "lower optimizer.lr or scheduler.target_lrs")
         accuracy = metrics.get("valid_accuracy", metrics.get("train_accuracy", 0.0))
         self.best_accuracy = max(self.best_accuracy, accuracy)
         metrics.update(mean_accuracy=accuracy, best_accuracy=self.best_accuracy, epoch=self.epoch,
@@ -249,11 +261,7 @@ class Trial:
             self.task.after_step(self.model, self.step, self.total_steps)
             self.step += 1
             sums.add(metrics, len(batch.targets))
-        means = sums.means("train")
-        if not np.isfinite(means.get("train_loss", 0.0)):
-            raise UserError(f"training diverged at epoch {self.epoch} (train_loss {means['train_loss']}): "
-                            "lower optimizer.lr or scheduler.target_lrs")
-        return means
+        return sums.means("train")
 
     @torch.no_grad()
     def evaluate(self, split_name: str, iters: int) -> dict[str, float]:

@@ -112,6 +112,11 @@ class DatasetFiles:
             rows["train"] = rows["train"][balanced_subset(targets, options.semisupervised, self.name)]
         return rows
 
+    def verify(self) -> None:
+        """Read both split files once: damaged bytes are a `UserError` now, not a diverging trial later."""
+        hdf5.verify(self.train.path)
+        hdf5.verify(self.test.path)
+
     def check(self, options: DataOptions, batch_size: int) -> None:
         """Raise the `UserError` loading with these options would meet."""
         self.split_rows(options)

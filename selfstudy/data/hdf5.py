@@ -52,22 +52,30 @@ def write_split(
     color_space: str = "rgb",
 ) -> None:
     """Write a split of raw pixel values atomically: a crash leaves either no file or a complete one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w") as f:
-        create_split(f, data.shape, classes, color_space)
-        f["data"][...] = data.astype(np.float16)
-        f["targets"][...] = targets.astype(np.int64)
-        set_statistics(f, mean, std)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(tmp, "w") as f:
+            create_split(f, data.shape, classes, color_space)
+            f["data"][...] = data.astype(np.float16)
+            f["targets"][...] = targets.astype(np.int64)
+            set_statistics(f, mean, std)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write dataset file {path} ({err.strerror or err}): make its folder writable or "
+                        "set SELFSTUDY_DATA_DIR to a writable folder") from None
 
 
 def create_split(f: h5py.File, shape: tuple[int, ...], classes: list[str], color_space: str,
                  target_shape: tuple[int, ...] = ()) -> None:
     """Create the datasets and attributes of an empty split of `shape` (N x C x H x W) in `f`;
-    targets are N (classes) or N x `target_shape` (dense)."""
-    f.create_dataset("data", shape=shape, dtype=np.float16, chunks=(min(shape[0], 256),) + tuple(shape[1:]))
-    f.create_dataset("targets", shape=(shape[0],) + tuple(target_shape), dtype=np.int64)
+    targets are N (classes) or N x `target_shape` (dense). Every chunk carries a Fletcher-32
+    checksum, so damaged bytes are detected when read instead of training on garbage."""
+    f.create_dataset("data", shape=shape, dtype=np.float16, chunks=(min(shape[0], 256),) + tuple(shape[1:]),
+                     fletcher32=True)
+    f.create_dataset("targets", shape=(shape[0],) + tuple(target_shape), dtype=np.int64, chunks=True,
+                     fletcher32=True)
     f.attrs["classes"] = list(classes)
     f.attrs["color_space"] = color_space
     f.attrs["normalised"] = False
@@ -116,6 +124,35 @@ def read_info(path: Path) -> SplitInfo:
         raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None
 
 
+VERIFY_LIMIT = 2 << 30  # bytes: larger files are checked as they are read, not up front
+_verified: set[tuple[str, int, int]] = set()
+
+
+def verify(path: Path, chunk_size: int = 4096) -> None:
+    """Read every image of a split file once: a damaged chunk (checksum) or a non-finite pixel
+    value is a `UserError` naming the file. Done once per file version and process; files over
+    `VERIFY_LIMIT` are left to the checks made while training reads them."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key in _verified or stat.st_size > VERIFY_LIMIT:
+        return
+    try:
+        with h5py.File(path, "r") as f:
+            data = f["data"]
+            for start in range(0, len(data), chunk_size):
+                check_finite(data[start: start + chunk_size], path)
+            f["targets"][...]
+    except OSError as err:
+        raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None
+    _verified.add(key)
+
+
+def check_finite(images: np.ndarray, path: Path) -> None:
+    if not np.isfinite(images).all():
+        raise UserError(f"corrupt dataset file {path}: it holds non-finite pixel values (damaged bytes?); delete it "
+                        "and rebuild it")
+
+
 def read_dataset(path: Path, name: str = "targets") -> np.ndarray:
     """All targets of a split, or another per-image dataset by name (no images)."""
     try:
@@ -146,6 +183,7 @@ def read_rows(path: Path, rows: np.ndarray | None, chunk_size: int,
                 else:
                     data.read_direct(buffer, np.s_[first:last], np.s_[0:last - first])
                     images[begin:end] = buffer[rows[begin:end] - first]
+            check_finite(images, path)
             return images, targets[...][rows]
     except OSError as err:
         raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None

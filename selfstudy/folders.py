@@ -1,0 +1,181 @@
+"""The one owner of experiment and trial folders.
+
+    EXP_DIR/<exp_id>/
+        experiment.json              how the experiment was started (what --resume needs)
+        trial_<id>/
+            params.json              the trial's config
+            result.json              one JSON line per epoch
+            trial.json               provenance: seed, git commit, device, threads, node, pid
+            operative_config.gin     every gin value the trial used
+            error.txt                why the trial failed, if it did (Ray's, or -l's)
+            stopped.json             a scheduler (e.g. ASHA) ended it before its last epoch
+            checkpoint_NNNNNN/snapshot
+        <name>/snapshot, snapshot.json   snapshots moved by misc/move_snapshots.py
+
+The driver, `-l`, the Ray Trainable, `util.vis` and `misc/move_snapshots.py` all find these
+paths here. A trial's status is read from its files, so it is right after a crash too:
+'finished' (its last epoch reported `done`), 'stopped' (ended early by a scheduler),
+'errored' (it has an error.txt and did not finish) or 'running' (started, neither finished
+nor failed: after an interruption, `python main.py -e <exp_id> --resume` continues it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paths
+from selfstudy.errors import UserError
+
+EXPERIMENT_FILE = "experiment.json"
+PARAMS_FILE = "params.json"
+RESULTS_FILE = "result.json"
+ERROR_FILE = "error.txt"
+STOPPED_FILE = "stopped.json"
+SNAPSHOT = "snapshot"
+CHECKPOINT_PREFIX = "checkpoint_"
+_EXP_ID = re.compile(r"^\w[\w.+-]*$")  # no leading dot: '.', '..' and hidden folders are refused
+_CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+
+
+def check_exp_id(exp_id: str) -> str:
+    if not _EXP_ID.match(exp_id):
+        raise UserError(f"experiment name {exp_id!r}: start with a letter or digit and use letters, digits and "
+                        ". _ + - only")
+    return exp_id
+
+
+def exp_dir(exp_id: str) -> Path:
+    """EXP_DIR/<exp_id>, after checking the name."""
+    return paths.EXP_DIR / check_exp_id(exp_id)
+
+
+def check_writable(directory: Path, variable: str) -> None:
+    """Raise unless files can be written under `directory` (made later if missing); writes nothing that stays."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write in {directory} ({err.strerror or err}): make it writable or set {variable} "
+                        "to a writable folder") from None
+
+
+def known_experiments() -> list[str]:
+    return sorted(p.name for p in paths.EXP_DIR.iterdir() if p.is_dir()) if paths.EXP_DIR.is_dir() else []
+
+
+def existing_exp_dir(exp_id: str, flag: str = "-e") -> Path:
+    """The folder of an experiment that must exist; a clear error listing the known ones if not."""
+    directory = exp_dir(exp_id)
+    if not directory.is_dir():
+        raise UserError(f"no experiment '{exp_id}' in {paths.EXP_DIR}: check {flag}; experiments there: "
+                        f"{', '.join(known_experiments()) or 'none'}")
+    return directory
+
+
+def trial_dirs(directory: Path) -> list[Path]:
+    """The trial folders of an experiment folder (those holding a params.json), by name."""
+    return sorted(p.parent for p in directory.glob(f"*/{PARAMS_FILE}"))
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically: a crash leaves the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def read_params(trial_dir: Path) -> dict[str, Any]:
+    return json.loads((trial_dir / PARAMS_FILE).read_text())
+
+
+def read_results(trial_dir: Path) -> list[dict[str, Any]]:
+    """The trial's epoch reports, in order; a line cut short by a crash is left out."""
+    path = trial_dir / RESULTS_FILE
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def truncate_results(trial_dir: Path, epoch: int) -> None:
+    """Keep the reports of epochs up to `epoch` (a trial continuing from that epoch's checkpoint)."""
+    kept = [row for row in read_results(trial_dir) if row.get("training_iteration", 0) <= epoch]
+    text = "".join(json.dumps(row, default=str) + "\n" for row in kept)
+    tmp = trial_dir / f".{RESULTS_FILE}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, trial_dir / RESULTS_FILE)
+
+
+def checkpoint_number(path: Path) -> int | None:
+    match = _CHECKPOINT.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def checkpoints(trial_dir: Path) -> list[Path]:
+    """The trial's checkpoint folders holding a complete snapshot, oldest first. A folder whose
+    snapshot was never finished (a crash during the write) holds only a temporary file: skipped."""
+    found = [p for p in trial_dir.glob(f"{CHECKPOINT_PREFIX}*") if checkpoint_number(p) is not None]
+    return sorted((p for p in found if (p / SNAPSHOT).is_file()), key=checkpoint_number)
+
+
+def latest_snapshot(trial_dir: Path) -> Path | None:
+    found = checkpoints(trial_dir)
+    return found[-1] / SNAPSHOT if found else None
+
+
+def next_checkpoint_dir(trial_dir: Path) -> Path:
+    """A new checkpoint folder, numbered after every one the trial made so far (kept or not)."""
+    numbers = [checkpoint_number(p) for p in trial_dir.glob(f"{CHECKPOINT_PREFIX}*")]
+    return trial_dir / f"{CHECKPOINT_PREFIX}{max([n for n in numbers if n is not None], default=-1) + 1:06d}"
+
+
+@dataclass(frozen=True)
+class TrialStatus:
+    state: str  # 'finished', 'stopped', 'errored' or 'running'
+    error: str | None  # the last line of the trial's error, when it errored
+
+
+def error_line(text: str) -> str:
+    """The line of an error report that says what went wrong (Ray reports end with it)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Failure #")]
+    if not lines:
+        return "failed (no message)"
+    last = lines[-1]
+    return re.sub(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt)): ", r"\1: ", last)
+
+
+def trial_status(trial_dir: Path) -> TrialStatus:
+    results = read_results(trial_dir)
+    if results and results[-1].get("done"):
+        return TrialStatus("finished", None)
+    if (trial_dir / STOPPED_FILE).is_file():
+        return TrialStatus("stopped", None)
+    error = trial_dir / ERROR_FILE
+    if error.is_file():
+        return TrialStatus("errored", error_line(error.read_text(errors="replace")))
+    return TrialStatus("running", None)
+
+
+def write_error(trial_dir: Path, text: str) -> None:
+    with open(trial_dir / ERROR_FILE, "a") as f:
+        f.write(text.rstrip() + "\n")
+
+
+def read_experiment(directory: Path) -> dict[str, Any] | None:
+    path = directory / EXPERIMENT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
