@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,9 @@ def resolve_snapshot(name: str, setting: str) -> Path:
 def load_snapshot(path: Path, setting: str) -> dict[str, Any]:
     """Read a snapshot onto the CPU; an unreadable file is a `UserError`."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a file of plain pickle draws a protocol warning before it is refused
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights only" not in str(err).lower():
             raise UserError(f"{setting}: cannot read snapshot {path} (UnpicklingError); it is damaged") from None

@@ -36,9 +36,10 @@ class Workspace:
         env.pop("RAY_ADDRESS", None)
         return env
 
-    def run(self, *args: str, script: str = "main.py", timeout: int = 300) -> subprocess.CompletedProcess:
+    def run(self, *args: str, script: str = "main.py", timeout: int = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """Run a CLI of the project; returns the finished process (stdout/stderr as text)."""
-        return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=self.env(),
+        return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env or self.env(),
                               capture_output=True, text=True, timeout=timeout)
 
     def popen(self, *args: str) -> subprocess.Popen:
@@ -54,8 +55,13 @@ def fresh_gin() -> None:
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One data folder for the whole run: the digits files are made once."""
-    return tmp_path_factory.mktemp("data")
+    """One data folder for the whole run: the digits files are made once, here, so that no test
+    that checks what a run writes in DATA_DIR sees them appear."""
+    from selfstudy.data.digits import make_digits
+
+    directory = tmp_path_factory.mktemp("data")
+    make_digits(directory / "digits")
+    return directory
 
 
 @pytest.fixture

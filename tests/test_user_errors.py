@@ -2,50 +2,160 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pickle
+import shutil
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
+import h5py
 import pytest
 
 from conftest import TINY, Workspace, write_ray_config
 
 
-def assert_refused(workspace: Workspace, *args: str, says: str) -> None:
-    done = workspace.run(*args)
+def tree(directory: Path) -> dict[str, int]:
+    """Every file under `directory` with its modification time (nothing if it does not exist)."""
+    return {str(p): p.stat().st_mtime_ns for p in sorted(directory.rglob("*"))} if directory.exists() else {}
+
+
+def assert_refused(workspace: Workspace, *args: str, says: str, env: dict[str, str] | None = None) -> None:
+    """The CLI refuses `args`: exit 2, one line on stderr, no traceback, nothing written in EXP_DIR or DATA_DIR."""
+    exp_dir = Path((env or {}).get("SELFSTUDY_EXP_DIR", workspace.exp_dir))
+    data_dir = Path((env or {}).get("SELFSTUDY_DATA_DIR", workspace.data_dir))
+    before = tree(data_dir)
+    done = workspace.run(*args, env=env)
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert says in lines[0], lines[0]
-    assert not workspace.exp_dir.exists() or not any(workspace.exp_dir.iterdir()), "something was written"
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not exp_dir.exists() or not any(exp_dir.iterdir()), "something was written in EXP_DIR"
+    assert tree(data_dir) == before, "something was written in DATA_DIR"
 
 
-@pytest.mark.parametrize("args, says", [
-    (["-g", "digits/r9/clasify"], "did you mean: digits/r9/classify"),
-    (["-p", "Nothing.here = 1"], "No configurable matching 'Nothing'"),
-    (["-p", "dataloader.batchsize = 1"], "doesn't have a parameter named 'batchsize'"),
-    (["-p", "dataloader.batch_size 128"], "write it as 'Name.param = value'"),
-    (["-p", "dataloader.batch_size = "], "write it as 'Name.param = value'"),
-    (["-r", "grid_serch"], "choose from: grid_search"),
-    (["-p", 'init_resnet.choice = "resnet7"'], "unknown init_resnet.choice 'resnet7'; choose from: resnet9"),
-    (["-p", 'Wrapper.pretrained = "nowhere/at_all"'], "no snapshot at"),
-    (["-p", "BaseDataset.semisupervised = 100000"], "exceeds the"),
-    (["-e", "never_ran", "--resume"], "nothing to resume"),
-    (["-p", "session.precision = 'fp8'"], "unknown session.precision 'fp8'"),
-    (["-e", "../escape"], "experiment name"),
-    (["-p", "ClassifyTask.is_pose = True"], "ClassifyTask.is_pose = True needs pose labels, but "
-                                            "BaseDataset.predict_pose is False for DigitsDataset"),
-    (["-p", "BaseDataset.predict_pose = True"], "BaseDataset.predict_pose = True needs rot_mat in the dataset, "
-                                                "but DigitsDataset has none"),
-    (["-g", "digits/r9/simclr", "-p", "BaseDataset.double_sample = False"], "SimCLRTask compares two views"),
-    (["-p", "Wrapper.out_classes = [10, 5]"], "Wrapper.out_classes' second head learns the 5-way pose: set "
-                                             "BaseDataset.predict_pose = True"),
-    (["-p", "Wrapper.out_classes = [10, 5, 3]"], "asks for 3 heads, but ClassifyTask trains 2 (class, pose)"),
-    (["-p", "Wrapper.out_classes = [10, 0]"], "must be a positive number of outputs or a list of them"),
-    (["-g", "digits/r9/rotate", "-p", "Wrapper.out_classes = [10, 5]"], "asks for several heads"),
-    (["-g", "digits/r9/cmc", "-p", "DigitsDataset.to_lab = False"], "CMCTask contrasts the L and ab channels of "
-                                                                    "LAB images, but DigitsDataset stores rgb"),
-])
-def test_cli_mistakes(workspace: Workspace, args: list[str], says: str) -> None:
-    assert_refused(workspace, *args, says=says)
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[Path]:
+    """`directory`, made read-only for this user (root too: the immutable attribute where chattr works)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o555)
+    immutable = os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode == 0
+    try:
+        yield directory
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(directory)], check=True)
+        directory.chmod(0o755)
+
+
+def crafted_pickle(path: Path, marker: Path) -> Path:
+    """A file that runs code when unpickled: loading it creates `marker`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps({"format": 2, "model": Planted(str(marker))}))
+    return path
+
+
+class Planted:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def corrupt_copy(data_dir: Path, target: Path) -> Path:
+    """A copy of the digits files with bytes in the middle of the image data overwritten."""
+    shutil.copytree(data_dir / "digits", target)
+    path = target / "train.h5"
+    with h5py.File(path, "r") as f:
+        offset = f["data"].id.get_chunk_info(1).byte_offset
+    with open(path, "r+b") as f:
+        f.seek(offset + 1000)
+        f.write(b"\xff" * 64)
+    return target
+
+
+Prepared = tuple[dict[str, str], list[str]]  # environment overrides, further CLI arguments
+
+
+@dataclass
+class Case:
+    """A mistake: CLI arguments (and the setting they need, made by `prepare`) and what the one line says."""
+
+    args: list[str]
+    says: str
+    prepare: Callable[[Workspace, Path, contextlib.ExitStack], Prepared] | None = None
+
+    def __repr__(self) -> str:
+        return " ".join(self.args) or (self.prepare.__name__ if self.prepare else "")
+
+
+def unwritable_exp_dir(workspace: Workspace, tmp: Path, stack: contextlib.ExitStack) -> Prepared:
+    return {"SELFSTUDY_EXP_DIR": str(stack.enter_context(read_only(tmp / "locked")) / "exp")}, []
+
+
+def unwritable_data_dir(workspace: Workspace, tmp: Path, stack: contextlib.ExitStack) -> Prepared:
+    return {"SELFSTUDY_DATA_DIR": str(stack.enter_context(read_only(tmp / "locked")) / "data")}, []
+
+
+def damaged_digits(workspace: Workspace, tmp: Path, stack: contextlib.ExitStack) -> Prepared:
+    corrupt_copy(workspace.data_dir, tmp / "data" / "digits")
+    return {"SELFSTUDY_DATA_DIR": str(tmp / "data")}, []
+
+
+def planted_pretrained(workspace: Workspace, tmp: Path, stack: contextlib.ExitStack) -> Prepared:
+    path = crafted_pickle(tmp / "planted" / "snapshot", tmp / "code_ran")
+    return {}, ["-p", f"Wrapper.pretrained = '{path}'"]
+
+
+CASES = [
+    Case(["-g", "digits/r9/clasify"], "did you mean: digits/r9/classify"),
+    Case(["-p", "Nothing.here = 1"], "No configurable matching 'Nothing'"),
+    Case(["-p", "dataloader.batchsize = 1"], "doesn't have a parameter named 'batchsize'"),
+    Case(["-p", "dataloader.batch_size 128"], "write it as 'Name.param = value'"),
+    Case(["-p", "dataloader.batch_size = "], "write it as 'Name.param = value'"),
+    Case(["-p", "dataloader.batch_size = [1,"], "a value is cut short"),
+    Case(["-r", "grid_serch"], "choose from: grid_search"),
+    Case(["-p", 'init_resnet.choice = "resnet7"'], "unknown init_resnet.choice 'resnet7'; choose from: resnet9"),
+    Case(["-p", 'Wrapper.pretrained = "nowhere/at_all"'], "no snapshot at"),
+    Case(["-p", "BaseDataset.semisupervised = 100000"], "exceeds the"),
+    Case(["-p", "session.train_iters = 0"], "an epoch has no training step"),
+    Case(["-p", "BaseDataset.num_valid = 0"], "has no validation images"),
+    Case(["-p", "BaseDataset.num_valid = 1500"], "leaves no training image"),
+    Case(["-e", "never_ran", "--resume"], "nothing to resume"),
+    Case(["-p", "session.precision = 'fp8'"], "unknown session.precision 'fp8'"),
+    Case(["-e", "../escape"], "experiment name"),
+    Case(["-e", "."], "experiment name"),
+    Case(["-e", ".."], "experiment name"),
+    Case(["-p", "ClassifyTask.is_pose = True"], "ClassifyTask.is_pose = True needs pose labels, but "
+                                                "BaseDataset.predict_pose is False for DigitsDataset"),
+    Case(["-p", "BaseDataset.predict_pose = True"], "BaseDataset.predict_pose = True needs rot_mat in the dataset, "
+                                                    "but DigitsDataset has none"),
+    Case(["-g", "digits/r9/simclr", "-p", "BaseDataset.double_sample = False"], "SimCLRTask compares two views"),
+    Case(["-p", "Wrapper.out_classes = [10, 5]"], "Wrapper.out_classes' second head learns the 5-way pose: set "
+                                                  "BaseDataset.predict_pose = True"),
+    Case(["-p", "Wrapper.out_classes = [10, 5, 3]"], "asks for 3 heads, but ClassifyTask trains 2 (class, pose)"),
+    Case(["-p", "Wrapper.out_classes = [10, 0]"], "must be a positive number of outputs or a list of them"),
+    Case(["-g", "digits/r9/rotate", "-p", "Wrapper.out_classes = [10, 5]"], "asks for several heads"),
+    Case(["-g", "digits/r9/cmc", "-p", "DigitsDataset.to_lab = False"], "CMCTask contrasts the L and ab channels of "
+                                                                        "LAB images, but DigitsDataset stores rgb"),
+    Case([], "cannot write in", unwritable_exp_dir),
+    Case([], "cannot write dataset file", unwritable_data_dir),
+    Case([], "corrupt dataset file", damaged_digits),
+    Case([], "refusing", planted_pretrained),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=repr)
+def test_cli_mistakes(workspace: Workspace, tmp_path: Path, case: Case) -> None:
+    """The catalogue of user mistakes: each one line, exit 2, no traceback, nothing written."""
+    with contextlib.ExitStack() as stack:
+        env, more = case.prepare(workspace, tmp_path, stack) if case.prepare else ({}, [])
+        assert_refused(workspace, *case.args, *more, says=case.says, env={**workspace.env(), **env} if env else None)
+    assert not (tmp_path / "code_ran").exists(), "a crafted snapshot's code ran"
 
 
 def test_missing_and_corrupt_dataset_files(workspace: Workspace, tmp_path: Path) -> None:
