@@ -1,5 +1,6 @@
 """One trial of the gin config given with -g (or the default), checkpointed at the end."""
 
 search_space = {}  # gin binding name -> value or ray.tune search space
-checkpoint_frequency = 0  # epochs between checkpoints; 0 = only at the end
 checkpoint_at_end = True
+checkpoint_frequency = 1  # epochs between checkpoints: a crashed trial loses at most one epoch
+max_failures = 2  # retries of a crashed trial, each from its last checkpoint

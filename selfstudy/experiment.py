@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,8 +136,19 @@ def run(request: Request) -> int:
                 checkpoint_at_end=ray_config.checkpoint_at_end),
             failure_config=tune.FailureConfig(max_failures=ray_config.max_failures)),
     )
-    mark_stopped(tuner.fit())
+    fit(tuner)
     return finish(request.exp_id)
+
+
+def fit(tuner: Any) -> None:
+    """Run the Tuner. On Ctrl-C, Tune stops the trials gracefully (saving their state) and returns;
+    it then has put back the SIGINT handler it replaced, which tells an interrupted run from a
+    complete one. After a complete run, trials a scheduler ended early are marked stopped."""
+    before = signal.getsignal(signal.SIGINT)
+    grid = tuner.fit()
+    if signal.getsignal(signal.SIGINT) is before:
+        raise KeyboardInterrupt
+    mark_stopped(grid)
 
 
 def checkpointing(ray_config: RayConfig) -> dict[str, int | bool]:
@@ -170,7 +182,7 @@ def resume(request: Request, directory: Path) -> int:
                                                                    cluster=_cluster_resources())
     tuner = tune.Tuner.restore(str(directory), trainable=tune.with_resources(_trainable(), resources),
                                resume_unfinished=True, resume_errored=True)
-    mark_stopped(tuner.fit())
+    fit(tuner)
     return finish(request.exp_id)
 
 

@@ -5,6 +5,7 @@ One `step()` is one epoch. Checkpoints are directories holding one `snapshot` fi
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from selfstudy.trial import Trial
 
 class Session(tune.Trainable):
     def setup(self, config: dict[str, Any]) -> None:
+        logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
         # Tune runs a trial in a scratch working directory; its results live in trial_fs_path.
         trial_dir = Path(self._storage.trial_fs_path) if self._storage else Path(self.logdir)
         cpus = self.trial_resources.required_resources.get("CPU") if self.trial_resources else None

@@ -29,6 +29,7 @@ from selfstudy.data import (Batch, DatasetFiles, DividedSplit, ResidentSplit, ba
 from selfstudy.data.base import DataOptions
 from selfstudy.data.splits import num_batches
 from selfstudy.errors import UserError
+from selfstudy.folders import SNAPSHOT, write_json
 from selfstudy.models import Wrapper, build_model
 from selfstudy.optim import Schedule, build_optimizer, build_schedule
 from selfstudy.precision import autocast_dtype
@@ -200,6 +201,7 @@ class Trial:
         if self.settings.restore_session:
             path = resolve_snapshot(self.settings.restore_session, "session.restore_session")
             self.load_state_dict(load_snapshot(path, "session.restore_session"))
+        self.trial_dir: Path | None = None
         if trial_dir is not None:
             self.describe(trial_dir)
 
@@ -207,10 +209,11 @@ class Trial:
         """Write the operative gin config and the trial's provenance into its directory."""
         trial_dir.mkdir(parents=True, exist_ok=True)
         (trial_dir / "operative_config.gin").write_text(gin.operative_config_str())
-        provenance = {"config": self.config, "seed": self.seed, "git_commit": git_commit(),
-                      "device": str(self.device), "torch": torch.__version__, "host": socket.gethostname(),
-                      "threads": torch.get_num_threads(), "pid": os.getpid()}
-        (trial_dir / "trial.json").write_text(json.dumps(provenance, indent=1, default=str))
+        self.provenance = {"config": self.config, "seed": self.seed, "git_commit": git_commit(),
+                           "device": str(self.device), "torch": torch.__version__, "host": socket.gethostname(),
+                           "threads": torch.get_num_threads(), "pid": os.getpid()}
+        self.trial_dir = trial_dir
+        write_json(trial_dir / "trial.json", self.provenance)
 
     @property
     def done(self) -> bool:
@@ -299,7 +302,11 @@ class Trial:
         return save_snapshot(directory, self.state_dict())
 
     def restore(self, directory: Path) -> None:
-        self.load_state_dict(load_snapshot(directory / "snapshot", "checkpoint"))
+        """Continue from a checkpoint folder; trial.json records which one and its epoch."""
+        self.load_state_dict(load_snapshot(directory / SNAPSHOT, "checkpoint"))
+        if self.trial_dir is not None:
+            self.provenance["restored_from"] = {"checkpoint": directory.name, "epoch": self.epoch}
+            write_json(self.trial_dir / "trial.json", self.provenance)
 
     def close(self) -> None:
         """Stop background reads of divided splits."""

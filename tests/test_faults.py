@@ -1,0 +1,204 @@
+"""Crashes are normal: killed workers, Ctrl-C, NaNs and kills during a checkpoint write, through
+the real CLI and real Ray. A trial's numbers after a retry or --resume equal an uninterrupted run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pytest
+import torch
+
+import paths
+from conftest import ROOT, TINY, Workspace, write_ray_config
+from selfstudy import folders
+from test_user_errors import crafted_pickle
+from util import vis
+
+# 5 epochs of 40 batches: about a second each, so a kill lands inside an epoch.
+LONG = [b for b in TINY if not b.startswith("scheduler")] + [
+    "BaseDataset.semisupervised = 200", "session.train_iters = 40", "scheduler.milestones = [2, 5]",
+    "scheduler.target_lrs = [0.05, 0.0]", "augment.cutout = 6"]
+CHECKPOINTED = """
+search_space = {}
+checkpoint_frequency = 1
+max_failures = 2
+"""
+TINY_FIXED_MILESTONES = [b for b in TINY if not b.startswith("scheduler.target_lrs")]  # the sweeps set those
+METRICS = ["train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "best_accuracy"]
+
+
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen, what: str, limit: float = 240) -> None:
+    deadline = time.time() + limit
+    while not condition():
+        assert process.poll() is None, f"the run ended before {what}: {process.stdout.read()}"
+        assert time.time() < deadline, f"no {what} within {limit} s"
+        time.sleep(0.2)
+
+
+def epochs_reported(trial_dir: Path) -> int:
+    return len(folders.read_results(trial_dir))
+
+
+def only_trial(exp_dir: Path) -> Path:
+    found = folders.trial_dirs(exp_dir) if exp_dir.is_dir() else []
+    return found[0] if found else exp_dir / "none-yet"
+
+
+def assert_same_epochs(history: pd.DataFrame, baseline: pd.DataFrame) -> None:
+    assert history["training_iteration"].tolist() == baseline["training_iteration"].tolist()
+    for column in METRICS:
+        assert history[column].tolist() == pytest.approx(baseline[column].tolist(), abs=1e-6), column
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> pd.DataFrame:
+    """The uninterrupted run (-l: the same numbers as through Ray), epoch by epoch."""
+    space = Workspace(tmp_path_factory.mktemp("baseline") / "exp", data_dir)
+    done = space.run("-e", "baseline", "-l", "-q", "-p", *LONG)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(paths, "EXP_DIR", space.exp_dir)
+        return vis.load_history("baseline")
+
+
+def test_a_worker_killed_mid_epoch_retries_from_its_checkpoint(workspace: Workspace, tmp_path: Path,
+                                                               baseline: pd.DataFrame) -> None:
+    config = write_ray_config(tmp_path, CHECKPOINTED)
+    process = workspace.popen("-e", "killed", "-r", str(config), "-q", "-p", *LONG)
+    exp = workspace.exp_dir / "killed"
+    wait_for(lambda: epochs_reported(only_trial(exp)) >= 2 and len(folders.checkpoints(only_trial(exp))) >= 2,
+             process, "second checkpoint")
+    time.sleep(0.4)  # into the third epoch
+    trial_dir = only_trial(exp)
+    worker = json.loads((trial_dir / "trial.json").read_text())["pid"]
+    os.kill(worker, signal.SIGKILL)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+
+    retried = json.loads((trial_dir / "trial.json").read_text())
+    assert retried["pid"] != worker
+    assert retried["restored_from"]["epoch"] >= 2, retried  # from a checkpoint, not from scratch
+    assert_same_epochs(vis.load_history("killed"), baseline)
+    assert vis.load_experiment("killed")["status"].tolist() == ["finished"]
+
+
+def test_ctrl_c_exits_130_with_the_resume_hint_and_resume_finishes(workspace: Workspace, tmp_path: Path,
+                                                                    baseline: pd.DataFrame) -> None:
+    config = write_ray_config(tmp_path, CHECKPOINTED)
+    for name, local in (("ray", []), ("local", ["-l"])):
+        process = workspace.popen("-e", name, "-r", str(config), "-q", *local, "-p", *LONG)
+        exp = workspace.exp_dir / name
+        wait_for(lambda: len(folders.checkpoints(only_trial(exp))) >= 1, process, "first checkpoint")
+        os.kill(process.pid, signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 130, output
+        assert f"interrupted; continue with `python main.py -e {name} --resume`" in output
+        assert "Traceback" not in output
+        assert vis.load_experiment(name)["status"].tolist() == ["running"]
+
+        resumed = workspace.run("-e", name, "--resume", "-q", *local)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert_same_epochs(vis.load_history(name), baseline)
+        # the resumed trial kept its resources: every CPU of this machine, as in the first run
+        assert json.loads((only_trial(exp) / "trial.json").read_text())["threads"] == os.cpu_count()
+
+
+def test_a_diverging_trial_is_listed_as_errored_and_the_others_finish(workspace: Workspace, tmp_path: Path) -> None:
+    config = write_ray_config(tmp_path, """
+from ray import tune
+search_space = {"scheduler.target_lrs": tune.grid_search([[1e9, 1e9], [0.05, 0.0]])}
+""")
+    done = workspace.run("-e", "nan", "-r", str(config), "-q", "-p", *TINY_FIXED_MILESTONES)
+    assert done.returncode == 1, done.stdout + done.stderr
+    frame = vis.load_experiment("nan")
+    assert len(frame) == 2
+    by_lrs = {tuple(lrs): row for lrs, (_, row) in zip(frame["scheduler.target_lrs"], frame.iterrows())}
+    diverged, fine = by_lrs[(1e9, 1e9)], by_lrs[(0.05, 0.0)]
+    assert diverged["status"] == "errored" and "training diverged" in diverged["error"]
+    assert fine["status"] == "finished" and fine["error"] is None
+    line = next(l for l in done.stderr.splitlines() if l.startswith("error: trial"))
+    assert diverged["trial"] in line and "scheduler.target_lrs=[1000000000.0, 1000000000.0]" in line
+    assert "training diverged at epoch" in line
+    assert f"{diverged['trial']}" in done.stdout and "errored" in done.stdout  # in the final table too
+
+
+def test_local_sweep_goes_past_a_failed_trial_and_refuses_a_planted_checkpoint(workspace: Workspace,
+                                                                               tmp_path: Path) -> None:
+    config = write_ray_config(tmp_path, """
+from ray import tune
+search_space = {"scheduler.target_lrs": tune.grid_search([[0.05, 1e9], [0.05, 0.0]])}
+checkpoint_frequency = 1
+""")
+    done = workspace.run("-e", "sweep", "-l", "-r", str(config), "-q", "-p", *TINY_FIXED_MILESTONES)
+    assert done.returncode == 1, done.stdout + done.stderr
+    frame = vis.load_experiment("sweep")
+    assert frame["status"].tolist() == ["errored", "finished"]
+    assert "training diverged at epoch 2" in frame["error"][0]
+
+    failed = folders.trial_dirs(workspace.exp_dir / "sweep")[0]
+    (snapshot,) = [c / folders.SNAPSHOT for c in folders.checkpoints(failed)]
+    crafted_pickle(snapshot, tmp_path / "code_ran")
+    refused = workspace.run("-e", "sweep", "-l", "--resume", "-q")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.startswith("error: ") and len(refused.stderr.strip().splitlines()) == 1
+    assert "refusing" in refused.stderr and str(snapshot) in refused.stderr
+    assert not (tmp_path / "code_ran").exists(), "the planted checkpoint's code ran"
+
+    wrong_way = workspace.run("-e", "sweep", "--resume", "-q")
+    assert wrong_way.returncode == 2 and "ran in this process (-l)" in wrong_way.stderr
+
+
+def test_local_checkpoints_are_numbered_by_epoch_and_the_newest_kept(workspace: Workspace, tmp_path: Path) -> None:
+    config = write_ray_config(tmp_path, "search_space = {}\ncheckpoint_frequency = 1\nkeep_checkpoints = 2\n")
+    six = [b for b in TINY if not b.startswith("scheduler")] + ["BaseDataset.semisupervised = 60",
+                                                                "scheduler.milestones = [2, 6]",
+                                                                "scheduler.target_lrs = [0.05, 0.0]"]
+    done = workspace.run("-e", "six", "-l", "-q", "-r", str(config), "-p", *six)
+    assert done.returncode == 0, done.stdout + done.stderr
+    trial_dir = only_trial(workspace.exp_dir / "six")
+    kept = folders.checkpoints(trial_dir)
+    assert [c.name for c in kept] == ["checkpoint_000004", "checkpoint_000005"]
+    snapshot = torch.load(kept[-1] / folders.SNAPSHOT, weights_only=True)
+    assert snapshot["epoch"] == 6
+
+
+SLOW_WRITER = """
+import sys
+from pathlib import Path
+import torch
+from selfstudy.checkpoint import save_snapshot
+trial_dir = Path(sys.argv[1])
+save_snapshot(trial_dir / "checkpoint_000000", {"model": {"w": torch.ones(3)}, "epoch": 1})
+print("first", flush=True)
+save_snapshot(trial_dir / "checkpoint_000001", {"model": {"w": torch.zeros(300_000_000)}, "epoch": 2})
+print("second", flush=True)
+"""
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_path: Path) -> None:
+    trial_dir = tmp_path / "trial"
+    process = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(trial_dir)], cwd=ROOT, stdout=subprocess.PIPE,
+                               text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert process.stdout.readline().strip() == "first"
+    deadline = time.time() + 60
+    while not list((trial_dir / "checkpoint_000001").glob(".snapshot.*.tmp")):  # the second write has begun
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    assert not (trial_dir / "checkpoint_000001" / folders.SNAPSHOT).exists()
+    latest = folders.latest_snapshot(trial_dir)
+    assert latest == trial_dir / "checkpoint_000000" / folders.SNAPSHOT
+    from selfstudy.checkpoint import load_snapshot
+
+    state = load_snapshot(latest, "test")
+    assert state["epoch"] == 1 and torch.equal(state["model"]["w"], torch.ones(3))
+    assert folders.next_checkpoint_dir(trial_dir).name == "checkpoint_000002"  # the torn folder is not reused
