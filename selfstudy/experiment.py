@@ -175,11 +175,17 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
     if not host or not port.isdigit():
         raise UserError(f"-a {address}: give the head node's HOST:PORT (the --port of `ray start --head`), "
                         "e.g. -a 127.0.0.1:6379")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as err:
-        raise UserError(f"-a {address}: no Ray cluster answers there ({err.strerror or err}); start one with "
-                        f"`ray start --head --port {port}` on {host}, or check the address") from None
+    hosts = [host]
+    if host in ("localhost", "127.0.0.1", "::1"):  # Ray connects to this machine's network address instead
+        import ray.util
+
+        hosts.append(ray.util.get_node_ip_address())
+    for where in hosts:
+        try:
+            socket.create_connection((where, int(port)), timeout=timeout_s).close()
+        except OSError as err:
+            raise UserError(f"-a {address}: no Ray cluster answers at {where}:{port} ({err.strerror or err}); start "
+                            f"one with `ray start --head --port {port}` on {host}, or check the address") from None
 
 
 def start_ray(request: Request) -> None:
