@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from selfstudy.trial import Trial
@@ -20,7 +21,8 @@ class Session(tune.Trainable):
         # Tune runs a trial in a scratch working directory; its results live in trial_fs_path.
         trial_dir = Path(self._storage.trial_fs_path) if self._storage else Path(self.logdir)
         cpus = self.trial_resources.required_resources.get("CPU") if self.trial_resources else None
-        self.trial = Trial(config, trial_dir, num_threads=int(cpus) if cpus else None)
+        node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        self.trial = Trial(config, trial_dir, num_threads=int(cpus) if cpus else None, node_id=node_id)
 
     def step(self) -> dict[str, Any]:
         return self.trial.run_epoch()

@@ -166,10 +166,13 @@ def git_commit() -> str | None:
 class Trial:
     """A trial in memory; `trial_dir` receives its self-description."""
 
-    def __init__(self, config: dict[str, Any], trial_dir: Path | None = None, num_threads: int | None = None):
+    def __init__(self, config: dict[str, Any], trial_dir: Path | None = None, num_threads: int | None = None,
+                 node_id: str | None = None):
+        """`node_id`: the Ray node running this trial (None in-process), recorded in `trial.json`."""
         if num_threads:
             torch.set_num_threads(num_threads)
         self.config = config
+        self.node_id = node_id
         self.seed = int(config.get("seed", 0))
         random.seed(self.seed)
         np.random.seed(self.seed)
@@ -211,7 +214,7 @@ class Trial:
         (trial_dir / "operative_config.gin").write_text(gin.operative_config_str())
         self.provenance = {"config": self.config, "seed": self.seed, "git_commit": git_commit(),
                            "device": str(self.device), "torch": torch.__version__, "host": socket.gethostname(),
-                           "threads": torch.get_num_threads(), "pid": os.getpid()}
+                           "node_id": self.node_id, "threads": torch.get_num_threads(), "pid": os.getpid()}
         self.trial_dir = trial_dir
         write_json(trial_dir / "trial.json", self.provenance)
 
