@@ -13,5 +13,5 @@ search_space = {
     "dataloader.batch_size": tune.sample_from(lambda spec: min(128, spec.config["BaseDataset.semisupervised"] // 4)),
 }
 checkpoint_at_end = True
-checkpoint_frequency = 1  # epochs between checkpoints: a crashed trial loses at most one epoch
-max_failures = 2  # retries of a crashed trial, each from its last checkpoint
+checkpoint_frequency = 1  # epochs between checkpoints (the default): a crash loses at most one epoch
+max_failures = 2  # retries of a failed trial, each from its last checkpoint (the default)

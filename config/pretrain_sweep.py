@@ -16,5 +16,5 @@ search_space = {
     "SynDataset.dataset_choice": tune.grid_search(CODES),
 }
 checkpoint_at_end = True
-checkpoint_frequency = 1  # epochs between checkpoints: a crashed trial loses at most one epoch
-max_failures = 2  # retries of a crashed trial, each from its last checkpoint
+checkpoint_frequency = 1  # epochs between checkpoints (the default): a crash loses at most one epoch
+max_failures = 2  # retries of a failed trial, each from its last checkpoint (the default)

@@ -12,5 +12,5 @@ search_space = {
         ["0000", "1000", "0100", "0010", "0001", "1100", "0110", "0101", "0111", "1110", "1011", "1111"]),
 }
 checkpoint_at_end = True
-checkpoint_frequency = 1  # epochs between checkpoints: a crashed trial loses at most one epoch
-max_failures = 2  # retries of a crashed trial, each from its last checkpoint
+checkpoint_frequency = 1  # epochs between checkpoints (the default): a crash loses at most one epoch
+max_failures = 2  # retries of a failed trial, each from its last checkpoint (the default)

@@ -4,10 +4,10 @@ A Ray config module defines `search_space`, a dict from gin binding names (or th
 reserved keys `gin_config` and `seed`) to values or Ray Tune search spaces, and may set:
 
     num_samples = 1              # samples of the search space (grid points repeat per sample)
-    checkpoint_frequency = 0     # epochs between checkpoints; 0 = none during training
+    checkpoint_frequency = 1     # epochs between checkpoints; 0 = none during training
     checkpoint_at_end = True     # a checkpoint when a trial finishes (what move_snapshots moves)
     keep_checkpoints = 2         # newest checkpoints kept per trial
-    max_failures = 0             # retries of a trial that crashed, from its last checkpoint
+    max_failures = 2             # retries of a trial that failed, each from its last checkpoint
     max_concurrent_trials = 0    # 0 = as many as the resources allow
     metric, mode = "mean_accuracy", "max"   # what schedulers and searchers optimise
     scheduler = None             # a ray.tune scheduler, e.g. ASHAScheduler()
@@ -32,10 +32,10 @@ class RayConfig:
     name: str
     search_space: dict[str, Any]
     num_samples: int = 1
-    checkpoint_frequency: int = 0
+    checkpoint_frequency: int = 1
     checkpoint_at_end: bool = True
     keep_checkpoints: int = 2
-    max_failures: int = 0
+    max_failures: int = 2
     max_concurrent_trials: int = 0
     metric: str = "mean_accuracy"
     mode: str = "max"

@@ -162,4 +162,15 @@ checkpoint_frequency = 1
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert (finished[0] / "result.json").read_text() == finished_lines  # not run again
     frame = vis.load_experiment("sweep")
-    assert len(frame) == 2 and (frame["epoch"] == 6).all()
+    assert len(frame) == 2 and (frame["epoch"] == 6).all() and (frame["status"] == "finished").all()
+    for trial_dir in (exp / trial for trial in frame["trial"]):  # resumed trials keep their resources
+        assert json.loads((trial_dir / "trial.json").read_text())["threads"] == os.cpu_count()
+
+    uninterrupted = workspace.run("-e", "straight", "-l", "-r", str(config), "-q", "-p", *slow)
+    assert uninterrupted.returncode == 0, uninterrupted.stdout + uninterrupted.stderr
+    resumed_history, straight = vis.load_history("sweep"), vis.load_history("straight")
+    for budget in (60, 120):
+        got = resumed_history[resumed_history["BaseDataset.semisupervised"] == budget]
+        want = straight[straight["BaseDataset.semisupervised"] == budget]
+        for column in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy"):
+            assert got[column].tolist() == pytest.approx(want[column].tolist(), abs=1e-6), (budget, column)

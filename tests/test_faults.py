@@ -115,6 +115,7 @@ def test_a_diverging_trial_is_listed_as_errored_and_the_others_finish(workspace:
     config = write_ray_config(tmp_path, """
 from ray import tune
 search_space = {"scheduler.target_lrs": tune.grid_search([[1e9, 1e9], [0.05, 0.0]])}
+max_failures = 0
 """)
     done = workspace.run("-e", "nan", "-r", str(config), "-q", "-p", *TINY_FIXED_MILESTONES)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -136,6 +137,7 @@ def test_local_sweep_goes_past_a_failed_trial_and_refuses_a_planted_checkpoint(w
 from ray import tune
 search_space = {"scheduler.target_lrs": tune.grid_search([[0.05, 1e9], [0.05, 0.0]])}
 checkpoint_frequency = 1
+max_failures = 0
 """)
     done = workspace.run("-e", "sweep", "-l", "-r", str(config), "-q", "-p", *TINY_FIXED_MILESTONES)
     assert done.returncode == 1, done.stdout + done.stderr
