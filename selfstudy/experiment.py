@@ -7,6 +7,8 @@ meta device, the dataset files are opened), the experiment's name and state.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -137,16 +139,18 @@ def run(request: Request) -> int:
                 checkpoint_at_end=ray_config.checkpoint_at_end),
             failure_config=tune.FailureConfig(max_failures=ray_config.max_failures)),
     )
-    fit(tuner)
+    fit(tuner, request.quiet)
     return finish(request.exp_id)
 
 
-def fit(tuner: Any) -> None:
-    """Run the Tuner. On Ctrl-C, Tune stops the trials gracefully (saving their state) and returns;
-    it then has put back the SIGINT handler it replaced, which tells an interrupted run from a
-    complete one. After a complete run, trials a scheduler ended early are marked stopped."""
+def fit(tuner: Any, quiet: bool) -> None:
+    """Run the Tuner (with `quiet`, Tune's banner, printed at every verbosity, goes nowhere). On
+    Ctrl-C, Tune stops the trials gracefully (saving their state) and returns; it then has put
+    back the SIGINT handler it replaced, which tells an interrupted run from a complete one.
+    After a complete run, trials a scheduler ended early are marked stopped."""
     before = signal.getsignal(signal.SIGINT)
-    grid = tuner.fit()
+    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        grid = tuner.fit()
     if signal.getsignal(signal.SIGINT) is before:
         raise KeyboardInterrupt
     mark_stopped(grid)
@@ -183,7 +187,7 @@ def resume(request: Request, directory: Path) -> int:
                                                                    cluster=_cluster_resources())
     tuner = tune.Tuner.restore(str(directory), trainable=tune.with_resources(_trainable(), resources),
                                resume_unfinished=True, resume_errored=True)
-    fit(tuner)
+    fit(tuner, request.quiet)
     return finish(request.exp_id)
 
 

@@ -106,6 +106,8 @@ def test_move_snapshots_and_train_from_them(grid_paths: Workspace) -> None:
         assert (exp / f"budget_{budget}" / "snapshot").is_file()
         record = json.loads((exp / f"budget_{budget}" / "snapshot.json").read_text())
         assert record["config"]["BaseDataset.semisupervised"] == budget
+    again = grid_paths.run("-e", "grid", "-p", fmt, "-m", script="misc/move_snapshots.py")
+    assert again.returncode == 2 and "already moved" in again.stderr and "-c" not in again.stderr, again.stderr
 
     # A trial started from the moved weights with a zero learning rate ends with exactly those weights;
     # one started from scratch does not.

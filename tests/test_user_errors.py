@@ -142,6 +142,8 @@ CASES = [
     Case(["-g", "digits/r9/rotate", "-p", "Wrapper.out_classes = [10, 5]"], "asks for several heads"),
     Case(["-g", "digits/r9/cmc", "-p", "DigitsDataset.to_lab = False"], "CMCTask contrasts the L and ab channels of "
                                                                         "LAB images, but DigitsDataset stores rgb"),
+    Case(["-a", "127.0.0.1:1"], "no Ray cluster answers at 127.0.0.1:1"),
+    Case(["-a", "nowhere"], "give the head node's HOST:PORT"),
     Case([], "cannot write in", unwritable_exp_dir),
     Case([], "cannot write dataset file", unwritable_data_dir),
     Case([], "corrupt dataset file", damaged_digits),
