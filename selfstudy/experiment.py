@@ -98,7 +98,10 @@ def trial_resources(ray_config: RayConfig, cluster: dict[str, float] | None = No
 
 
 def run(request: Request) -> int:
-    """Run (or resume) the experiment; returns the process exit code (see `exit_code`)."""
+    """Run (or resume) the experiment; returns the process exit code (see `finish`)."""
+    if request.local and request.address:
+        raise UserError(f"-a {request.address} joins a Ray cluster, but -l runs the trials in this process without "
+                        "Ray: drop one of them")
     directory = folders.exp_dir(request.exp_id)
     folders.check_writable(paths.EXP_DIR, "SELFSTUDY_EXP_DIR")
     if request.resume:

@@ -144,6 +144,7 @@ CASES = [
                                                                         "LAB images, but DigitsDataset stores rgb"),
     Case(["-a", "127.0.0.1:1"], "no Ray cluster answers at 127.0.0.1:1"),
     Case(["-a", "nowhere"], "give the head node's HOST:PORT"),
+    Case(["-l", "-a", "127.0.0.1:6379"], "drop one of them"),
     Case([], "cannot write in", unwritable_exp_dir),
     Case([], "cannot write dataset file", unwritable_data_dir),
     Case([], "corrupt dataset file", damaged_digits),
