@@ -27,6 +27,7 @@ from selfstudy.config import bind_trial
 from selfstudy.data import (Batch, DatasetFiles, DividedSplit, ResidentSplit, batch_size_option, build_dataset,
                             data_options)
 from selfstudy.data.base import DataOptions
+from selfstudy.data.splits import PIXEL_FIELDS
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper, build_model
 from selfstudy.optim import Schedule, build_optimizer, build_schedule
@@ -86,16 +87,17 @@ def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
     dataset = build_dataset(settings.dataset)
     options = data_options()
     augment = augment_options()
-    augment.check(dataset.train.color_space, dense_targets=bool(dataset.train.target_shape))
-    if options.double_sample and augment.transform_targets:
-        raise UserError("BaseDataset.double_sample and augment.transform_targets cannot be combined: two views "
-                        "would need two target maps; turn one of them off")
     task = build_task(settings.task)
     with torch.device(device):
         classes = dataset.num_classes + (1 if dataset.train.target_shape else 0)  # dense maps: 0 is background
         model = build_model(dataset.channels, dataset.resolution(options), classes)
         check_heads(model, task)
         task.setup(model, dataset, options)
+    pixel_fields = ("targets",) * bool(dataset.train.target_shape) + tuple(n for n in task.needs if n in PIXEL_FIELDS)
+    augment.check(dataset.train.color_space, pixel_fields)
+    if options.double_sample and augment.transform_targets:
+        raise UserError("BaseDataset.double_sample and augment.transform_targets cannot be combined: two views "
+                        "would need two target maps; turn one of them off")
     batch_size = batch_size_option()
     dataset.check(options, batch_size)
     return Parts(settings, dataset, options, batch_size, augment, task, model)

@@ -19,25 +19,40 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from selfstudy.data import hdf5
+from selfstudy.render import mirrored_pose_label
 
 PIECE_VALUES = 1 << 24  # values converted on the device at a time (bounds the float32 temporary)
 Shuffle = tuple[int, int]  # (seed, epoch); None means in order
 
 
+# The fields of a Batch that are per-pixel maps (B x H x W) when present: `targets` on a dense
+# set (class maps), `depth`. Geometric augmentation moves every one of them with its image; a
+# new per-pixel field (a mask) is added here and moves too.
+PIXEL_FIELDS = ("targets", "depth")
+# Per-image labels that a left-right flip changes, each with the label of the mirror image.
+MIRRORED_LABELS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"pose": mirrored_pose_label}
+
+
 class Batch(NamedTuple):
     images: torch.Tensor  # B x C x H x W float32, normalised
-    targets: torch.Tensor  # B int64 (classes), or B x H x W dense targets
+    targets: torch.Tensor  # B int64 (classes), or B x H x W dense targets (class maps, 0 = background)
     index: torch.Tensor  # B int64: position of each image in its split
     view2: torch.Tensor | None = None  # a second view of the same images (BaseDataset.double_sample)
-    pose: torch.Tensor | None = None  # B int64 in 0..4 (BaseDataset.predict_pose)
+    pose: torch.Tensor | None = None  # B int64 in 0..4 (BaseDataset.predict_pose); mirrored with a flip
     depth: torch.Tensor | None = None  # B x H x W float32, distance from the camera, 0 where no object
+
+    def pixel_maps(self) -> dict[str, torch.Tensor]:
+        """The batch's per-pixel fields (of PIXEL_FIELDS, those present as B x H x W maps), by name:
+        what must move with `images` under every geometric operation."""
+        maps = {name: getattr(self, name) for name in PIXEL_FIELDS}
+        return {name: m for name, m in maps.items() if m is not None and m.ndim == 3}
 
 
 @dataclass(frozen=True)
