@@ -132,7 +132,10 @@ def trainable(model: Wrapper, task: Task) -> list[torch.nn.Parameter]:
 
 
 class MetricSums:
-    """Per-split running sums of batch metrics, weighted by batch size; one sync at the end."""
+    """Per-split running sums of batch metrics; one sync at the end. Scalar metrics are weighted
+    by batch size and reported as means; count metrics (tensors of one or more dimensions, such
+    as a confusion matrix) are summed as they are and turned into scalars by the task's
+    `epoch_metrics` (e.g. mean IoU over the whole split)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
@@ -140,11 +143,16 @@ class MetricSums:
 
     def add(self, metrics: dict[str, torch.Tensor], n: int) -> None:
         for name, value in metrics.items():
-            self.sums[name] = self.sums.get(name, 0) + value.detach().float() * n
+            value = value.detach()
+            self.sums[name] = self.sums.get(name, 0) + (value.float() * n if value.ndim == 0 else value)
         self.count += n
 
-    def means(self, split: str) -> dict[str, float]:
-        return {f"{split}_{name}": float(total) / max(self.count, 1) for name, total in self.sums.items()}
+    def means(self, split: str, task: Task | None = None) -> dict[str, float]:
+        means = {name: float(total) / max(self.count, 1) for name, total in self.sums.items() if total.ndim == 0}
+        counts = {name: total for name, total in self.sums.items() if total.ndim > 0}
+        if task is not None and counts:
+            means.update({name: float(value) for name, value in task.epoch_metrics(counts).items()})
+        return {f"{split}_{name}": value for name, value in means.items()}
 
 
 def git_commit() -> str | None:
@@ -251,7 +259,7 @@ class Trial:
             self.task.after_step(self.model, self.step, self.total_steps)
             self.step += 1
             sums.add(metrics, len(batch.targets))
-        means = sums.means("train")
+        means = sums.means("train", self.task)
         if not np.isfinite(means.get("train_loss", 0.0)):
             raise UserError(f"training diverged at epoch {self.epoch} (train_loss {means['train_loss']}): "
                             "lower optimizer.lr or scheduler.target_lrs")
@@ -267,7 +275,7 @@ class Trial:
             with self.autocast():
                 _, metrics = self.task.loss(self.model, batch)
             sums.add(metrics, len(batch.targets))
-        return sums.means(split_name)
+        return sums.means(split_name, self.task)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "task": self.task.state_dict(),

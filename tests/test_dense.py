@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from conftest import TINY, Workspace
-from selfstudy.tasks.classify import segmentation_loss
+from selfstudy.tasks.classify import ClassifyTask, mean_iou, segmentation_loss
 from selfstudy.tasks.depth import depth_loss
+from selfstudy.trial import MetricSums
 
 
 def test_depth_metrics_by_hand() -> None:
@@ -26,16 +27,33 @@ def test_depth_metrics_by_hand() -> None:
     assert metrics["rmse"].item() == pytest.approx(np.sqrt((0.16 + 0.64 + 0.36) / 3))
 
 
+def one_hot_logits(predicted: torch.Tensor, classes: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(predicted, classes).permute(0, 3, 1, 2).float() * 10
+
+
 def test_segmentation_metrics_by_hand() -> None:
     targets = torch.tensor([[[0, 0], [1, 2]]])
-    perfect = torch.nn.functional.one_hot(targets, 3).permute(0, 3, 1, 2).float() * 10
-    _, metrics = segmentation_loss(perfect, targets)
-    assert metrics["pixel_accuracy"].item() == 1 and metrics["mean_iou"].item() == 1
-    background = torch.zeros(1, 3, 2, 2)
-    background[:, 0] = 10
-    _, metrics = segmentation_loss(background, targets)
+    _, metrics = segmentation_loss(one_hot_logits(targets, 3), targets)
+    assert metrics["pixel_accuracy"].item() == 1 and mean_iou(metrics["confusion"]).item() == 1
+    _, metrics = segmentation_loss(one_hot_logits(torch.zeros_like(targets), 3), targets)
     assert metrics["pixel_accuracy"].item() == 0.5
-    assert metrics["mean_iou"].item() == pytest.approx((2 / 4 + 0 + 0) / 3)  # background 2 of 4; classes 1, 2 missed
+    assert metrics["confusion"].tolist() == [[2, 0, 0], [1, 0, 0], [1, 0, 0]]  # target rows, predicted columns
+    assert mean_iou(metrics["confusion"]).item() == pytest.approx((2 / 4 + 0 + 0) / 3)  # classes 1, 2 missed
+
+
+def test_mean_iou_is_computed_over_the_split_not_averaged_over_batches() -> None:
+    """Two batches: (targets 0 0 / 1 1, all predicted 0) and (all 1, all predicted 1). Summed
+    confusion [[2, 0], [2, 4]]: IoU 2/4 for class 0 and 4/6 for class 1. Averaging the batches'
+    IoUs would give (0.25 + 1) / 2 instead."""
+    first, second = torch.tensor([[[0, 0], [1, 1]]]), torch.ones(1, 2, 2, dtype=torch.long)
+    sums = MetricSums()
+    for targets, predicted in ((first, torch.zeros_like(first)), (second, second)):
+        _, metrics = segmentation_loss(one_hot_logits(predicted, 2), targets)
+        sums.add(metrics, len(targets))
+    assert sums.sums["confusion"].tolist() == [[2, 0], [2, 4]]
+    result = sums.means("valid", ClassifyTask())
+    assert result["valid_mean_iou"] == pytest.approx((2 / 4 + 4 / 6) / 2)
+    assert result["valid_pixel_accuracy"] == pytest.approx(6 / 8) and "valid_confusion" not in result
 
 
 @pytest.fixture(scope="module")
