@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from conftest import TINY, Workspace
+from selfstudy.data import FolderDataset, data_options, hdf5
+from selfstudy.data.base import budget_keys
 from selfstudy.tasks.classify import ClassifyTask, mean_iou, segmentation_loss
 from selfstudy.tasks.depth import depth_loss
 from selfstudy.trial import MetricSums
@@ -54,6 +56,36 @@ def test_mean_iou_is_computed_over_the_split_not_averaged_over_batches() -> None
     result = sums.means("valid", ClassifyTask())
     assert result["valid_mean_iou"] == pytest.approx((2 / 4 + 4 / 6) / 2)
     assert result["valid_pixel_accuracy"] == pytest.approx(6 / 8) and "valid_confusion" not in result
+
+
+def write_dense(folder: Path, n: int = 40, test: int = 10, res: int = 8) -> None:
+    """A tiny dense set: image i's map holds a 10-pixel block of class i % 3 + 1 (its most frequent
+    object class), a 4-pixel block of the next class and background; depth 2 + row / 10 on
+    objects, 0 on background; the image's first channel is the map, the second the depth."""
+    for name, count in (("train", n), ("test", test)):
+        maps = np.zeros((count, res, res), dtype=np.int64)
+        for i in range(count):
+            maps[i, 0, :5] = maps[i, 1, :5] = i % 3 + 1
+            maps[i, 5, :4] = (i + 1) % 3 + 1
+        depth = np.where(maps > 0, 2 + np.arange(res)[None, :, None] / 10, 0).astype(np.float32)
+        images = np.stack([maps, depth, np.zeros_like(depth)], axis=1).astype(np.float16)
+        with h5py.File(folder / f"{name}.h5", "w") as f:
+            hdf5.create_split(f, images.shape, ["a", "b", "c"], "rgb", target_shape=(res, res))
+            f["data"][...], f["targets"][...], f["depth"] = images, maps, depth
+            hdf5.set_statistics(f, np.zeros(3), np.ones(3))
+
+
+def test_label_budget_on_a_dense_set_balances_the_dominant_classes(tmp_path: Path) -> None:
+    write_dense(tmp_path)
+    dataset = FolderDataset(str(tmp_path))
+    rows = np.array([0, 1, 2, 3, 7, 8])
+    assert budget_keys(dataset.train.path, rows, chunk_size=4).tolist() == [1, 2, 3, 1, 2, 3]
+    options = data_options(semisupervised=9, num_valid=10, chunk_size=8)
+    train = dataset.load(options, torch.device("cpu"), ("train",))["train"]
+    assert len(train) == 9 and train.targets.shape == (9, 8, 8)
+    dominant = train.targets[:, 0, 0]
+    assert torch.bincount(dominant, minlength=4).tolist() == [0, 3, 3, 3]
+    assert len(set(dataset.split_rows(options)["train"]) & set(dataset.split_rows(options)["valid"])) == 0
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ for a trial puts each split on the training device (see `splits.py`): whole, or 
 divisions when it has more than `BaseDataset.max_images` images.
 The validation split is the last `num_valid` images of a fixed permutation of the
 training file (the same for every trial); `semisupervised = N` keeps N class-balanced
-labelled images of the rest.
+labelled images of the rest (on a dense set, balanced by each map's most frequent object class).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def data_options(input_res: int | None = None, max_images: int | None = None, ch
                     in divisions read in the background (None: every split resident)
     chunk_size      rows per HDF5 read, and the unit of shuffling across divisions
     use_fp16        keep images as float16 on the device (half the memory); else float32
-    semisupervised  labelled training images, class-balanced (None or 0: all)
+    semisupervised  labelled training images, class-balanced (None or 0: all); on a dense set
+                    balanced by each image's most frequent non-background class (see budget_keys)
     num_valid       validation images taken from the training file (None: a tenth)
     double_sample   every batch carries two independently augmented views of its images
     predict_pose    every batch carries a 5-way pose label from the dataset's rot_mat (top view,
@@ -108,8 +109,8 @@ class DatasetFiles:
         order = np.random.default_rng(SPLIT_SEED).permutation(n)
         rows = {"train": np.sort(order[: n - num_valid]), "valid": np.sort(order[n - num_valid:])}
         if options.semisupervised:
-            targets = hdf5.read_dataset(self.train.path)[rows["train"]]
-            rows["train"] = rows["train"][balanced_subset(targets, options.semisupervised, self.name)]
+            keys = budget_keys(self.train.path, rows["train"], options.chunk_size)
+            rows["train"] = rows["train"][balanced_subset(keys, options.semisupervised, self.name)]
         return rows
 
     def check(self, options: DataOptions, batch_size: int) -> None:
@@ -158,6 +159,25 @@ def FolderDataset(path: str) -> DatasetFiles:  # noqa: N802  (the gin name users
     folder = Path(path).expanduser()
     folder = folder if folder.is_absolute() else paths.DATA_DIR / folder
     return DatasetFiles.open(f"FolderDataset({path})", folder / "train.h5", folder / "test.h5")
+
+
+def budget_keys(path: Path, rows: np.ndarray, chunk_size: int) -> np.ndarray:
+    """The class each of the sorted file `rows` counts as when a label budget is balanced: its
+    target, or on a dense set (class maps, 0 = background) the most frequent non-background
+    class of its map (the lowest on a tie; 0 for a map of background only). Maps are read
+    `chunk_size` rows at a time."""
+    keys = []
+    for start in range(0, len(rows), chunk_size):
+        targets = hdf5.read_column(path, "targets", rows[start: start + chunk_size], chunk_size)
+        if targets.ndim == 1:
+            keys.append(targets)
+            continue
+        n, classes = len(targets), int(targets.max(initial=0)) + 1
+        flat = (targets.reshape(n, -1) + classes * np.arange(n)[:, None]).ravel()
+        counts = np.bincount(flat, minlength=n * classes).reshape(n, classes)
+        counts[:, 0] = 0  # background does not count
+        keys.append(counts.argmax(axis=1))
+    return np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
 
 
 def balanced_subset(targets: np.ndarray, budget: int, name: str) -> np.ndarray:
