@@ -16,7 +16,7 @@ from selfstudy.data import Batch
 from selfstudy.errors import UserError
 from selfstudy.tasks.byol import byol_loss, ema_momentum
 from selfstudy.tasks.cmc import memory_bank_nce, split_lab
-from selfstudy.tasks.moco import moco_loss, momentum_update
+from selfstudy.tasks.moco import MoCoTask, moco_loss, momentum_update, shuffled_encode, split_encode
 from selfstudy.tasks.rotate import rotate_batch, rotation_loss
 from selfstudy.tasks.simclr import nt_xent
 from selfstudy.tasks.vae import erase_squares, gaussian_kl, vae_loss
@@ -83,6 +83,39 @@ def test_byol_loss_and_momentum() -> None:
     expected = 0.9 * target.weight.detach() + 0.1 * online.weight.detach()
     momentum_update(target, online, 0.9)
     assert torch.allclose(target.weight, expected)
+
+
+def test_momentum_update_averages_parameters_and_copies_buffers() -> None:
+    target, online = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    online.train()(torch.randn(8, 3) * 2 + 1)  # online running statistics move away from the target's
+    with torch.no_grad():
+        online.weight.fill_(3.0)
+    momentum_update(target, online, 0.9)
+    assert torch.allclose(target.weight, torch.full((3,), 0.9 * 1.0 + 0.1 * 3.0))
+    assert torch.equal(target.running_mean, online.running_mean) and torch.equal(target.running_var, online.running_var)
+    assert target.num_batches_tracked.item() == 1
+
+
+def test_shuffle_bn_encodes_keys_in_random_sub_batches_and_restores_their_order() -> None:
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(1))
+    projector = torch.nn.Sequential(torch.nn.Linear(4 * 4 * 4, 6), torch.nn.BatchNorm1d(6))
+    images = torch.randn(12, 3, 6, 6)
+    encoders = (backbone, projector)
+    backbone.eval(), projector.eval()  # running statistics: the order and the split do not matter
+    whole = projector(backbone(images))
+    assert torch.allclose(shuffled_encode(encoders, images, 3, torch.Generator().manual_seed(1)), whole, atol=1e-6)
+    backbone.train(), projector.train()  # batch statistics of each sub-batch
+    keys = shuffled_encode(encoders, images, 3, torch.Generator().manual_seed(1))
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(1))
+    for group in order.chunk(3):  # image i's key is its own sub-batch's encoding, in the batch's order
+        assert torch.allclose(keys[group], projector(backbone(images[group])), atol=1e-5)
+    assert not torch.allclose(keys, projector(backbone(images)), atol=1e-3)  # not the whole batch's statistics
+    features, queries = split_encode(encoders, images, 3)  # queries: consecutive sub-batches
+    assert torch.allclose(queries[4:8], projector(backbone(images[4:8])), atol=1e-5)
+    assert torch.allclose(features[:4], backbone(images[:4]), atol=1e-6)
+    with pytest.raises(UserError, match="MoCoTask.bn_splits = 1 must be an integer >= 2"):
+        MoCoTask(bn_splits=1)
 
 
 def test_vae_terms() -> None:
