@@ -70,7 +70,18 @@ def test_amdim_nce_of_uninformative_and_matching_scores() -> None:
     local = torch.eye(e)[:b, :, None].expand(b, e, n) * 50
     clipped = 5.0  # scores 50 * 50 / sqrt(4) = 1250, clipped to ~5; others 0
     expected = math.log(1 + (b - 1) * n * math.exp(-clipped))
-    assert amdim_nce(g, local, tclip=clipped).item() == pytest.approx(expected, rel=1e-3)
+    assert amdim_nce(g, local, tclip=clipped, reg=0.0).item() == pytest.approx(expected, rel=1e-3)
+
+
+def test_amdim_nce_adds_the_penalty_on_raw_scores() -> None:
+    """B = 2, E = 1, N = 1: raw scores g_b l_c = [[3, 1], [6, 2]]; penalty 0.05 x mean(9, 1, 36, 4)
+    on the raw scores, the NCE on the clipped ones."""
+    g, local = torch.tensor([[1.0], [2.0]]), torch.tensor([[[3.0]], [[1.0]]])
+    clip = lambda x: 4.0 * math.tanh(x / 4.0)  # noqa: E731
+    nce = (math.log(math.exp(clip(3)) + math.exp(clip(1))) - clip(3)
+           + math.log(math.exp(clip(2)) + math.exp(clip(6))) - clip(2)) / 2
+    assert amdim_nce(g, local, tclip=4.0, reg=0.0).item() == pytest.approx(nce, rel=1e-6)
+    assert amdim_nce(g, local, tclip=4.0).item() == pytest.approx(nce + 0.05 * 12.5, rel=1e-6)
 
 
 def test_byol_loss_and_momentum() -> None:
