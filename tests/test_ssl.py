@@ -200,6 +200,20 @@ def test_finetune_selfsup_trains_the_heads_on_a_frozen_backbone(workspace) -> No
         ssl_trial("rotate", "Wrapper.finetune_selfsup = True", "Wrapper.run_selfsup = False")
 
 
+def test_warmup_freezes_a_backbone_that_the_task_calls_itself(workspace) -> None:
+    """RotateTask calls model.backbone directly (its head is its own): during Wrapper.warmup_fc
+    the backbone's weights and BatchNorm statistics stay, while the task's head learns."""
+    trial = ssl_trial("rotate", "Wrapper.warmup_fc = 3", "session.train_iters = 3")
+    backbone = copy.deepcopy(trial.model.backbone.state_dict())
+    head = trial.task.head.weight.detach().clone()
+    trial.run_epoch()  # steps 0, 1, 2: all in the warmup
+    assert all(torch.equal(v, trial.model.backbone.state_dict()[k]) for k, v in backbone.items())
+    assert not torch.equal(head, trial.task.head.weight)
+    trial.run_epoch()  # steps 3, 4, 5: the backbone trains
+    assert not torch.equal(backbone["prep.0.weight"], trial.model.backbone.state_dict()["prep.0.weight"])
+    trial.close()
+
+
 def test_cmc_evaluates_an_image_against_its_own_other_view(workspace) -> None:
     """The bank has rows of training images only: in training an image's positive is its bank row,
     in evaluation the other view of the image itself, so a validation index names no bank row."""
