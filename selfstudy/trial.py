@@ -12,9 +12,10 @@ import os
 import random
 import socket
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import gin
 import numpy as np
@@ -155,6 +156,33 @@ class MetricSums:
         return {f"{split}_{name}": value for name, value in means.items()}
 
 
+DETERMINISTIC_CUBLAS = (":4096:8", ":16:8")  # the workspace settings with which cuBLAS is reproducible
+
+
+def set_determinism(deterministic: bool) -> None:
+    """`session.deterministic`: deterministic kernels, and an error from any operation that has
+    none (not a warning); off, the process's previous trial's setting is undone. cuBLAS reads
+    CUBLAS_WORKSPACE_CONFIG when the process first uses it: importing selfstudy sets it."""
+    if deterministic and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in DETERMINISTIC_CUBLAS:
+        raise UserError(f"session.deterministic = True needs CUBLAS_WORKSPACE_CONFIG = {DETERMINISTIC_CUBLAS[0]}, but "
+                        f"the environment sets {os.environ.get('CUBLAS_WORKSPACE_CONFIG')!r}: unset it")
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+
+
+@contextmanager
+def explain_nondeterminism() -> Iterator[None]:
+    """An operation without a deterministic implementation, met under session.deterministic,
+    becomes a one-line `UserError` that names it."""
+    try:
+        yield
+    except RuntimeError as err:
+        if "does not have a deterministic implementation" not in str(err):
+            raise
+        operation = str(err).split(" does not have")[0].strip()
+        raise UserError(f"session.deterministic = True, but {operation} has no deterministic implementation on this "
+                        "device: set session.deterministic = False for this task") from None
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(paths.ROOT), "describe", "--always", "--dirty", "--abbrev=40"],
@@ -171,15 +199,14 @@ class Trial:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.config = config
+        bind_trial(config)
+        set_determinism(session_settings().deterministic)  # before anything here touches CUDA
         self.seed = int(config.get("seed", 0))
         random.seed(self.seed)
         np.random.seed(self.seed)
         torch.manual_seed(self.seed)
         self.device = default_device()
         parts = build_parts(config, self.device)
-        if parts.settings.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
         self.settings, self.augment, self.task, self.batch_size = parts.settings, parts.augment, parts.task, parts.batch_size
         self.double_sample = parts.options.double_sample
         self.model = parts.model.to(memory_format=torch.channels_last)
@@ -221,10 +248,11 @@ class Trial:
     def run_epoch(self) -> dict[str, Any]:
         """Train one epoch, evaluate valid (and test); returns the epoch's metrics."""
         self.epoch += 1
-        metrics = self.train_epoch()
-        for split, iters in (("valid", self.settings.valid_iters), ("test", self.settings.test_iters)):
-            if iters:
-                metrics.update(self.evaluate(split, iters))
+        with explain_nondeterminism():
+            metrics = self.train_epoch()
+            for split, iters in (("valid", self.settings.valid_iters), ("test", self.settings.test_iters)):
+                if iters:
+                    metrics.update(self.evaluate(split, iters))
         accuracy = metrics.get("valid_accuracy", metrics.get("train_accuracy", 0.0))
         self.best_accuracy = max(self.best_accuracy, accuracy)
         metrics.update(mean_accuracy=accuracy, best_accuracy=self.best_accuracy, epoch=self.epoch,
