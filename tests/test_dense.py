@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import TINY, Workspace
-from selfstudy.data import FolderDataset, data_options, hdf5
+from selfstudy.data import DividedSplit, FolderDataset, data_options, hdf5
 from selfstudy.data.base import budget_keys
 from selfstudy.tasks.classify import ClassifyTask, mean_iou, segmentation_loss
 from selfstudy.tasks.depth import depth_loss
@@ -60,14 +60,14 @@ def test_mean_iou_is_computed_over_the_split_not_averaged_over_batches() -> None
 
 def write_dense(folder: Path, n: int = 40, test: int = 10, res: int = 8) -> None:
     """A tiny dense set: image i's map holds a 10-pixel block of class i % 3 + 1 (its most frequent
-    object class), a 4-pixel block of the next class and background; depth 2 + row / 10 on
+    object class), a 4-pixel block of the next class and background; depth 2 + row / 8 on
     objects, 0 on background; the image's first channel is the map, the second the depth."""
     for name, count in (("train", n), ("test", test)):
         maps = np.zeros((count, res, res), dtype=np.int64)
         for i in range(count):
             maps[i, 0, :5] = maps[i, 1, :5] = i % 3 + 1
             maps[i, 5, :4] = (i + 1) % 3 + 1
-        depth = np.where(maps > 0, 2 + np.arange(res)[None, :, None] / 10, 0).astype(np.float32)
+        depth = np.where(maps > 0, 2 + np.arange(res)[None, :, None] / 8, 0).astype(np.float32)
         images = np.stack([maps, depth, np.zeros_like(depth)], axis=1).astype(np.float16)
         with h5py.File(folder / f"{name}.h5", "w") as f:
             hdf5.create_split(f, images.shape, ["a", "b", "c"], "rgb", target_shape=(res, res))
@@ -86,6 +86,26 @@ def test_label_budget_on_a_dense_set_balances_the_dominant_classes(tmp_path: Pat
     dominant = train.targets[:, 0, 0]
     assert torch.bincount(dominant, minlength=4).tolist() == [0, 3, 3, 3]
     assert len(set(dataset.split_rows(options)["train"]) & set(dataset.split_rows(options)["valid"])) == 0
+
+
+def test_divisions_carry_their_own_depth_maps(tmp_path: Path) -> None:
+    """A divided dense split reads each division's depth maps with its images: batches (some
+    spanning two divisions) hold the depth of their own images, and the device holds the depth
+    of one division, not of the split."""
+    write_dense(tmp_path)
+    dataset = FolderDataset(str(tmp_path))
+    split = dataset.load(data_options(max_images=8, chunk_size=4, num_valid=0), torch.device("cpu"), ("train",),
+                         extras=("depth",))["train"]
+    assert isinstance(split, DividedSplit) and "depth" not in split.extra
+    batches = list(split.batches(6, -1, shuffle=(0, 1)))
+    assert len(batches) == 6 and len(torch.cat([b.index for b in batches]).unique()) == 36
+    for batch in batches:
+        assert torch.equal(batch.depth, batch.images[:, 1]) and torch.equal(batch.targets.float(), batch.images[:, 0])
+    assert split._fields["depth"].shape == (8, 8, 8)  # one division's worth
+    split.close()
+    resident = dataset.load(data_options(num_valid=0), torch.device("cpu"), ("train",), extras=("depth",))["train"]
+    batch = next(resident.batches(40, 1))
+    assert torch.equal(batch.depth, batch.images[:, 1].float())
 
 
 @pytest.fixture(scope="module")

@@ -131,7 +131,8 @@ class DatasetFiles:
     def load(self, options: DataOptions, device: torch.device, splits: tuple[str, ...],
              extras: tuple[str, ...] = ()) -> dict[str, ResidentSplit | DividedSplit]:
         """Put the requested splits on `device`: resident, or divided when larger than max_images.
-        `extras`: further per-image maps a task needs (e.g. 'depth'), held on the device whole."""
+        `extras`: further per-image maps a task needs (e.g. 'depth'), held with their images
+        (whole, or a division at a time)."""
         rows = self.split_rows(options)
         rows["test"] = np.arange(self.test.num_images)
         placement = self.placement(options, device)
@@ -140,15 +141,16 @@ class DatasetFiles:
             info = self.test if split == "test" else self.train
             if options.max_images is not None and len(rows[split]) > options.max_images:
                 loaded[split] = DividedSplit(info.path, rows[split], info.image_shape, placement,
-                                             options.max_images, options.chunk_size)
+                                             options.max_images, options.chunk_size, maps=extras)
             else:
                 images, targets = hdf5.read_rows(info.path, rows[split], options.chunk_size)
                 loaded[split] = ResidentSplit(placement.images(torch.from_numpy(images)), placement.targets(targets))
+                for name in extras:
+                    values = hdf5.read_column(info.path, name, rows[split], options.chunk_size)
+                    loaded[split].extra[name] = placement.targets(values)
             if options.predict_pose:
-                rotations = torch.from_numpy(hdf5.read_dataset(info.path, "rot_mat")[rows[split]])
+                rotations = torch.from_numpy(hdf5.read_column(info.path, "rot_mat", rows[split], options.chunk_size))
                 loaded[split].extra["pose"] = pose_label(rotations.reshape(len(rotations), -1, 3, 3)[:, 0]).to(device)
-            for name in extras:
-                loaded[split].extra[name] = placement.targets(hdf5.read_dataset(info.path, name)[rows[split]])
         return loaded
 
 

@@ -11,7 +11,7 @@ Attributes:
 Synthetic sets (`misc/render_syn.py`) add per-image factor values: rot_mat (N x 3 x 3, or
 N x S x 3 x 3 for S object slots), colour, light, texture, and depth for multi-object scenes.
 
-Files are read in chunks of rows, never whole: see `read_rows`.
+Files are read in windows of rows, never whole: see `read_sorted`.
 """
 
 from __future__ import annotations
@@ -113,15 +113,6 @@ def read_info(path: Path) -> SplitInfo:
                 extras=tuple(sorted(set(f) - {"data", "targets"})),
             )
     except (OSError, KeyError) as err:
-        raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None
-
-
-def read_dataset(path: Path, name: str = "targets") -> np.ndarray:
-    """All targets of a split, or another per-image dataset by name (no images)."""
-    try:
-        with h5py.File(path, "r") as f:
-            return f[name][...]
-    except OSError as err:
         raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None
 
 
