@@ -90,7 +90,8 @@ def unstack_maps(stack: torch.Tensor | None, like: Sequence[torch.Tensor]) -> tu
     """Inverse of `stack_maps`: each map back in its own dtype."""
     if stack is None:
         return ()
-    return tuple(m.to(o.dtype) if o.is_floating_point() else m.round().to(o.dtype) for m, o in zip(stack.unbind(1), like))
+    moved = stack.unbind(1)
+    return tuple(m.to(o.dtype) if o.is_floating_point() else m.round().to(o.dtype) for m, o in zip(moved, like))
 
 
 class Augmented(NamedTuple):
