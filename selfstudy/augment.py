@@ -2,19 +2,23 @@
 
 Every operation draws fresh randomness per image. Flip, translate and cutout are plain
 tensor operations, flip and translate fused into one gather; random resized crop, colour
-jitter, grayscale and blur use kornia. With `transform_targets`, dense targets (masks,
-depth maps: B x H x W) follow the image through every geometric operation, sampled with
-nearest neighbours so that class maps stay integer.
+jitter, grayscale and blur use kornia.
+
+Geometric operations (flip, translate, resized crop) move every per-pixel field of a batch
+(`Batch.pixel_maps`: dense class maps, depth maps) with its image, with the same sampled
+parameters and nearest sampling, so class maps stay integer and depth 0 stays background.
+A flip also mirrors the per-image labels it changes (`MIRRORED_LABELS`: the pose).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple, Sequence
 
 import gin
 import torch
 
-from selfstudy.data.splits import Batch
+from selfstudy.data.splits import MIRRORED_LABELS, Batch
 from selfstudy.errors import UserError
 
 
@@ -43,15 +47,17 @@ class Tables:
 
 
 def flip_translate_index(b: int, pad: int, flip: bool, tables: Tables,
-                         generator: torch.Generator | None) -> torch.Tensor:
+                         generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat source pixel (B x H x W, into H * W) of a random left-right flip (probability 1/2)
-    and a random shift by -pad..pad pixels with reflection at the borders."""
+    and a random shift by -pad..pad pixels with reflection at the borders; and which images
+    are mirrored (B bool)."""
     device = tables.rows.device
     shift = torch.randint(0, 2 * pad + 1, (2, b), device=device, generator=generator)
+    mirror = torch.zeros(b, dtype=torch.bool, device=device)
     if flip:
         mirror = torch.rand(b, device=device, generator=generator) < 0.5
         shift[1] += mirror * (2 * pad + 1)
-    return tables.rows[shift[0]][:, :, None] + tables.cols[shift[1]][:, None, :]
+    return tables.rows[shift[0]][:, :, None] + tables.cols[shift[1]][:, None, :], mirror
 
 
 def gather_pixels(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -73,6 +79,27 @@ def batch_cutout(images: torch.Tensor, size: int, tables: Tables, generator: tor
     return images.masked_fill(inside[:, None], 0.0)
 
 
+def stack_maps(maps: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """Per-pixel maps, each B x H x W (integer class maps or float maps), as one float32
+    B x M x H x W, so that one set of sampled parameters moves them all (class indices below
+    2^24 are exact in float32)."""
+    return torch.stack([m.float() for m in maps], dim=1) if maps else None
+
+
+def unstack_maps(stack: torch.Tensor | None, like: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Inverse of `stack_maps`: each map back in its own dtype."""
+    if stack is None:
+        return ()
+    moved = stack.unbind(1)
+    return tuple(m.to(o.dtype) if o.is_floating_point() else m.round().to(o.dtype) for m, o in zip(moved, like))
+
+
+class Augmented(NamedTuple):
+    images: torch.Tensor  # B x C x H x W, normalised
+    maps: tuple[torch.Tensor, ...]  # the per-pixel maps given, B x H x W each, moved with the images
+    mirrored: torch.Tensor  # B bool: the images flipped left-right
+
+
 @dataclass(frozen=True)
 class Augment:
     """A batch augmentation: the options of `augment.*` and the splits it applies to."""
@@ -84,7 +111,7 @@ class Augment:
     cutout: int = 0  # side of the erased square in pixels; 0 = off
     resized_crop: float = 0.0  # smallest area fraction of a random resized crop; 0 = off
     blur: float = 0.0  # probability of a Gaussian blur (sigma 0.1..2 pixels)
-    transform_targets: bool = False
+    transform_targets: bool | None = None  # None/True: per-pixel fields move; False: refused with geometry
     splits: tuple[str, ...] = ("train",)
     _kornia: dict = field(default_factory=dict, repr=False, compare=False)  # modules per image size
     _tables: dict = field(default_factory=dict, repr=False, compare=False)  # Tables per size and device
@@ -95,14 +122,31 @@ class Augment:
         if self.color_jitter < 0 or self.crop < 0 or self.cutout < 0:
             raise UserError(f"augment sizes must be >= 0: {self}")
 
-    def check(self, color_space: str, dense_targets: bool) -> None:
-        """Raise if these options cannot apply to a dataset with this colour space and targets."""
+    @property
+    def geometric(self) -> bool:
+        """Whether any operation moves pixels (and so must move per-pixel fields)."""
+        return bool(self.flip or self.crop or self.resized_crop)
+
+    def check(self, color_space: str, pixel_fields: Sequence[str] = ()) -> None:
+        """Raise if these options cannot apply to a dataset with this colour space whose batches
+        carry these per-pixel fields (names of `Batch.pixel_maps`, e.g. ('targets', 'depth'))."""
         if (self.color_jitter or self.grayscale) and color_space != "rgb":
             raise UserError(f"augment.color_jitter/grayscale need RGB images, but the dataset stores {color_space}: "
                             "set them to 0 or use an RGB dataset")
-        if self.transform_targets and not dense_targets:
+        self.check_maps(pixel_fields)
+        if "depth" in pixel_fields and self.resized_crop:  # moved exactly, but no longer true to the image
+            raise UserError("augment.resized_crop zooms the images but cannot rescale their depth maps (a zoomed "
+                            "object looks nearer): set it to 0 for depth; flips and shifts move depth maps exactly")
+
+    def check_maps(self, pixel_fields: Sequence[str]) -> None:
+        """Raise if these options cannot move batches' per-pixel fields of these names correctly."""
+        if self.transform_targets and not pixel_fields:
             raise UserError("augment.transform_targets = True needs dense targets (masks or depth maps), but the "
                             "dataset has one class per image: set it to False")
+        if self.transform_targets is False and pixel_fields and self.geometric:
+            raise UserError(f"augment.transform_targets = False would flip or shift the images but not their "
+                            f"{' and '.join(pixel_fields)} maps: leave it out (per-pixel maps move with their images) "
+                            "or turn off augment.flip, augment.crop and augment.resized_crop")
 
     def applies_to(self, split: str) -> bool:
         return split in self.splits
@@ -115,7 +159,7 @@ class Augment:
             ops: dict[str, torch.nn.Module] = {}
             if self.resized_crop:
                 ops["crop"] = K.RandomResizedCrop((h, w), scale=(self.resized_crop, 1.0))
-                ops["crop_targets"] = K.RandomResizedCrop((h, w), scale=(self.resized_crop, 1.0), resample="nearest")
+                ops["crop_maps"] = K.RandomResizedCrop((h, w), scale=(self.resized_crop, 1.0), resample="nearest")
             color = []
             if self.color_jitter:
                 s = self.color_jitter
@@ -135,45 +179,56 @@ class Augment:
         return self._tables[(h, w, device)]
 
     def __call__(self, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                 generator: torch.Generator | None = None,
-                 targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 generator: torch.Generator | None = None, maps: Sequence[torch.Tensor] = ()) -> Augmented:
         """Augment a normalised batch B x C x H x W (mean/std: C, to undo the normalisation for
-        colour operations) and, when given, its dense targets B x H x W the same way."""
+        colour operations) and move its per-pixel maps (each B x H x W) with the same parameters."""
         b, _, h, w = images.shape
         ops = self.modules(h, w)
+        stack = stack_maps(maps)
         if "crop" in ops:
             images = ops["crop"](images)
-            if targets is not None:
-                moved = ops["crop_targets"](targets[:, None].float(), params=ops["crop"]._params)[:, 0]
-                targets = moved.round().to(targets.dtype) if not targets.is_floating_point() else moved
+            if stack is not None:
+                stack = ops["crop_maps"](stack, params=ops["crop"]._params)
         if "color" in ops:
             scale, shift = std[:, None, None], mean[:, None, None]
             images = (ops["color"]((images * scale + shift).clamp(0, 1)) - shift) / scale
         if "blur" in ops:
             images = ops["blur"](images)
         tables = self.tables(h, w, images.device)
+        mirrored = torch.zeros(b, dtype=torch.bool, device=images.device)
         if self.flip or self.crop:
-            index = flip_translate_index(b, self.crop, self.flip, tables, generator)
+            index, mirrored = flip_translate_index(b, self.crop, self.flip, tables, generator)
             images = gather_pixels(images, index)
-            if targets is not None:
-                targets = gather_pixels(targets, index)
+            if stack is not None:
+                stack = gather_pixels(stack, index)
         if self.cutout:
             images = batch_cutout(images, self.cutout, tables, generator)
-        return images, targets
+        return Augmented(images, unstack_maps(stack, maps), mirrored)
 
     def batch(self, batch: Batch, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None,
               double: bool = False) -> Batch:
-        """Augment a batch; with `double`, add a second, independently augmented view."""
-        images, targets = self(batch.images, mean, std, generator, batch.targets if self.transform_targets else None)
-        view2 = self(batch.images, mean, std, generator)[0] if double else None
-        return batch._replace(images=images, targets=batch.targets if targets is None else targets, view2=view2)
+        """Augment a batch: its per-pixel fields move with the images, and labels a flip changes
+        are mirrored for the flipped images. With `double`, add a second, independently augmented
+        view (`view2`; the fields describe the first)."""
+        maps = batch.pixel_maps()
+        self.check_maps(tuple(maps))
+        out = self(batch.images, mean, std, generator, tuple(maps.values()))
+        moved = dict(zip(maps, out.maps))
+        for name, mirror in MIRRORED_LABELS.items():
+            label = getattr(batch, name)
+            if label is not None:
+                moved[name] = torch.where(out.mirrored, mirror(label), label)
+        view2 = self(batch.images, mean, std, generator).images if double else None
+        return batch._replace(images=out.images, view2=view2, **moved)
 
 
 @gin.configurable("augment")
 def augment_options(color_jitter: float = 0.0, grayscale: float = 0.0, flip: bool = True, crop: int = 4,
-                    cutout: int = 0, resized_crop: float = 0.0, blur: float = 0.0, transform_targets: bool = False,
-                    do_augment: bool | list[str] = True) -> Augment:
-    """`augment.*`. `do_augment`: True = the train split, False = none, or a list of split names."""
+                    cutout: int = 0, resized_crop: float = 0.0, blur: float = 0.0,
+                    transform_targets: bool | None = None, do_augment: bool | list[str] = True) -> Augment:
+    """`augment.*`. `do_augment`: True = the train split, False = none, or a list of split names.
+    `transform_targets`: per-pixel fields (class maps, depth maps) always move with their images;
+    True also asserts the dataset has them, False refuses geometric operations on a set that does."""
     if isinstance(do_augment, bool):
         splits = ("train",) if do_augment else ()
     else:

@@ -12,9 +12,10 @@ import os
 import random
 import socket
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import gin
 import numpy as np
@@ -27,7 +28,7 @@ from selfstudy.config import bind_trial
 from selfstudy.data import (Batch, DatasetFiles, DividedSplit, ResidentSplit, batch_size_option, build_dataset,
                             data_options)
 from selfstudy.data.base import DataOptions
-from selfstudy.data.splits import num_batches
+from selfstudy.data.splits import PIXEL_FIELDS, num_batches
 from selfstudy.errors import UserError
 from selfstudy.folders import SNAPSHOT, write_json
 from selfstudy.models import Wrapper, build_model
@@ -88,16 +89,17 @@ def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
     dataset = build_dataset(settings.dataset)
     options = data_options()
     augment = augment_options()
-    augment.check(dataset.train.color_space, dense_targets=bool(dataset.train.target_shape))
-    if options.double_sample and augment.transform_targets:
-        raise UserError("BaseDataset.double_sample and augment.transform_targets cannot be combined: two views "
-                        "would need two target maps; turn one of them off")
     task = build_task(settings.task)
     with torch.device(device):
         classes = dataset.num_classes + (1 if dataset.train.target_shape else 0)  # dense maps: 0 is background
         model = build_model(dataset.channels, dataset.resolution(options), classes)
         check_heads(model, task)
         task.setup(model, dataset, options)
+    pixel_fields = ("targets",) * bool(dataset.train.target_shape) + tuple(n for n in task.needs if n in PIXEL_FIELDS)
+    augment.check(dataset.train.color_space, pixel_fields)
+    if options.double_sample and augment.transform_targets:
+        raise UserError("BaseDataset.double_sample and augment.transform_targets cannot be combined: two views "
+                        "would need two target maps; turn one of them off")
     batch_size = batch_size_option()
     dataset.check(options, batch_size)
     return Parts(settings, dataset, options, batch_size, augment, task, model)
@@ -139,7 +141,10 @@ def trainable(model: Wrapper, task: Task) -> list[torch.nn.Parameter]:
 
 
 class MetricSums:
-    """Per-split running sums of batch metrics, weighted by batch size; one sync at the end."""
+    """Per-split running sums of batch metrics; one sync at the end. Scalar metrics are weighted
+    by batch size and reported as means; count metrics (tensors of one or more dimensions, such
+    as a confusion matrix) are summed as they are and turned into scalars by the task's
+    `epoch_metrics` (e.g. mean IoU over the whole split)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
@@ -147,11 +152,43 @@ class MetricSums:
 
     def add(self, metrics: dict[str, torch.Tensor], n: int) -> None:
         for name, value in metrics.items():
-            self.sums[name] = self.sums.get(name, 0) + value.detach().float() * n
+            value = value.detach()
+            self.sums[name] = self.sums.get(name, 0) + (value.float() * n if value.ndim == 0 else value)
         self.count += n
 
-    def means(self, split: str) -> dict[str, float]:
-        return {f"{split}_{name}": float(total) / max(self.count, 1) for name, total in self.sums.items()}
+    def means(self, split: str, task: Task | None = None) -> dict[str, float]:
+        means = {name: float(total) / max(self.count, 1) for name, total in self.sums.items() if total.ndim == 0}
+        counts = {name: total for name, total in self.sums.items() if total.ndim > 0}
+        if task is not None and counts:
+            means.update({name: float(value) for name, value in task.epoch_metrics(counts).items()})
+        return {f"{split}_{name}": value for name, value in means.items()}
+
+
+DETERMINISTIC_CUBLAS = (":4096:8", ":16:8")  # the workspace settings with which cuBLAS is reproducible
+
+
+def set_determinism(deterministic: bool) -> None:
+    """`session.deterministic`: deterministic kernels, and an error from any operation that has
+    none (not a warning); off, the process's previous trial's setting is undone. cuBLAS reads
+    CUBLAS_WORKSPACE_CONFIG when the process first uses it: importing selfstudy sets it."""
+    if deterministic and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in DETERMINISTIC_CUBLAS:
+        raise UserError(f"session.deterministic = True needs CUBLAS_WORKSPACE_CONFIG = {DETERMINISTIC_CUBLAS[0]}, but "
+                        f"the environment sets {os.environ.get('CUBLAS_WORKSPACE_CONFIG')!r}: unset it")
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+
+
+@contextmanager
+def explain_nondeterminism() -> Iterator[None]:
+    """An operation without a deterministic implementation, met under session.deterministic,
+    becomes a one-line `UserError` that names it."""
+    try:
+        yield
+    except RuntimeError as err:
+        if "does not have a deterministic implementation" not in str(err):
+            raise
+        operation = str(err).split(" does not have")[0].strip()
+        raise UserError(f"session.deterministic = True, but {operation} has no deterministic implementation on this "
+                        "device: set session.deterministic = False for this task") from None
 
 
 def git_commit() -> str | None:
@@ -173,15 +210,14 @@ class Trial:
             torch.set_num_threads(num_threads)
         self.config = config
         self.node_id = node_id
+        bind_trial(config)
+        set_determinism(session_settings().deterministic)  # before anything here touches CUDA
         self.seed = int(config.get("seed", 0))
         random.seed(self.seed)
         np.random.seed(self.seed)
         torch.manual_seed(self.seed)
         self.device = default_device()
         parts = build_parts(config, self.device)
-        if parts.settings.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
         self.settings, self.augment, self.task, self.batch_size = parts.settings, parts.augment, parts.task, parts.batch_size
         self.double_sample = parts.options.double_sample
         self.model = parts.model.to(memory_format=torch.channels_last)
@@ -225,10 +261,11 @@ class Trial:
     def run_epoch(self) -> dict[str, Any]:
         """Train one epoch, evaluate valid (and test); returns the epoch's metrics."""
         self.epoch += 1
-        metrics = self.train_epoch()
-        for split, iters in (("valid", self.settings.valid_iters), ("test", self.settings.test_iters)):
-            if iters:
-                metrics.update(self.evaluate(split, iters))
+        with explain_nondeterminism():
+            metrics = self.train_epoch()
+            for split, iters in (("valid", self.settings.valid_iters), ("test", self.settings.test_iters)):
+                if iters:
+                    metrics.update(self.evaluate(split, iters))
         diverged = [name for name, value in metrics.items() if name.endswith("loss") and not np.isfinite(value)]
         if diverged:
             raise UserError(f"training diverged at epoch {self.epoch} ({diverged[0]} {metrics[diverged[0]]}): "
@@ -267,7 +304,7 @@ class Trial:
             self.task.after_step(self.model, self.step, self.total_steps)
             self.step += 1
             sums.add(metrics, len(batch.targets))
-        return sums.means("train")
+        return sums.means("train", self.task)
 
     @torch.no_grad()
     def evaluate(self, split_name: str, iters: int) -> dict[str, float]:
@@ -279,7 +316,7 @@ class Trial:
             with self.autocast():
                 _, metrics = self.task.loss(self.model, batch)
             sums.add(metrics, len(batch.targets))
-        return sums.means(split_name)
+        return sums.means(split_name, self.task)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "task": self.task.state_dict(),

@@ -12,8 +12,11 @@ import pytest
 import torch
 
 from conftest import TINY, Workspace
-from selfstudy.tasks.classify import segmentation_loss
+from selfstudy.data import DividedSplit, FolderDataset, data_options, hdf5
+from selfstudy.data.base import budget_keys
+from selfstudy.tasks.classify import ClassifyTask, mean_iou, segmentation_loss
 from selfstudy.tasks.depth import depth_loss
+from selfstudy.trial import MetricSums
 
 
 def test_depth_metrics_by_hand() -> None:
@@ -26,16 +29,83 @@ def test_depth_metrics_by_hand() -> None:
     assert metrics["rmse"].item() == pytest.approx(np.sqrt((0.16 + 0.64 + 0.36) / 3))
 
 
+def one_hot_logits(predicted: torch.Tensor, classes: int) -> torch.Tensor:
+    return torch.nn.functional.one_hot(predicted, classes).permute(0, 3, 1, 2).float() * 10
+
+
 def test_segmentation_metrics_by_hand() -> None:
     targets = torch.tensor([[[0, 0], [1, 2]]])
-    perfect = torch.nn.functional.one_hot(targets, 3).permute(0, 3, 1, 2).float() * 10
-    _, metrics = segmentation_loss(perfect, targets)
-    assert metrics["pixel_accuracy"].item() == 1 and metrics["mean_iou"].item() == 1
-    background = torch.zeros(1, 3, 2, 2)
-    background[:, 0] = 10
-    _, metrics = segmentation_loss(background, targets)
+    _, metrics = segmentation_loss(one_hot_logits(targets, 3), targets)
+    assert metrics["pixel_accuracy"].item() == 1 and mean_iou(metrics["confusion"]).item() == 1
+    _, metrics = segmentation_loss(one_hot_logits(torch.zeros_like(targets), 3), targets)
     assert metrics["pixel_accuracy"].item() == 0.5
-    assert metrics["mean_iou"].item() == pytest.approx((2 / 4 + 0 + 0) / 3)  # background 2 of 4; classes 1, 2 missed
+    assert metrics["confusion"].tolist() == [[2, 0, 0], [1, 0, 0], [1, 0, 0]]  # target rows, predicted columns
+    assert mean_iou(metrics["confusion"]).item() == pytest.approx((2 / 4 + 0 + 0) / 3)  # classes 1, 2 missed
+
+
+def test_mean_iou_is_computed_over_the_split_not_averaged_over_batches() -> None:
+    """Two batches: (targets 0 0 / 1 1, all predicted 0) and (all 1, all predicted 1). Summed
+    confusion [[2, 0], [2, 4]]: IoU 2/4 for class 0 and 4/6 for class 1. Averaging the batches'
+    IoUs would give (0.25 + 1) / 2 instead."""
+    first, second = torch.tensor([[[0, 0], [1, 1]]]), torch.ones(1, 2, 2, dtype=torch.long)
+    sums = MetricSums()
+    for targets, predicted in ((first, torch.zeros_like(first)), (second, second)):
+        _, metrics = segmentation_loss(one_hot_logits(predicted, 2), targets)
+        sums.add(metrics, len(targets))
+    assert sums.sums["confusion"].tolist() == [[2, 0], [2, 4]]
+    result = sums.means("valid", ClassifyTask())
+    assert result["valid_mean_iou"] == pytest.approx((2 / 4 + 4 / 6) / 2)
+    assert result["valid_pixel_accuracy"] == pytest.approx(6 / 8) and "valid_confusion" not in result
+
+
+def write_dense(folder: Path, n: int = 40, test: int = 10, res: int = 8) -> None:
+    """A tiny dense set: image i's map holds a 10-pixel block of class i % 3 + 1 (its most frequent
+    object class), a 4-pixel block of the next class and background; depth 2 + row / 8 on
+    objects, 0 on background; the image's first channel is the map, the second the depth."""
+    for name, count in (("train", n), ("test", test)):
+        maps = np.zeros((count, res, res), dtype=np.int64)
+        for i in range(count):
+            maps[i, 0, :5] = maps[i, 1, :5] = i % 3 + 1
+            maps[i, 5, :4] = (i + 1) % 3 + 1
+        depth = np.where(maps > 0, 2 + np.arange(res)[None, :, None] / 8, 0).astype(np.float32)
+        images = np.stack([maps, depth, np.zeros_like(depth)], axis=1).astype(np.float16)
+        with h5py.File(folder / f"{name}.h5", "w") as f:
+            hdf5.create_split(f, images.shape, ["a", "b", "c"], "rgb", target_shape=(res, res))
+            f["data"][...], f["targets"][...], f["depth"] = images, maps, depth
+            hdf5.set_statistics(f, np.zeros(3), np.ones(3))
+
+
+def test_label_budget_on_a_dense_set_balances_the_dominant_classes(tmp_path: Path) -> None:
+    write_dense(tmp_path)
+    dataset = FolderDataset(str(tmp_path))
+    rows = np.array([0, 1, 2, 3, 7, 8])
+    assert budget_keys(dataset.train.path, rows, chunk_size=4).tolist() == [1, 2, 3, 1, 2, 3]
+    options = data_options(semisupervised=9, num_valid=10, chunk_size=8)
+    train = dataset.load(options, torch.device("cpu"), ("train",))["train"]
+    assert len(train) == 9 and train.targets.shape == (9, 8, 8)
+    dominant = train.targets[:, 0, 0]
+    assert torch.bincount(dominant, minlength=4).tolist() == [0, 3, 3, 3]
+    assert len(set(dataset.split_rows(options)["train"]) & set(dataset.split_rows(options)["valid"])) == 0
+
+
+def test_divisions_carry_their_own_depth_maps(tmp_path: Path) -> None:
+    """A divided dense split reads each division's depth maps with its images: batches (some
+    spanning two divisions) hold the depth of their own images, and the device holds the depth
+    of one division, not of the split."""
+    write_dense(tmp_path)
+    dataset = FolderDataset(str(tmp_path))
+    split = dataset.load(data_options(max_images=8, chunk_size=4, num_valid=0), torch.device("cpu"), ("train",),
+                         extras=("depth",))["train"]
+    assert isinstance(split, DividedSplit) and "depth" not in split.extra
+    batches = list(split.batches(6, -1, shuffle=(0, 1)))
+    assert len(batches) == 6 and len(torch.cat([b.index for b in batches]).unique()) == 36
+    for batch in batches:
+        assert torch.equal(batch.depth, batch.images[:, 1]) and torch.equal(batch.targets.float(), batch.images[:, 0])
+    assert split._fields["depth"].shape == (8, 8, 8)  # one division's worth
+    split.close()
+    resident = dataset.load(data_options(num_valid=0), torch.device("cpu"), ("train",), extras=("depth",))["train"]
+    batch = next(resident.batches(40, 1))
+    assert torch.equal(batch.depth, batch.images[:, 1].float())
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ agree with the images, and the sets load as datasets."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -16,7 +17,8 @@ from conftest import TINY, Workspace
 from selfstudy.data import SynDataset, data_options
 from selfstudy.data.syn import render_split
 from selfstudy.errors import UserError
-from selfstudy.render import STANDARD_CODES, Code, pose_label, render_batches
+from selfstudy.render import (STANDARD_CODES, Code, mirrored_pose_label, mirrored_rotation, pose_label, render,
+                              render_batches)
 from selfstudy.render.factors import rotation_matrix
 from selfstudy.render.scene import BACKGROUND, CAMERA_Z
 
@@ -83,6 +85,22 @@ def test_pose_labels_from_rotations() -> None:
     assert pose_label(identity).item() in (1, 2, 3, 4)
     labels = pose_label(rendered("0010", 400)[0].rotation[:, 0])
     assert torch.bincount(labels, minlength=5).min() > 20  # random viewpoints reach every pose
+
+
+def test_a_flipped_image_shows_the_mirrored_rotation_with_the_mirrored_pose() -> None:
+    """The left-right flip of a rendering is the rendering of the mirrored scene (rotation M R M,
+    light and centre mirrored in x), and its pose label is the mirrored label of the original."""
+    scene, out = rendered("0010", 32, res=16)
+    flip_x = torch.tensor([-1.0, 1.0, 1.0])
+    mirrored = dataclasses.replace(scene, rotation=mirrored_rotation(scene.rotation), centre=scene.centre * flip_x,
+                                   light=torch.cat([scene.light[:, :3] * flip_x, scene.light[:, 3:]], dim=1))
+    seen = render(mirrored, 16)
+    assert (seen.class_map == out.class_map.flip(-1)).float().mean() > 0.99
+    assert (seen.images - out.images.flip(-1)).abs().mean() < 0.01
+    assert torch.allclose(torch.linalg.det(mirrored.rotation), torch.ones(32, 1), atol=1e-5)  # still a rotation
+    labels = pose_label(scene.rotation[:, 0])
+    assert torch.equal(pose_label(mirrored.rotation[:, 0]), mirrored_pose_label(labels))
+    assert (mirrored_pose_label(labels) != labels).sum() > 10  # the flip changes most labels
 
 
 def test_random_viewpoints_keep_objects_upright() -> None:

@@ -16,7 +16,7 @@ from selfstudy.data import Batch
 from selfstudy.errors import UserError
 from selfstudy.tasks.byol import byol_loss, ema_momentum
 from selfstudy.tasks.cmc import memory_bank_nce, split_lab
-from selfstudy.tasks.moco import moco_loss, momentum_update
+from selfstudy.tasks.moco import MoCoTask, moco_loss, momentum_update, shuffled_encode, split_encode
 from selfstudy.tasks.rotate import rotate_batch, rotation_loss
 from selfstudy.tasks.simclr import nt_xent
 from selfstudy.tasks.vae import erase_squares, gaussian_kl, vae_loss
@@ -70,7 +70,18 @@ def test_amdim_nce_of_uninformative_and_matching_scores() -> None:
     local = torch.eye(e)[:b, :, None].expand(b, e, n) * 50
     clipped = 5.0  # scores 50 * 50 / sqrt(4) = 1250, clipped to ~5; others 0
     expected = math.log(1 + (b - 1) * n * math.exp(-clipped))
-    assert amdim_nce(g, local, tclip=clipped).item() == pytest.approx(expected, rel=1e-3)
+    assert amdim_nce(g, local, tclip=clipped, reg=0.0).item() == pytest.approx(expected, rel=1e-3)
+
+
+def test_amdim_nce_adds_the_penalty_on_raw_scores() -> None:
+    """B = 2, E = 1, N = 1: raw scores g_b l_c = [[3, 1], [6, 2]]; penalty 0.05 x mean(9, 1, 36, 4)
+    on the raw scores, the NCE on the clipped ones."""
+    g, local = torch.tensor([[1.0], [2.0]]), torch.tensor([[[3.0]], [[1.0]]])
+    clip = lambda x: 4.0 * math.tanh(x / 4.0)  # noqa: E731
+    nce = (math.log(math.exp(clip(3)) + math.exp(clip(1))) - clip(3)
+           + math.log(math.exp(clip(2)) + math.exp(clip(6))) - clip(2)) / 2
+    assert amdim_nce(g, local, tclip=4.0, reg=0.0).item() == pytest.approx(nce, rel=1e-6)
+    assert amdim_nce(g, local, tclip=4.0).item() == pytest.approx(nce + 0.05 * 12.5, rel=1e-6)
 
 
 def test_byol_loss_and_momentum() -> None:
@@ -83,6 +94,39 @@ def test_byol_loss_and_momentum() -> None:
     expected = 0.9 * target.weight.detach() + 0.1 * online.weight.detach()
     momentum_update(target, online, 0.9)
     assert torch.allclose(target.weight, expected)
+
+
+def test_momentum_update_averages_parameters_and_copies_buffers() -> None:
+    target, online = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    online.train()(torch.randn(8, 3) * 2 + 1)  # online running statistics move away from the target's
+    with torch.no_grad():
+        online.weight.fill_(3.0)
+    momentum_update(target, online, 0.9)
+    assert torch.allclose(target.weight, torch.full((3,), 0.9 * 1.0 + 0.1 * 3.0))
+    assert torch.equal(target.running_mean, online.running_mean) and torch.equal(target.running_var, online.running_var)
+    assert target.num_batches_tracked.item() == 1
+
+
+def test_shuffle_bn_encodes_keys_in_random_sub_batches_and_restores_their_order() -> None:
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(1))
+    projector = torch.nn.Sequential(torch.nn.Linear(4 * 4 * 4, 6), torch.nn.BatchNorm1d(6))
+    images = torch.randn(12, 3, 6, 6)
+    encoders = (backbone, projector)
+    backbone.eval(), projector.eval()  # running statistics: the order and the split do not matter
+    whole = projector(backbone(images))
+    assert torch.allclose(shuffled_encode(encoders, images, 3, torch.Generator().manual_seed(1)), whole, atol=1e-6)
+    backbone.train(), projector.train()  # batch statistics of each sub-batch
+    keys = shuffled_encode(encoders, images, 3, torch.Generator().manual_seed(1))
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(1))
+    for group in order.chunk(3):  # image i's key is its own sub-batch's encoding, in the batch's order
+        assert torch.allclose(keys[group], projector(backbone(images[group])), atol=1e-5)
+    assert not torch.allclose(keys, projector(backbone(images)), atol=1e-3)  # not the whole batch's statistics
+    features, queries = split_encode(encoders, images, 3)  # queries: consecutive sub-batches
+    assert torch.allclose(queries[4:8], projector(backbone(images[4:8])), atol=1e-5)
+    assert torch.allclose(features[:4], backbone(images[:4]), atol=1e-6)
+    with pytest.raises(UserError, match="MoCoTask.bn_splits = 1 must be an integer >= 2"):
+        MoCoTask(bn_splits=1)
 
 
 def test_vae_terms() -> None:
@@ -154,6 +198,20 @@ def test_finetune_selfsup_trains_the_heads_on_a_frozen_backbone(workspace) -> No
     trial.close()
     with pytest.raises(UserError, match="finetune_selfsup = True .* needs Wrapper.run_selfsup = True"):
         ssl_trial("rotate", "Wrapper.finetune_selfsup = True", "Wrapper.run_selfsup = False")
+
+
+def test_warmup_freezes_a_backbone_that_the_task_calls_itself(workspace) -> None:
+    """RotateTask calls model.backbone directly (its head is its own): during Wrapper.warmup_fc
+    the backbone's weights and BatchNorm statistics stay, while the task's head learns."""
+    trial = ssl_trial("rotate", "Wrapper.warmup_fc = 3", "session.train_iters = 3")
+    backbone = copy.deepcopy(trial.model.backbone.state_dict())
+    head = trial.task.head.weight.detach().clone()
+    trial.run_epoch()  # steps 0, 1, 2: all in the warmup
+    assert all(torch.equal(v, trial.model.backbone.state_dict()[k]) for k, v in backbone.items())
+    assert not torch.equal(head, trial.task.head.weight)
+    trial.run_epoch()  # steps 3, 4, 5: the backbone trains
+    assert not torch.equal(backbone["prep.0.weight"], trial.model.backbone.state_dict()["prep.0.weight"])
+    trial.close()
 
 
 def test_cmc_evaluates_an_image_against_its_own_other_view(workspace) -> None:

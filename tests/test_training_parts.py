@@ -1,18 +1,22 @@
-"""Schedule, optimizer, models and the classification loss, each on its own."""
+"""Schedule, optimizer, models, the classification loss and deterministic trials, each on its own."""
 
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 import torchvision
 
+from conftest import TINY
+from selfstudy.config import split_binding
 from selfstudy.errors import UserError
 from selfstudy.models import ResNet, Wrapper
 from selfstudy.optim import Schedule, build_optimizer, optimizer_class
 from selfstudy.precision import autocast_dtype
 from selfstudy.tasks.classify import classify_loss
+from selfstudy.trial import Trial, explain_nondeterminism
 
 
 def test_schedule_is_piecewise_linear_through_milestones() -> None:
@@ -95,3 +99,25 @@ def test_precision_choices() -> None:
         autocast_dtype("fp16", cpu)
     with pytest.raises(UserError, match="choose from: auto, fp32, bf16, fp16"):
         autocast_dtype("fp8", cpu)
+
+
+def test_deterministic_trials_refuse_nondeterministic_operations(workspace) -> None:
+    def trial(*bindings: str) -> Trial:
+        return Trial({"gin_config": ["digits/r9/classify"],
+                      "gin_params": dict(split_binding(b) for b in (*TINY, "session.train_iters = 2", *bindings))})
+
+    try:
+        deterministic = trial("session.deterministic = True")
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()  # an error, not a warning
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # set when selfstudy was imported
+        assert math.isfinite(deterministic.run_epoch()["train_loss"])
+        deterministic.close()
+        with pytest.raises(UserError, match=r"^session.deterministic = True, but put_ has no deterministic "
+                                            r"implementation on this device: set session.deterministic = False"):
+            with explain_nondeterminism():
+                torch.zeros(4).put_(torch.tensor([1]), torch.ones(1))  # has none, even on the CPU
+        trial().close()  # the next trial of the process is not deterministic
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -5,7 +5,7 @@ for a trial puts each split on the training device (see `splits.py`): whole, or 
 divisions when it has more than `BaseDataset.max_images` images.
 The validation split is the last `num_valid` images of a fixed permutation of the
 training file (the same for every trial); `semisupervised = N` keeps N class-balanced
-labelled images of the rest.
+labelled images of the rest (on a dense set, balanced by each map's most frequent object class).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def data_options(input_res: int | None = None, max_images: int | None = None, ch
                     in divisions read in the background (None: every split resident)
     chunk_size      rows per HDF5 read, and the unit of shuffling across divisions
     use_fp16        keep images as float16 on the device (half the memory); else float32
-    semisupervised  labelled training images, class-balanced (None or 0: all)
+    semisupervised  labelled training images, class-balanced (None or 0: all); on a dense set
+                    balanced by each image's most frequent non-background class (see budget_keys)
     num_valid       validation images taken from the training file (None: a tenth)
     double_sample   every batch carries two independently augmented views of its images
     predict_pose    every batch carries a 5-way pose label from the dataset's rot_mat (top view,
@@ -108,8 +109,8 @@ class DatasetFiles:
         order = np.random.default_rng(SPLIT_SEED).permutation(n)
         rows = {"train": np.sort(order[: n - num_valid]), "valid": np.sort(order[n - num_valid:])}
         if options.semisupervised:
-            targets = hdf5.read_dataset(self.train.path)[rows["train"]]
-            rows["train"] = rows["train"][balanced_subset(targets, options.semisupervised, self.name)]
+            keys = budget_keys(self.train.path, rows["train"], options.chunk_size)
+            rows["train"] = rows["train"][balanced_subset(keys, options.semisupervised, self.name)]
         return rows
 
     def verify(self) -> None:
@@ -135,7 +136,8 @@ class DatasetFiles:
     def load(self, options: DataOptions, device: torch.device, splits: tuple[str, ...],
              extras: tuple[str, ...] = ()) -> dict[str, ResidentSplit | DividedSplit]:
         """Put the requested splits on `device`: resident, or divided when larger than max_images.
-        `extras`: further per-image maps a task needs (e.g. 'depth'), held on the device whole."""
+        `extras`: further per-image maps a task needs (e.g. 'depth'), held with their images
+        (whole, or a division at a time)."""
         rows = self.split_rows(options)
         rows["test"] = np.arange(self.test.num_images)
         placement = self.placement(options, device)
@@ -144,15 +146,16 @@ class DatasetFiles:
             info = self.test if split == "test" else self.train
             if options.max_images is not None and len(rows[split]) > options.max_images:
                 loaded[split] = DividedSplit(info.path, rows[split], info.image_shape, placement,
-                                             options.max_images, options.chunk_size)
+                                             options.max_images, options.chunk_size, maps=extras)
             else:
                 images, targets = hdf5.read_rows(info.path, rows[split], options.chunk_size)
                 loaded[split] = ResidentSplit(placement.images(torch.from_numpy(images)), placement.targets(targets))
+                for name in extras:
+                    values = hdf5.read_column(info.path, name, rows[split], options.chunk_size)
+                    loaded[split].extra[name] = placement.targets(values)
             if options.predict_pose:
-                rotations = torch.from_numpy(hdf5.read_dataset(info.path, "rot_mat")[rows[split]])
+                rotations = torch.from_numpy(hdf5.read_column(info.path, "rot_mat", rows[split], options.chunk_size))
                 loaded[split].extra["pose"] = pose_label(rotations.reshape(len(rotations), -1, 3, 3)[:, 0]).to(device)
-            for name in extras:
-                loaded[split].extra[name] = placement.targets(hdf5.read_dataset(info.path, name)[rows[split]])
         return loaded
 
 
@@ -163,6 +166,25 @@ def FolderDataset(path: str) -> DatasetFiles:  # noqa: N802  (the gin name users
     folder = Path(path).expanduser()
     folder = folder if folder.is_absolute() else paths.DATA_DIR / folder
     return DatasetFiles.open(f"FolderDataset({path})", folder / "train.h5", folder / "test.h5")
+
+
+def budget_keys(path: Path, rows: np.ndarray, chunk_size: int) -> np.ndarray:
+    """The class each of the sorted file `rows` counts as when a label budget is balanced: its
+    target, or on a dense set (class maps, 0 = background) the most frequent non-background
+    class of its map (the lowest on a tie; 0 for a map of background only). Maps are read
+    `chunk_size` rows at a time."""
+    keys = []
+    for start in range(0, len(rows), chunk_size):
+        targets = hdf5.read_column(path, "targets", rows[start: start + chunk_size], chunk_size)
+        if targets.ndim == 1:
+            keys.append(targets)
+            continue
+        n, classes = len(targets), int(targets.max(initial=0)) + 1
+        flat = (targets.reshape(n, -1) + classes * np.arange(n)[:, None]).ravel()
+        counts = np.bincount(flat, minlength=n * classes).reshape(n, classes)
+        counts[:, 0] = 0  # background does not count
+        keys.append(counts.argmax(axis=1))
+    return np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
 
 
 def balanced_subset(targets: np.ndarray, budget: int, name: str) -> np.ndarray:

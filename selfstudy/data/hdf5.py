@@ -11,7 +11,7 @@ Attributes:
 Synthetic sets (`misc/render_syn.py`) add per-image factor values: rot_mat (N x 3 x 3, or
 N x S x 3 x 3 for S object slots), colour, light, texture, and depth for multi-object scenes.
 
-Files are read in chunks of rows, never whole: see `read_rows`.
+Files are read in windows of rows, never whole: see `read_sorted`.
 """
 
 from __future__ import annotations
@@ -153,37 +153,48 @@ def check_finite(images: np.ndarray, path: Path) -> None:
                         "and rebuild it")
 
 
-def read_dataset(path: Path, name: str = "targets") -> np.ndarray:
-    """All targets of a split, or another per-image dataset by name (no images)."""
-    try:
-        with h5py.File(path, "r") as f:
-            return f[name][...]
-    except OSError as err:
-        raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None
+def read_sorted(dataset: h5py.Dataset, rows: np.ndarray, chunk_size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The sorted `rows` of an HDF5 dataset (into `out` when given), read as contiguous slices
+    within windows of `chunk_size` rows: memory beyond the result stays bounded by one window,
+    and no slow point selection is used."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows),) + dataset.shape[1:], dtype=dataset.dtype) if out is None else out
+    buffer: np.ndarray | None = None  # one window of rows, allocated when a window is not read whole
+    starts = np.flatnonzero(np.diff(rows // chunk_size, prepend=-1))  # first row of each window
+    for begin, end in zip(starts, np.append(starts[1:], len(rows))):
+        first, last = int(rows[begin]), int(rows[end - 1]) + 1
+        if last - first == end - begin:  # every row of the slice is wanted
+            dataset.read_direct(out, np.s_[first:last], np.s_[begin:end])
+        else:
+            if buffer is None:
+                buffer = np.empty((min(chunk_size, len(dataset)),) + dataset.shape[1:], dtype=out.dtype)
+            dataset.read_direct(buffer, np.s_[first:last], np.s_[0:last - first])
+            out[begin:end] = buffer[rows[begin:end] - first]
+    return out
 
 
 def read_rows(path: Path, rows: np.ndarray | None, chunk_size: int,
               out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Images (float16, raw; into `out` when given) and targets of the sorted file `rows` (None: all).
-
-    The file is read as contiguous slices within windows of `chunk_size` rows, so memory
-    beyond the result stays bounded and no slow point selection is used.
-    """
+    """Images (float16, raw; into `out` when given) and targets of the sorted file `rows` (None: all),
+    both read in windows of `chunk_size` rows (see `read_sorted`)."""
     try:
         with h5py.File(path, "r") as f:
             data, targets = f["data"], f["targets"]
             rows = np.arange(len(targets)) if rows is None else np.asarray(rows, dtype=np.int64)
-            images = np.empty((len(rows),) + data.shape[1:], dtype=np.float16) if out is None else out
-            buffer = np.empty((min(chunk_size, len(targets)),) + data.shape[1:], dtype=np.float16)
-            starts = np.flatnonzero(np.diff(rows // chunk_size, prepend=-1))  # first row of each window
-            for begin, end in zip(starts, np.append(starts[1:], len(rows))):
-                first, last = int(rows[begin]), int(rows[end - 1]) + 1
-                if last - first == end - begin:  # every row of the slice is wanted
-                    data.read_direct(images, np.s_[first:last], np.s_[begin:end])
-                else:
-                    data.read_direct(buffer, np.s_[first:last], np.s_[0:last - first])
-                    images[begin:end] = buffer[rows[begin:end] - first]
+            if out is None:
+                out = np.empty((len(rows),) + data.shape[1:], dtype=np.float16)
+            images = read_sorted(data, rows, chunk_size, out)
             check_finite(images, path)
-            return images, targets[...][rows]
+            return images, read_sorted(targets, rows, chunk_size)
+    except OSError as err:
+        raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None
+
+
+def read_column(path: Path, name: str, rows: np.ndarray, chunk_size: int) -> np.ndarray:
+    """The sorted file `rows` of one per-image dataset (targets, depth, rot_mat, ...), read in
+    windows of `chunk_size` rows."""
+    try:
+        with h5py.File(path, "r") as f:
+            return read_sorted(f[name], rows, chunk_size)
     except OSError as err:
         raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None

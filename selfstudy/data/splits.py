@@ -5,7 +5,7 @@ so a batch is a single indexing operation. A larger split is divided: it is serv
 divisions of at most `max_images` images. While one division trains on the device, a
 background thread reads the next from the HDF5 file in chunks of `chunk_size` rows into one
 reused host buffer, so the host holds at most the next division and the device at most the
-current one.
+current one; per-pixel maps beside the images (depth) are read and held with their division.
 
 Shuffling is a pure function of (seed, epoch). A divided split shuffles twice: chunks of
 `chunk_size` consecutive rows, with boundaries shifted by a random offset each epoch, are
@@ -19,25 +19,40 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from selfstudy.data import hdf5
+from selfstudy.render import mirrored_pose_label
 
 PIECE_VALUES = 1 << 24  # values converted on the device at a time (bounds the float32 temporary)
 Shuffle = tuple[int, int]  # (seed, epoch); None means in order
 
 
+# The fields of a Batch that are per-pixel maps (B x H x W) when present: `targets` on a dense
+# set (class maps), `depth`. Geometric augmentation moves every one of them with its image; a
+# new per-pixel field (a mask) is added here and moves too.
+PIXEL_FIELDS = ("targets", "depth")
+# Per-image labels that a left-right flip changes, each with the label of the mirror image.
+MIRRORED_LABELS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"pose": mirrored_pose_label}
+
+
 class Batch(NamedTuple):
     images: torch.Tensor  # B x C x H x W float32, normalised
-    targets: torch.Tensor  # B int64 (classes), or B x H x W dense targets
+    targets: torch.Tensor  # B int64 (classes), or B x H x W dense targets (class maps, 0 = background)
     index: torch.Tensor  # B int64: position of each image in its split
     view2: torch.Tensor | None = None  # a second view of the same images (BaseDataset.double_sample)
-    pose: torch.Tensor | None = None  # B int64 in 0..4 (BaseDataset.predict_pose)
+    pose: torch.Tensor | None = None  # B int64 in 0..4 (BaseDataset.predict_pose); mirrored with a flip
     depth: torch.Tensor | None = None  # B x H x W float32, distance from the camera, 0 where no object
+
+    def pixel_maps(self) -> dict[str, torch.Tensor]:
+        """The batch's per-pixel fields (of PIXEL_FIELDS, those present as B x H x W maps), by name:
+        what must move with `images` under every geometric operation."""
+        maps = {name: getattr(self, name) for name in PIXEL_FIELDS}
+        return {name: m for name, m in maps.items() if m is not None and m.ndim == 3}
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,18 @@ def num_batches(size: int, batch_size: int, iters: int, train: bool) -> int:
     return full if (train and full) else full + bool(rest)
 
 
+def join(first: Batch, second: Batch) -> Batch:
+    """The images of two batches (with the same fields present) as one batch."""
+    return Batch(*(None if a is None else torch.cat([a, b]) for a, b in zip(first, second)))
+
+
+def division_batch(images: torch.Tensor, fields: dict[str, torch.Tensor], positions: torch.Tensor,
+                   part: torch.Tensor) -> Batch:
+    """The rows `part` (int64 on the device) of a division: images (as float32), their targets
+    and maps (`fields`, by Batch field name) and their positions in the split."""
+    return Batch(images[part].float(), index=positions[part], **{name: values[part] for name, values in fields.items()})
+
+
 def attach(batch: Batch, extra: dict[str, torch.Tensor]) -> Batch:
     """The batch with its rows of the split's further labels (by position) filled in."""
     return batch._replace(**{name: values[batch.index] for name, values in extra.items()}) if extra else batch
@@ -129,10 +156,12 @@ class ResidentSplit:
 
 
 class DividedSplit:
-    """A split served in divisions of at most `max_images`, read in the background."""
+    """A split served in divisions of at most `max_images`, read in the background. Targets and
+    the per-pixel `maps` named (e.g. 'depth') are read with their division's images; `extra`
+    holds small per-image labels (the pose) whole."""
 
     def __init__(self, path: Path, rows: np.ndarray, stored_shape: tuple[int, ...], placement: Placement,
-                 max_images: int, chunk_size: int):
+                 max_images: int, chunk_size: int, maps: tuple[str, ...] = ()):
         self.path, self.rows, self.placement = path, rows, placement  # rows: sorted rows of the file
         self.stored_shape = stored_shape  # C x H x W in the file
         self.max_images, self.chunk_size = max_images, chunk_size
@@ -141,7 +170,8 @@ class DividedSplit:
         self._images: torch.Tensor | None = None  # the device store, max_images long, reused
         self._staging: torch.Tensor | None = None  # the host buffer the reader fills, max_images long, reused
         self._uploaded: torch.cuda.Event | None = None  # marks the end of the last copy out of _staging
-        self._targets: torch.Tensor | None = None
+        self.maps = maps
+        self._fields: dict[str, torch.Tensor] = {}  # device stores of targets and maps, max_images long, reused
         self.extra: dict[str, torch.Tensor] = {}  # further labels by position, held whole on the device
 
     def __len__(self) -> int:
@@ -169,35 +199,39 @@ class DividedSplit:
             future.cancel()
         return self._reader.submit(self._read_division, positions)
 
-    def _read_division(self, positions: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    def _read_division(self, positions: np.ndarray) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
         """(In the reader thread.) A division's raw images, in the one host buffer (pinned when
-        the device is a GPU, so that the copy to the device runs asynchronously)."""
+        the device is a GPU, so that the copy to the device runs asynchronously), with its
+        targets and maps by field name."""
         if self._staging is None:
             self._staging = torch.empty((self.max_images,) + self.stored_shape, dtype=torch.float16,
                                         pin_memory=self.placement.device.type == "cuda")
         if self._uploaded is not None:
             self._uploaded.synchronize()  # the previous division has left the buffer
         images = self._staging[: len(positions)]
-        _, targets = hdf5.read_rows(self.path, self.rows[positions], self.chunk_size, out=images.numpy())
-        return images, targets
+        rows = self.rows[positions]
+        _, targets = hdf5.read_rows(self.path, rows, self.chunk_size, out=images.numpy())
+        return images, {"targets": targets, **{name: hdf5.read_column(self.path, name, rows, self.chunk_size)
+                                               for name in self.maps}}
 
-    def _upload(self, future: Future) -> tuple[torch.Tensor, torch.Tensor]:
-        """Move a read division into the device store; returns views of the filled part."""
-        raw_images, raw_targets = future.result()
-        n = len(raw_targets)
+    def _upload(self, future: Future) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Move a read division into the device stores; returns views of the filled parts."""
+        raw_images, raw_fields = future.result()
+        n = len(raw_images)
         if self._images is None:
             shape = (self.max_images, raw_images.shape[1], self.placement.res, self.placement.res)
             self._images = torch.empty(shape, dtype=self.placement.dtype, device=self.placement.device)
-        targets = self.placement.targets(raw_targets)
-        if self._targets is None:
-            self._targets = torch.empty((self.max_images,) + targets.shape[1:], dtype=targets.dtype,
-                                        device=self.placement.device)
         self.placement.images(raw_images, out=self._images[:n])
-        self._targets[:n] = targets
+        for name, raw in raw_fields.items():
+            values = self.placement.targets(raw)
+            if name not in self._fields:
+                self._fields[name] = torch.empty((self.max_images,) + values.shape[1:], dtype=values.dtype,
+                                                 device=self.placement.device)
+            self._fields[name][:n] = values
         if self.placement.device.type == "cuda":
             self._uploaded = torch.cuda.Event()
             self._uploaded.record()
-        return self._images[:n], self._targets[:n]
+        return self._images[:n], {name: store[:n] for name, store in self._fields.items()}
 
     def batches(self, batch_size: int, iters: int, shuffle: Shuffle | None = None) -> Iterator[Batch]:
         """As `ResidentSplit.batches`; batches may span two divisions. When the epoch's last
@@ -211,7 +245,7 @@ class DividedSplit:
         carry: Batch | None = None  # images left over from the previous division, fewer than a batch
         while remaining > 0:
             positions = queue.popleft()
-            images, targets = self._upload(future)
+            images, fields = self._upload(future)
             end_of_pass = not queue
             available = len(positions) + (len(carry.index) if carry else 0)
             makes = available // batch_size + (end_of_pass and not train and available % batch_size > 0)
@@ -225,13 +259,11 @@ class DividedSplit:
                 future = self._read(queue[0])
             local = torch.from_numpy(rng.permutation(len(positions)) if train else np.arange(len(positions)))
             local = local.to(images.device)
-            index = torch.from_numpy(positions).to(images.device)[local]
+            on_device = torch.from_numpy(positions).to(images.device)
             start = 0
             if carry is not None:
                 need = batch_size - len(carry.index)
-                head = local[:need]
-                batch = Batch(torch.cat([carry.images, images[head].float()]),
-                              torch.cat([carry.targets, targets[head]]), torch.cat([carry.index, index[:need]]))
+                batch = join(carry, division_batch(images, fields, on_device, local[:need]))
                 carry, start = None, need
                 if len(batch.index) == batch_size or (end_of_pass and not train):
                     yield attach(batch, self.extra)
@@ -240,7 +272,7 @@ class DividedSplit:
                     carry = batch
             while remaining > 0 and start < len(local):
                 part = local[start: start + batch_size]
-                batch = Batch(images[part].float(), targets[part], index[start: start + batch_size])
+                batch = division_batch(images, fields, on_device, part)
                 start += batch_size
                 if len(part) == batch_size or (end_of_pass and not train):
                     yield attach(batch, self.extra)

@@ -51,7 +51,8 @@ class Wrapper(nn.Module):
         labels the task trains (ClassifyTask: the pose), e.g. [10, 5].
     classifier: 'linear' or 'mlp' (hidden units `mlp_hidden`).
     finetune_classifier: train the classifier only, on frozen backbone features.
-    warmup_fc: training steps at the start during which only the classifier trains.
+    warmup_fc: training steps at the start during which the backbone stays frozen (weights and
+        BatchNorm statistics) and only the classifier and the task's own heads train.
     pretrained: "<exp>/<name>" of a snapshot whose weights initialise the model.
     ignore_pretrained_fc: take only the backbone from `pretrained`.
     run_selfsup: pretraining with a self-supervised task: the classifier becomes a linear
@@ -132,10 +133,13 @@ class Wrapper(nn.Module):
                       "mlp_accuracy": (mlp.argmax(1) == targets).float().mean(), "probe_loss": loss.detach()}
 
     def set_step(self, step: int) -> None:
-        """Freeze the backbone while `step < warmup_fc` (or always with `finetune_classifier`)."""
+        """Freeze the backbone while `step < warmup_fc` (or always with `finetune_classifier`):
+        its parameters stop requiring gradients and its BatchNorm keeps its running statistics,
+        for every caller, through `forward` or the backbone itself (tasks with heads of their own)."""
         frozen = self.finetune_classifier or step < self.warmup_fc
         if frozen != self.backbone_frozen:
             self.backbone_frozen = frozen
+            self.backbone.requires_grad_(not frozen)
             self.backbone.train(self.training and not frozen)
 
     def train(self, mode: bool = True) -> "Wrapper":

@@ -6,7 +6,8 @@ from typing import Iterator
 
 import torch
 
-from selfstudy.render.factors import STANDARD_CODES, Code, pose_label, sample_scene
+from selfstudy.render.factors import (STANDARD_CODES, Code, mirrored_pose_label, mirrored_rotation, pose_label,
+                                      sample_scene)
 from selfstudy.render.scene import Rendering, Scene, render
 from selfstudy.render.shapes import SHAPE_NAMES
 
@@ -23,5 +24,5 @@ def render_batches(code: str, n: int, res: int, seed: int, device: torch.device,
         yield scene, render(scene, res)
 
 
-__all__ = ["Code", "Rendering", "SHAPE_NAMES", "STANDARD_CODES", "Scene", "pose_label", "render", "render_batches",
-           "sample_scene"]
+__all__ = ["Code", "Rendering", "SHAPE_NAMES", "STANDARD_CODES", "Scene", "mirrored_pose_label", "mirrored_rotation",
+           "pose_label", "render", "render_batches", "sample_scene"]

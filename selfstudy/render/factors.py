@@ -136,3 +136,25 @@ def pose_label(rotation: torch.Tensor) -> torch.Tensor:
     azimuth = torch.atan2(camera[..., 0], camera[..., 2])  # -pi..pi around the object's y axis
     quadrant = ((azimuth + math.pi) / (math.pi / 2)).long().clamp(0, 3) + 1
     return torch.where(up_towards_camera > math.cos(math.pi / 4), 0, quadrant)
+
+
+MIRROR = torch.diag(torch.tensor([-1.0, 1.0, 1.0]))  # x -> -x: a left-right flip, in world or object space
+
+
+def mirrored_rotation(rotation: torch.Tensor) -> torch.Tensor:
+    """The rotation ... x 3 x 3 (object -> world) that the left-right mirror image of a scene
+    shows: M R M with M = diag(-1, 1, 1). Mirroring the world flips the image (the camera looks
+    down -z, so image columns follow world x); mirroring the object frame as well keeps the
+    rotation proper and the object's up axis y where it was. Every shape's geometry is symmetric
+    under the object-space mirror, so the mirrored scene renders as the flipped image (lit by
+    the mirrored light; a stripe texture is mirrored, not redrawn)."""
+    m = MIRROR.to(rotation)
+    return m @ rotation @ m
+
+
+def mirrored_pose_label(label: torch.Tensor) -> torch.Tensor:
+    """The pose label of the left-right mirror image, from the label (any shape, int64): the
+    mirror keeps the top view (0) and negates the camera's azimuth, so quadrant q (1..4, azimuth
+    in [-pi + (q - 1) pi / 2, -pi + q pi / 2)) becomes 5 - q. Equals pose_label(mirrored_rotation(R))
+    except for azimuths exactly on a quadrant boundary (a set of measure zero)."""
+    return torch.where(label == 0, label, 5 - label)

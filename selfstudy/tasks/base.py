@@ -25,8 +25,14 @@ class Task(nn.Module):
         """Raise `UserError` if the dataset or options lack what the task needs; build heads."""
 
     def loss(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Scalar loss to minimise and named scalar metrics of the batch (e.g. 'accuracy')."""
+        """Scalar loss to minimise and named metrics of the batch: scalars (e.g. 'accuracy'),
+        averaged over a split, or counts (tensors of one or more dimensions, e.g. a 'confusion'
+        matrix), summed over a split and turned into metrics by `epoch_metrics`."""
         raise NotImplementedError
+
+    def epoch_metrics(self, counts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Scalar metrics of a whole split from the sums of its batches' count metrics."""
+        return {}
 
     def after_step(self, model: Wrapper, step: int, total_steps: int) -> None:
         """Called after each optimizer step (momentum encoders follow the model here)."""

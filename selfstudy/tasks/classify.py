@@ -18,14 +18,24 @@ NUM_POSES = 5  # top view and four azimuth quadrants (selfstudy.render.pose_labe
 
 def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-pixel cross-entropy (nats) of logits B x K x H x W against class maps B x H x W, with
-    pixel accuracy and mean IoU (over the classes present in the targets or predictions of
-    this batch)."""
+    pixel accuracy and the batch's 'confusion' counts (K x K int64, pixels by target row and
+    predicted column), which an epoch sums over its split before `mean_iou`."""
     loss = F.cross_entropy(logits.float(), targets)
+    k = logits.shape[1]
     predicted = logits.argmax(dim=1)
-    classes = torch.cat([targets.unique(), predicted.unique()]).unique()
-    hit, wanted = predicted[..., None] == classes, targets[..., None] == classes  # B x H x W x C
-    iou = (hit & wanted).sum(dim=(0, 1, 2)).float() / (hit | wanted).sum(dim=(0, 1, 2)).float()
-    return loss, {"pixel_accuracy": (predicted == targets).float().mean(), "mean_iou": iou.mean()}
+    confusion = torch.bincount((targets * k + predicted).flatten(), minlength=k * k).view(k, k)
+    return loss, {"pixel_accuracy": (predicted == targets).float().mean(), "confusion": confusion}
+
+
+def mean_iou(confusion: torch.Tensor) -> torch.Tensor:
+    """Mean over classes of intersection over union, from confusion counts K x K (target rows,
+    predicted columns) of a whole split; classes that are neither present nor predicted
+    (union 0) are left out."""
+    confusion = confusion.double()
+    hit = confusion.diagonal()
+    union = confusion.sum(dim=0) + confusion.sum(dim=1) - hit
+    seen = union > 0
+    return (hit[seen] / union[seen]).mean()
 
 
 def classify_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +81,10 @@ class ClassifyTask(Task):
                 raise UserError(f"ClassifyTask.is_pose = True needs pose labels, but BaseDataset.predict_pose is "
                                 f"False for {dataset.name}: set it to True (the dataset must have rot_mat)")
             self.pose_head = nn.Linear(model.backbone.out_dim, NUM_POSES)
+
+    def epoch_metrics(self, counts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Segmentation's mean IoU over the split, from its summed confusion counts."""
+        return {"mean_iou": mean_iou(counts["confusion"])} if "confusion" in counts else {}
 
     def loss(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.is_pose:

@@ -1,9 +1,17 @@
 """MoCo v2 (Chen et al. 2020): a query view must pick its key, encoded by a slowly moving copy of
-the network, out of a queue of keys from earlier batches."""
+the network, out of a queue of keys from earlier batches.
+
+Shuffle-BN on one device: MoCo encodes queries and keys on several GPUs, each normalising its
+own sub-batch, and shuffles the keys across GPUs, so that a query and its key never share
+BatchNorm statistics (otherwise the model can find its positive by the batch's statistics
+instead of by content). Here both encoders run on `bn_splits` sub-batches one after another,
+and the key batch is permuted before its split and restored after (as MoCo's single-GPU
+reimplementations do with a split BatchNorm)."""
 
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import gin
 import torch
@@ -15,6 +23,8 @@ from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 from selfstudy.tasks.base import SelfSupervisedTask, projection_head
 
+Encoder = Callable[[torch.Tensor], torch.Tensor]
+
 
 def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
     """InfoNCE of queries q (B x D) against their keys k (B x D) and negatives queue (K x D),
@@ -25,27 +35,54 @@ def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature
 
 
 def momentum_update(target: torch.nn.Module, online: torch.nn.Module, momentum: float) -> None:
-    """target <- momentum * target + (1 - momentum) * online, parameters and buffers alike."""
+    """Parameters: target <- momentum * target + (1 - momentum) * online. Buffers (BatchNorm
+    running statistics and counters) are copied from the online network, not averaged: they
+    are already running averages."""
     with torch.no_grad():
-        for t, o in zip(target.state_dict().values(), online.state_dict().values()):
-            if t.is_floating_point():
-                t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
-            else:
-                t.copy_(o)
+        for t, o in zip(target.parameters(), online.parameters()):
+            t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
+        for t, o in zip(target.buffers(), online.buffers()):
+            t.copy_(o)
+
+
+def split_encode(encoders: tuple[Encoder, ...], images: torch.Tensor, groups: int) -> tuple[torch.Tensor, ...]:
+    """Chained encoders (backbone, projector) on `groups` consecutive sub-batches of images
+    B x C x H x W, each sub-batch on its own, so that in training each one's BatchNorm sees only
+    its own statistics; the output of every encoder, B x D each, in the order of the images."""
+    outputs: list[list[torch.Tensor]] = [[] for _ in encoders]
+    for part in images.chunk(groups):
+        for encoder, out in zip(encoders, outputs):
+            part = encoder(part)
+            out.append(part)
+    return tuple(torch.cat(out) for out in outputs)
+
+
+def shuffled_encode(encoders: tuple[Encoder, ...], images: torch.Tensor, groups: int,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """The last encoder's output B x D for images B x C x H x W, encoded by `split_encode` in a
+    random order and returned in the images' order (shuffle-BN: an image's sub-batch, and so its
+    BatchNorm statistics, is a random draw of the batch)."""
+    order = torch.randperm(len(images), device=images.device, generator=generator)
+    return split_encode(encoders, images[order], groups)[-1][torch.argsort(order)]
 
 
 @gin.configurable
 class MoCoTask(SelfSupervisedTask):
     """`queue_size` keys of earlier batches are the negatives; the key encoder is an exponential
-    moving average (`momentum`) of backbone and projector."""
+    moving average (`momentum`) of backbone and projector's parameters. In training, queries
+    and keys are encoded in `bn_splits` sub-batches (at most half the batch size, so that each
+    holds two images), keys in a shuffled order (shuffle-BN)."""
 
     needs_two_views = True
 
     def __init__(self, temperature: float = 0.2, momentum: float = 0.99, queue_size: int = 4096,
-                 proj_dim: int = 128, proj_hidden: int = 512):
+                 proj_dim: int = 128, proj_hidden: int = 512, bn_splits: int = 8):
         super().__init__()
+        if not isinstance(bn_splits, int) or bn_splits < 2:
+            raise UserError(f"MoCoTask.bn_splits = {bn_splits!r} must be an integer >= 2: queries and keys need "
+                            "sub-batches of their own for BatchNorm (shuffle-BN); MoCo's CIFAR recipe uses 8")
         self.temperature, self.momentum, self.queue_size = temperature, momentum, queue_size
-        self.proj_dim, self.proj_hidden = proj_dim, proj_hidden
+        self.proj_dim, self.proj_hidden, self.bn_splits = proj_dim, proj_hidden, bn_splits
 
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
         super().setup(model, dataset, options)
@@ -61,10 +98,12 @@ class MoCoTask(SelfSupervisedTask):
         self.register_buffer("queue_position", torch.zeros((), dtype=torch.long))
 
     def objective(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        features = model.backbone(batch.images)
-        q = F.normalize(self.projector(features), dim=1)
+        # sub-batches of two images or more; in evaluation BatchNorm uses running statistics: no split
+        groups = max(1, min(self.bn_splits, len(batch.images) // 2)) if self.training else 1
+        features, q = split_encode((model.backbone, self.projector), batch.images, groups)
+        q = F.normalize(q, dim=1)
         with torch.no_grad():
-            k = F.normalize(self.key_projector(self.key_backbone(batch.view2)), dim=1)
+            k = F.normalize(shuffled_encode((self.key_backbone, self.key_projector), batch.view2, groups), dim=1)
         negatives = self.queue.clone().to(q.dtype)  # enqueue() below changes the queue before backward
         loss = moco_loss(q, k.to(q.dtype), negatives, self.temperature)
         if self.training:
