@@ -30,9 +30,12 @@ from util.vis import config_columns  # noqa: E402
 
 
 def moved_from(exp_dir: Path) -> dict[str, Path]:
-    """Trial name -> where an earlier -m moved its snapshot (from the snapshot.json records)."""
+    """Trial name -> where an earlier -m moved its snapshot (from the snapshot.json records beside
+    the snapshots; a record whose move never finished has no snapshot beside it)."""
     moved = {}
     for record in exp_dir.glob("**/snapshot.json"):
+        if not (record.parent / SNAPSHOT).is_file():
+            continue
         try:
             moved[json.loads(record.read_text())["trial"]] = record.parent
         except (json.JSONDecodeError, KeyError, TypeError):
@@ -65,7 +68,7 @@ def plan_moves(exp_id: str, fmt: str) -> list[tuple[Path, Path]]:
     moved = moved_from(exp_dir)
     for trial_dir in folders.trial_dirs(exp_dir):
         source = folders.latest_snapshot(trial_dir)
-        if source is None:
+        if trial_dir.name in moved or source is None:  # an older checkpoint left behind is not the trial's result
             why = (f"its snapshot was already moved to {moved[trial_dir.name]}" if trial_dir.name in moved
                    else "it has no checkpoint (run with -c to checkpoint at the end)")
             print(f"Skipping {trial_dir.name}: {why}")
@@ -89,10 +92,9 @@ def plan_moves(exp_id: str, fmt: str) -> list[tuple[Path, Path]]:
 def move(source: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     trial_dir = source.parent.parent
-    record = {"trial": trial_dir.name, "checkpoint": source.parent.name,
-              "config": json.loads((trial_dir / "params.json").read_text())}
+    record = {"trial": trial_dir.name, "checkpoint": source.parent.name, "config": folders.read_params(trial_dir)}
+    folders.write_json(target / "snapshot.json", record)  # first: a record without its snapshot counts for nothing
     shutil.move(str(source), str(target / SNAPSHOT))
-    (target / "snapshot.json").write_text(json.dumps(record, indent=2, default=str))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,10 @@ from selfstudy.folders import SNAPSHOT
 FORMAT = 2  # 2: random states as tensors and plain values (format 1 pickled numpy arrays)
 
 
+class UnsafeSnapshot(UserError):
+    """A snapshot that would need code to load: refused, never read."""
+
+
 def save_snapshot(directory: Path, state: dict[str, Any]) -> Path:
     """Write `directory/snapshot` atomically; returns its path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -61,8 +65,9 @@ def load_snapshot(path: Path, setting: str) -> dict[str, Any]:
     except pickle.UnpicklingError as err:
         if "weights only" not in str(err).lower():
             raise UserError(f"{setting}: cannot read snapshot {path} (UnpicklingError); it is damaged") from None
-        raise UserError(f"{setting}: refusing {path}: it holds Python objects that need code to load, and snapshots "
-                        "are read as data only (tensors and plain values); use a snapshot written by selfstudy") \
+        raise UnsafeSnapshot(f"{setting}: refusing {path}: it holds Python objects that need code to load, and "
+                             "snapshots are read as data only (tensors and plain values); use a snapshot written by "
+                             "selfstudy (format 2; earlier formats must be rewritten by the version that wrote them)") \
             from None
     except Exception as err:  # torch raises many types for a damaged file
         raise UserError(f"{setting}: cannot read snapshot {path} ({type(err).__name__}); it is damaged") from None

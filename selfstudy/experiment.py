@@ -127,7 +127,6 @@ def run(request: Request) -> int:
 
     start_ray(request)
     resources = trial_resources(ray_config, cluster=_cluster_resources())
-    folders.write_json(directory / folders.EXPERIMENT_FILE, {**record, "resources": resources})
     tuner = tune.Tuner(
         tune.with_resources(_trainable(), resources),
         param_space=space,
@@ -142,6 +141,7 @@ def run(request: Request) -> int:
                 checkpoint_at_end=ray_config.checkpoint_at_end),
             failure_config=tune.FailureConfig(max_failures=ray_config.max_failures)),
     )
+    folders.write_json(directory / folders.EXPERIMENT_FILE, {**record, "resources": resources})
     fit(tuner, request.quiet)
     return finish(request.exp_id)
 
@@ -154,7 +154,10 @@ def fit(tuner: Any, quiet: bool) -> None:
     before = signal.getsignal(signal.SIGINT)
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
         grid = tuner.fit()
-    if signal.getsignal(signal.SIGINT) is before:
+    tune_handled_sigint = not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+    interrupted = tune_handled_sigint and signal.getsignal(signal.SIGINT) is before
+    signal.signal(signal.SIGINT, before)  # a later Ctrl-C interrupts the report, not a finished Tune run
+    if interrupted:
         raise KeyboardInterrupt
     mark_stopped(grid)
 
@@ -185,6 +188,9 @@ def resume(request: Request, directory: Path) -> int:
         ray_config = RayConfig(name=record["ray_config"], search_space={}, **record["checkpointing"])
         run_local(directory, record["variants"], ray_config, record["resources"], request.quiet)
         return finish(request.exp_id)
+    if not tune.Tuner.can_restore(str(directory)):
+        raise UserError(f"experiment '{request.exp_id}' stopped before Ray Tune saved its state, so there is nothing "
+                        f"to resume: delete {directory} and run it again")
     start_ray(request)
     resources = record["resources"] if record else trial_resources(load_ray_config("single_run"),
                                                                    cluster=_cluster_resources())
@@ -195,9 +201,10 @@ def resume(request: Request, directory: Path) -> int:
 
 
 def check_unfinished(directory: Path) -> None:
-    """Before anything runs again: every unfinished trial's config still builds, and its
-    checkpoints load as data (a planted or damaged snapshot is refused here, in one line)."""
-    from selfstudy.checkpoint import load_snapshot
+    """Before anything runs again: every unfinished trial's config still builds, and none of its
+    checkpoints needs code to load (a planted snapshot is refused here, in one line). A damaged
+    one is left to the trial: Ray never restores a copy it did not finish."""
+    from selfstudy.checkpoint import UnsafeSnapshot, load_snapshot
     from selfstudy.trial import check_trial
 
     for trial_dir in folders.trial_dirs(directory):
@@ -205,7 +212,12 @@ def check_unfinished(directory: Path) -> None:
             continue
         check_trial(folders.read_params(trial_dir))
         for checkpoint in folders.checkpoints(trial_dir):
-            load_snapshot(checkpoint / folders.SNAPSHOT, f"--resume of {trial_dir.name}")
+            try:
+                load_snapshot(checkpoint / folders.SNAPSHOT, f"--resume of {trial_dir.name}")
+            except UnsafeSnapshot:
+                raise
+            except UserError:
+                continue
 
 
 def _trainable() -> Any:
@@ -282,13 +294,15 @@ EXIT_INTERRUPTED = 130
 def finish(exp_id: str) -> int:
     """Print one line per trial with its status, then each failure; the exit code says whether
     every trial completed (0), some failed (1) or some have not finished (130: --resume continues)."""
-    from util.vis import load_experiment
+    from util.vis import config_columns, load_experiment
 
     frame = load_experiment(exp_id)
     print(f"experiment {exp_id}: {len(frame)} trial(s) in {folders.exp_dir(exp_id)}")
     shown = [c for c in ("status", "epoch", "train_accuracy", "valid_accuracy", "test_accuracy", "best_accuracy")
              if c in frame.columns]
-    swept = [c for c in frame.columns if "." in c and frame[c].astype(str).nunique() > 1]
+    settings = {key for trial_dir in folders.trial_dirs(folders.exp_dir(exp_id))
+                for key in config_columns(folders.read_params(trial_dir))}
+    swept = [c for c in frame.columns if c in settings and frame[c].astype(str).nunique() > 1]
     if len(frame):
         print(frame[["trial"] + swept + shown].to_string(index=False, float_format=lambda v: f"{v:.4f}",
                                                           na_rep="-"))

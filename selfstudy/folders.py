@@ -44,6 +44,7 @@ _CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
 
 def check_exp_id(exp_id: str) -> str:
+    """`exp_id` if it names a folder inside EXP_DIR (not '.', '..' or a path), else a `UserError`."""
     if not _EXP_ID.match(exp_id):
         raise UserError(f"experiment name {exp_id!r}: start with a letter or digit and use letters, digits and "
                         ". _ + - only")
@@ -71,6 +72,7 @@ def check_writable(directory: Path, variable: str) -> None:
 
 
 def known_experiments() -> list[str]:
+    """Names of the experiment folders in EXP_DIR, for error messages."""
     return sorted(p.name for p in paths.EXP_DIR.iterdir() if p.is_dir()) if paths.EXP_DIR.is_dir() else []
 
 
@@ -97,6 +99,7 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def read_params(trial_dir: Path) -> dict[str, Any]:
+    """The trial's config (see `selfstudy.config`)."""
     return json.loads((trial_dir / PARAMS_FILE).read_text())
 
 
@@ -116,12 +119,13 @@ def truncate_results(trial_dir: Path, epoch: int) -> None:
     """Keep the reports of epochs up to `epoch` (a trial continuing from that epoch's checkpoint)."""
     kept = [row for row in read_results(trial_dir) if row.get("training_iteration", 0) <= epoch]
     text = "".join(json.dumps(row, default=str) + "\n" for row in kept)
-    tmp = trial_dir / f".{RESULTS_FILE}.tmp"
+    tmp = trial_dir / f".{RESULTS_FILE}.{os.getpid()}.tmp"
     tmp.write_text(text)
     os.replace(tmp, trial_dir / RESULTS_FILE)
 
 
 def checkpoint_number(path: Path) -> int | None:
+    """N of a `checkpoint_N` folder, None for any other name."""
     match = _CHECKPOINT.match(path.name)
     return int(match.group(1)) if match else None
 
@@ -160,22 +164,27 @@ def error_line(text: str) -> str:
 
 
 def trial_status(trial_dir: Path) -> TrialStatus:
+    """Where the trial stands, read from its files (see the module docstring)."""
     results = read_results(trial_dir)
     if results and results[-1].get("done"):
         return TrialStatus("finished", None)
     if (trial_dir / STOPPED_FILE).is_file():
         return TrialStatus("stopped", None)
-    error = trial_dir / ERROR_FILE
-    if error.is_file():
-        return TrialStatus("errored", error_line(error.read_text(errors="replace")))
-    return TrialStatus("running", None)
+    error, results_file = trial_dir / ERROR_FILE, trial_dir / RESULTS_FILE
+    if not error.is_file():
+        return TrialStatus("running", None)
+    if results_file.is_file() and results_file.stat().st_mtime_ns > error.stat().st_mtime_ns:
+        return TrialStatus("running", None)  # it reported an epoch since it failed: a retry is under way
+    return TrialStatus("errored", error_line(error.read_text(errors="replace")))
 
 
 def write_error(trial_dir: Path, text: str) -> None:
+    """Append a failure report to the trial's error.txt, as Ray does."""
     with open(trial_dir / ERROR_FILE, "a") as f:
         f.write(text.rstrip() + "\n")
 
 
 def read_experiment(directory: Path) -> dict[str, Any] | None:
+    """What experiment.json recorded when the experiment started (None for one without it)."""
     path = directory / EXPERIMENT_FILE
     return json.loads(path.read_text()) if path.is_file() else None

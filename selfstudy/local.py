@@ -32,7 +32,7 @@ def run_local(exp_dir: Path, variants: list[dict[str, Any]], ray_config: RayConf
     """Run every variant that has not finished; a failed trial is recorded and the sweep goes on."""
     for index, config in enumerate(variants):
         trial_dir = local_trial_dir(exp_dir, index)
-        if (trial_dir / folders.PARAMS_FILE).exists() and folders.trial_status(trial_dir).state == "finished":
+        if (trial_dir / folders.PARAMS_FILE).exists() and complete(trial_dir, ray_config):
             continue
         trial_dir.mkdir(parents=True, exist_ok=True)
         folders.write_json(trial_dir / folders.PARAMS_FILE, config)
@@ -43,8 +43,22 @@ def run_local(exp_dir: Path, variants: list[dict[str, Any]], ray_config: RayConf
             except Exception as err:  # noqa: BLE001  (any failure of one trial is recorded; the sweep goes on)
                 text = f"{type(err).__name__}: {err}" if isinstance(err, UserError) else traceback.format_exc()
                 folders.write_error(trial_dir, f"Failure # {attempt + 1}\n{text}")
-                if attempt < ray_config.max_failures:  # the last failure is reported with the results
+                if attempt < ray_config.max_failures and not quiet:  # the last failure is reported with the results
                     print(f"{trial_dir.name} failed: {folders.error_line(text)}; retrying from its last checkpoint")
+
+
+def complete(trial_dir: Path, ray_config: RayConfig) -> bool:
+    """Finished, with its final checkpoint where one is wanted (a crash between the last epoch's
+    report and that checkpoint leaves the trial to run its last epoch again on --resume)."""
+    if folders.trial_status(trial_dir).state != "finished":
+        return False
+    if not ray_config.checkpoint_at_end:
+        return True
+    from selfstudy.checkpoint import load_snapshot
+
+    snapshot = folders.latest_snapshot(trial_dir)
+    last_epoch = folders.read_results(trial_dir)[-1]["training_iteration"]
+    return snapshot is not None and load_snapshot(snapshot, "--resume")["epoch"] == last_epoch
 
 
 def run_trial(trial_dir: Path, config: dict[str, Any], ray_config: RayConfig, threads: int, quiet: bool) -> None:

@@ -70,7 +70,12 @@ def load_ray_config(name: str) -> RayConfig:
     values = {f.name: getattr(module, f.name) for f in fields(RayConfig) if hasattr(module, f.name)}
     config = RayConfig(name=path.stem, **values)
     check_keys(config.search_space)
-    if config.mode not in ("max", "min") or config.num_samples < 1 or config.checkpoint_frequency < 0:
-        raise UserError(f"Ray config {path}: mode must be 'max' or 'min', num_samples >= 1, "
-                        "checkpoint_frequency >= 0")
+    counts = {"num_samples": 1, "checkpoint_frequency": 0, "keep_checkpoints": 1, "max_failures": 0,
+              "max_concurrent_trials": 0}
+    for name, least in counts.items():
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise UserError(f"Ray config {path}: {name} = {value!r} must be a whole number >= {least}")
+    if config.mode not in ("max", "min"):
+        raise UserError(f"Ray config {path}: mode = {config.mode!r} must be 'max' or 'min'")
     return config

@@ -321,7 +321,7 @@ class Trial:
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "task": self.task.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "step": self.step,
-                "epoch": self.epoch, "best_accuracy": self.best_accuracy, "config": self.config,
+                "epoch": self.epoch, "best_accuracy": self.best_accuracy,
                 "scaler": self.scaler.state_dict(),
                 "rng": rng_state(self.device_generator)}
 

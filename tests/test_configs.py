@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import paths
 from conftest import TINY, make_fake_cifar
 from selfstudy.config import available_gin_configs, split_binding
+from selfstudy.data import hdf5
 from selfstudy.data.syn import render_split
 from selfstudy.experiment import Request, expand, param_space
 from selfstudy.rayconfig import available_ray_configs, load_ray_config
@@ -40,10 +42,20 @@ def syn_sets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def make_folder_set(folder: Path, seed: int = 0) -> None:
+    """A tiny set in make_dataset.py's format: 120 training and 30 test images of 3 classes."""
+    rng = np.random.default_rng(seed)
+    for name, n in (("train", 120), ("test", 30)):
+        images = rng.random((n, 3, 16, 16)).astype(np.float32)
+        hdf5.write_split(folder / f"{name}.h5", images, rng.integers(0, 3, n), ["a", "b", "c"],
+                         np.full(3, 0.5), np.full(3, 0.29))
+
+
 @pytest.fixture
 def with_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syn_sets: Path) -> Path:
     """DATA_DIR with a fake CIFAR release and the tiny synthetic sets."""
     make_fake_cifar(tmp_path, per_batch=220)
+    make_folder_set(tmp_path / "images")  # config/folder/r9/classify.gin's default FolderDataset.path
     (tmp_path / "syn").symlink_to(syn_sets)
     monkeypatch.setattr(paths, "DATA_DIR", tmp_path)
     monkeypatch.setattr(paths, "EXP_DIR", tmp_path / "exp")

@@ -158,7 +158,7 @@ max_failures = 0
     assert wrong_way.returncode == 2 and "ran in this process (-l)" in wrong_way.stderr
 
 
-def test_local_checkpoints_are_numbered_by_epoch_and_the_newest_kept(workspace: Workspace, tmp_path: Path) -> None:
+def test_local_checkpoints_are_numbered_in_sequence_and_the_newest_kept(workspace: Workspace, tmp_path: Path) -> None:
     config = write_ray_config(tmp_path, "search_space = {}\ncheckpoint_frequency = 1\nkeep_checkpoints = 2\n")
     six = [b for b in TINY if not b.startswith("scheduler")] + ["BaseDataset.semisupervised = 60",
                                                                 "scheduler.milestones = [2, 6]",

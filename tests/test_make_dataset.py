@@ -162,8 +162,8 @@ def test_made_dataset_trains_through_main(workspace: Workspace, tmp_path: Path) 
 def test_the_readme_folder_example_runs_on_a_90_image_folder(workspace: Workspace, tmp_path: Path) -> None:
     """README: make_dataset, then `main.py -g folder/r9/classify -p "FolderDataset.path = 'pets'"`."""
     make_tree(tmp_path / "pets", per_class=30)
-    assert make(workspace, tmp_path / "pets", "-o", "pets").returncode == 0
-    done = workspace.run("-l", "-q", "-e", "readme", "-g", "folder/r9/classify", "-p", "FolderDataset.path = 'pets'",
+    assert make(workspace, tmp_path / "pets", "-o", "pets90").returncode == 0
+    done = workspace.run("-l", "-q", "-e", "readme", "-g", "folder/r9/classify", "-p", "FolderDataset.path = 'pets90'",
                          "ResNet.width = 4", "scheduler.milestones = [1, 2]")
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(next(workspace.exp_dir.glob("readme/*/result.json")).read_text().splitlines()[-1])

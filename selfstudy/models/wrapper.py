@@ -96,6 +96,8 @@ class Wrapper(nn.Module):
         self.finetune_classifier = finetune_classifier or finetune_selfsup  # either way the backbone stays
         self.warmup_fc = warmup_fc
         self.backbone_frozen = self.finetune_classifier
+        # what a warmup freezes and frees again: stages ResNet.freeze_at_k froze stay frozen
+        self.warm_parameters = [p for p in backbone.parameters() if p.requires_grad]
         if self.finetune_classifier:
             backbone.requires_grad_(False)
         if pretrained:
@@ -139,7 +141,8 @@ class Wrapper(nn.Module):
         frozen = self.finetune_classifier or step < self.warmup_fc
         if frozen != self.backbone_frozen:
             self.backbone_frozen = frozen
-            self.backbone.requires_grad_(not frozen)
+            for parameter in self.warm_parameters:
+                parameter.requires_grad_(not frozen)
             self.backbone.train(self.training and not frozen)
 
     def train(self, mode: bool = True) -> "Wrapper":

@@ -50,7 +50,7 @@ def split_encode(encoders: tuple[Encoder, ...], images: torch.Tensor, groups: in
     B x C x H x W, each sub-batch on its own, so that in training each one's BatchNorm sees only
     its own statistics; the output of every encoder, B x D each, in the order of the images."""
     outputs: list[list[torch.Tensor]] = [[] for _ in encoders]
-    for part in images.chunk(groups):
+    for part in images.tensor_split(groups):  # sizes differ by at most one
         for encoder, out in zip(encoders, outputs):
             part = encoder(part)
             out.append(part)
