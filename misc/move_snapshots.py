@@ -15,8 +15,6 @@ nothing is moved. Beside each moved snapshot, `snapshot.json` records where it c
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -27,20 +25,6 @@ from selfstudy.config import first_line  # noqa: E402
 from selfstudy.errors import UserError  # noqa: E402
 from selfstudy.folders import SNAPSHOT  # noqa: E402
 from util.vis import config_columns  # noqa: E402
-
-
-def moved_from(exp_dir: Path) -> dict[str, Path]:
-    """Trial name -> where an earlier -m moved its snapshot (from the snapshot.json records beside
-    the snapshots; a record whose move never finished has no snapshot beside it)."""
-    moved = {}
-    for record in exp_dir.glob("**/snapshot.json"):
-        if not (record.parent / SNAPSHOT).is_file():
-            continue
-        try:
-            moved[json.loads(record.read_text())["trial"]] = record.parent
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return moved
 
 
 def target_dir(exp_dir: Path, fmt: str, config: dict, trial: str) -> Path:
@@ -65,7 +49,7 @@ def plan_moves(exp_id: str, fmt: str) -> list[tuple[Path, Path]]:
     exp_dir = folders.existing_exp_dir(exp_id)
     moves: list[tuple[Path, Path]] = []
     owners: dict[Path, str] = {}
-    moved = moved_from(exp_dir)
+    moved = folders.moved_snapshots(exp_dir)
     for trial_dir in folders.trial_dirs(exp_dir):
         source = folders.latest_snapshot(trial_dir)
         if trial_dir.name in moved or source is None:  # an older checkpoint left behind is not the trial's result
@@ -89,14 +73,6 @@ def plan_moves(exp_id: str, fmt: str) -> list[tuple[Path, Path]]:
     return moves
 
 
-def move(source: Path, target: Path) -> None:
-    target.mkdir(parents=True, exist_ok=True)
-    trial_dir = source.parent.parent
-    record = {"trial": trial_dir.name, "checkpoint": source.parent.name, "config": folders.read_params(trial_dir)}
-    folders.write_json(target / "snapshot.json", record)  # first: a record without its snapshot counts for nothing
-    shutil.move(str(source), str(target / SNAPSHOT))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-e", "--exp_id", required=True, help="experiment whose trials' snapshots move")
@@ -112,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     for source, target in moves:
         print(f"Moving from: {source.parent} to: {target}")
         if args.move:
-            move(source, target)
+            folders.move_snapshot(source, target)
     if not args.move:
         print("Dry run: nothing moved; add -m to move.")
     return 0

@@ -5,6 +5,7 @@ A trial's config (what Ray Tune stores in `params.json`) is a flat dict:
     {"gin_config": ["digits/r9/classify"],          # gin files, relative to config/
      "gin_params": {"dataloader.batch_size": "128"},  # -p bindings: name -> gin value text
      "seed": 0,
+     "metric": "mean_accuracy", "mode": "max",       # what selects the best epoch (Ray config's)
      "BaseDataset.semisupervised": 100}             # any key with a dot is a gin binding
 
 Files are parsed first, then the sweep's binding keys, then the -p bindings.
@@ -26,7 +27,7 @@ from selfstudy.errors import UserError
 
 GIN_SUFFIX = ".gin"
 DEFAULT_GIN_CONFIG = "digits/r9/classify"
-RESERVED_KEYS = ("gin_config", "gin_params", "seed")
+RESERVED_KEYS = ("gin_config", "gin_params", "seed", "metric", "mode")  # metric, mode: from the Ray config
 
 
 def _not_gin_package_probe(record: logging.LogRecord) -> bool:

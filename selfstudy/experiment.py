@@ -22,7 +22,8 @@ import paths
 from selfstudy import folders
 from selfstudy.config import DEFAULT_GIN_CONFIG, resolve_gin_file, split_binding
 from selfstudy.errors import UserError
-from selfstudy.rayconfig import RayConfig, load_ray_config
+from selfstudy.rayconfig import RayConfig, config_path, import_config, load_ray_config
+from selfstudy.study import is_study, load_study
 
 
 @dataclass
@@ -53,10 +54,15 @@ def param_space(request: Request, ray_config: RayConfig) -> dict[str, Any]:
         raise UserError(f"{clash[0]} is swept by Ray config '{ray_config.name}' and bound by -p: drop one of them")
     if request.gin_config and "gin_config" in swept:
         raise UserError(f"Ray config '{ray_config.name}' sweeps gin_config: drop -g")
+    for key in ("metric", "mode"):
+        if key in swept:
+            raise UserError(f"Ray config '{ray_config.name}' has '{key}' in its search_space: set {key} = ... at the "
+                            "top of the module instead")
     names = request.gin_config or [DEFAULT_GIN_CONFIG]
     for name in names:
         resolve_gin_file(name)
-    return {"gin_config": names, "gin_params": bindings, "seed": 0, **ray_config.search_space}
+    selection = {"metric": ray_config.metric, "mode": ray_config.mode}
+    return {"gin_config": names, "gin_params": bindings, "seed": 0, **selection, **ray_config.search_space}
 
 
 def expand(space: dict[str, Any], num_samples: int = 1) -> list[dict[str, Any]]:
@@ -109,12 +115,25 @@ def run(request: Request) -> int:
     if directory.exists() and any(directory.iterdir()):
         raise UserError(f"experiment '{request.exp_id}' already exists at {directory}: continue it with --resume, "
                         "name a new one with -e, or delete the folder")
+    path = config_path(request.ray_config)
+    module = import_config(path)
+    if is_study(module):
+        from selfstudy.study import run_study
+
+        return run_study(request, load_study(path, module), directory)
     ray_config = load_ray_config(request.ray_config)
     if request.checkpoint_at_end:
         ray_config.checkpoint_at_end = True
     space = param_space(request, ray_config)
     variants = expand(space, ray_config.num_samples)
     check_variants(variants)
+    launch(request, directory, ray_config, space, variants)
+    return finish(directory, request.exp_id)
+
+
+def launch(request: Request, directory: Path, ray_config: RayConfig, space: dict[str, Any],
+           variants: list[dict[str, Any]]) -> None:
+    """Start the checked sweep `space` in `directory`: through Ray Tune, or in this process with -l."""
     record = {"ray_config": ray_config.name, "local": request.local, "checkpointing": checkpointing(ray_config)}
     if request.local:
         from selfstudy.local import run_local
@@ -122,7 +141,7 @@ def run(request: Request) -> int:
         resources = trial_resources(ray_config)
         folders.write_json(directory / folders.EXPERIMENT_FILE, {**record, "resources": resources, "variants": variants})
         run_local(directory, variants, ray_config, resources, request.quiet)
-        return finish(request.exp_id)
+        return
     from ray import tune
 
     start_ray(request)
@@ -132,10 +151,11 @@ def run(request: Request) -> int:
         param_space=space,
         tune_config=tune.TuneConfig(
             num_samples=ray_config.num_samples, metric=ray_config.metric, mode=ray_config.mode,
-            scheduler=ray_config.scheduler, max_concurrent_trials=ray_config.max_concurrent_trials or None,
+            scheduler=ray_config.scheduler, search_alg=ray_config.search_alg,
+            max_concurrent_trials=ray_config.max_concurrent_trials or None,
             trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=request.exp_id, storage_path=str(paths.EXP_DIR), verbose=0 if request.quiet else 1,
+            name=directory.name, storage_path=str(directory.parent), verbose=0 if request.quiet else 1,
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=ray_config.keep_checkpoints, checkpoint_frequency=ray_config.checkpoint_frequency,
                 checkpoint_at_end=ray_config.checkpoint_at_end),
@@ -143,7 +163,6 @@ def run(request: Request) -> int:
     )
     folders.write_json(directory / folders.EXPERIMENT_FILE, {**record, "resources": resources})
     fit(tuner, request.quiet)
-    return finish(request.exp_id)
 
 
 def fit(tuner: Any, quiet: bool) -> None:
@@ -176,18 +195,34 @@ def resume(request: Request, directory: Path) -> int:
     if record is None and not (directory.is_dir() and tune.Tuner.can_restore(str(directory))):
         raise UserError(f"nothing to resume: no experiment at {directory}; experiments in {paths.EXP_DIR}: "
                         f"{', '.join(folders.known_experiments()) or 'none'}")
+    check_same_mode(request, record)
+    if record and "stages" in record:
+        from selfstudy.study import resume_study
+
+        return resume_study(request, directory, record)
+    resume_in(request, directory, record)
+    return finish(directory, request.exp_id)
+
+
+def check_same_mode(request: Request, record: dict[str, Any] | None) -> None:
     local = bool(record and record.get("local"))
     if request.local != local:
         how = "in this process (-l)" if local else "through Ray (without -l)"
         raise UserError(f"experiment '{request.exp_id}' ran {how}: --resume continues it the same way; "
                         f"{'add' if local else 'drop'} -l")
+
+
+def resume_in(request: Request, directory: Path, record: dict[str, Any] | None) -> None:
+    """Continue the sweep in `directory` (an experiment, or a stage of a study)."""
+    from ray import tune
+
     check_unfinished(directory)
-    if local:
+    if record and record.get("local"):
         from selfstudy.local import run_local
 
         ray_config = RayConfig(name=record["ray_config"], search_space={}, **record["checkpointing"])
         run_local(directory, record["variants"], ray_config, record["resources"], request.quiet)
-        return finish(request.exp_id)
+        return
     if not tune.Tuner.can_restore(str(directory)):
         raise UserError(f"experiment '{request.exp_id}' stopped before Ray Tune saved its state, so there is nothing "
                         f"to resume: delete {directory} and run it again")
@@ -197,7 +232,6 @@ def resume(request: Request, directory: Path) -> int:
     tuner = tune.Tuner.restore(str(directory), trainable=tune.with_resources(_trainable(), resources),
                                resume_unfinished=True, resume_errored=True)
     fit(tuner, request.quiet)
-    return finish(request.exp_id)
 
 
 def check_unfinished(directory: Path) -> None:
@@ -262,6 +296,8 @@ def start_ray(request: Request) -> None:
 
     import ray
 
+    if ray.is_initialized():  # a study's later stage
+        return
     if request.address:
         check_address(request.address)
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(paths.ROOT), os.environ.get("PYTHONPATH")])),
@@ -291,16 +327,17 @@ def mark_stopped(grid: Any) -> None:
 EXIT_INTERRUPTED = 130
 
 
-def finish(exp_id: str) -> int:
-    """Print one line per trial with its status, then each failure; the exit code says whether
-    every trial completed (0), some failed (1) or some have not finished (130: --resume continues)."""
+def finish(directory: Path, exp_id: str) -> int:
+    """Print one line per trial of `directory` (an experiment, or a study's stage) with its status,
+    then each failure; the exit code says whether every trial completed (0), some failed (1) or
+    some have not finished (130: `--resume` of `exp_id` continues)."""
     from util.vis import config_columns, load_experiment
 
-    frame = load_experiment(exp_id)
-    print(f"experiment {exp_id}: {len(frame)} trial(s) in {folders.exp_dir(exp_id)}")
-    shown = [c for c in ("status", "epoch", "train_accuracy", "valid_accuracy", "test_accuracy", "best_accuracy")
-             if c in frame.columns]
-    settings = {key for trial_dir in folders.trial_dirs(folders.exp_dir(exp_id))
+    frame = load_experiment(directory)
+    print(f"experiment {directory.relative_to(paths.EXP_DIR)}: {len(frame)} trial(s) in {directory}")
+    shown = [c for c in ("status", "epoch", "train_accuracy", "valid_accuracy", "test_accuracy", "best_accuracy",
+                         "best_epoch", "test_at_best") if c in frame.columns]
+    settings = {key for trial_dir in folders.trial_dirs(directory)
                 for key in config_columns(folders.read_params(trial_dir))}
     swept = [c for c in frame.columns if c in settings and frame[c].astype(str).nunique() > 1]
     if len(frame):

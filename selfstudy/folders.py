@@ -11,6 +11,8 @@
             stopped.json             a scheduler (e.g. ASHA) ended it before its last epoch
             checkpoint_NNNNNN/snapshot
         <name>/snapshot, snapshot.json   snapshots moved by misc/move_snapshots.py
+    EXP_DIR/<study exp_id>/          a study (selfstudy.study): experiment.json, and one folder
+        <stage>/                     per stage laid out as above (trial_*/, <name>/snapshot)
 
 The driver, `-l`, the Ray Trainable, `util.vis` and `misc/move_snapshots.py` all find these
 paths here. A trial's status is read from its files, so it is right after a crash too:
@@ -86,8 +88,13 @@ def existing_exp_dir(exp_id: str, flag: str = "-e") -> Path:
 
 
 def trial_dirs(directory: Path) -> list[Path]:
-    """The trial folders of an experiment folder (those holding a params.json), by name."""
-    return sorted(p.parent for p in directory.glob(f"*/{PARAMS_FILE}"))
+    """The trial folders of an experiment folder (those holding a params.json), by name; for
+    a study, those of every stage, stage by stage in the order they ran."""
+    found = sorted(p.parent for p in directory.glob(f"*/{PARAMS_FILE}"))
+    record = read_experiment(directory)
+    for stage in (record or {}).get("stages", []):
+        found += sorted(p.parent for p in (directory / stage).glob(f"*/{PARAMS_FILE}"))
+    return found
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -166,8 +173,8 @@ def error_line(text: str) -> str:
 def trial_status(trial_dir: Path) -> TrialStatus:
     """Where the trial stands, read from its files (see the module docstring)."""
     results = read_results(trial_dir)
-    if results and results[-1].get("done"):
-        return TrialStatus("finished", None)
+    if results and results[-1].get("done"):  # Ray sets `done` on a scheduler's stop too; `completed` is ours
+        return TrialStatus("finished" if results[-1].get("completed", True) else "stopped", None)
     if (trial_dir / STOPPED_FILE).is_file():
         return TrialStatus("stopped", None)
     error, results_file = trial_dir / ERROR_FILE, trial_dir / RESULTS_FILE
@@ -176,6 +183,31 @@ def trial_status(trial_dir: Path) -> TrialStatus:
     if results_file.is_file() and results_file.stat().st_mtime_ns > error.stat().st_mtime_ns:
         return TrialStatus("running", None)  # it reported an epoch since it failed: a retry is under way
     return TrialStatus("errored", error_line(error.read_text(errors="replace")))
+
+
+def move_snapshot(source: Path, target: Path) -> None:
+    """Move a trial's checkpoint `source` snapshot to `target`/snapshot, where `Wrapper.pretrained`
+    finds it; `snapshot.json` beside it records the trial, the checkpoint and the config. The
+    record is written first: a record without its snapshot counts for nothing."""
+    target.mkdir(parents=True, exist_ok=True)
+    trial_dir = source.parent.parent
+    record = {"trial": trial_dir.name, "checkpoint": source.parent.name, "config": read_params(trial_dir)}
+    write_json(target / f"{SNAPSHOT}.json", record)
+    os.replace(source, target / SNAPSHOT)
+
+
+def moved_snapshots(directory: Path) -> dict[str, Path]:
+    """Trial name -> the folder its snapshot was moved to, from the snapshot.json records under
+    `directory` (a record whose move never finished has no snapshot beside it)."""
+    moved = {}
+    for record in directory.glob(f"**/{SNAPSHOT}.json"):
+        if not (record.parent / SNAPSHOT).is_file():
+            continue
+        try:
+            moved[json.loads(record.read_text())["trial"]] = record.parent
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return moved
 
 
 def write_error(trial_dir: Path, text: str) -> None:

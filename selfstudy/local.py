@@ -52,7 +52,7 @@ def complete(trial_dir: Path, ray_config: RayConfig) -> bool:
     report and that checkpoint leaves the trial to run its last epoch again on --resume)."""
     if folders.trial_status(trial_dir).state != "finished":
         return False
-    if not ray_config.checkpoint_at_end:
+    if not ray_config.checkpoint_at_end or trial_dir.name in folders.moved_snapshots(trial_dir.parent):
         return True
     from selfstudy.checkpoint import load_snapshot
 

@@ -92,6 +92,12 @@ def build_schedule(
     milestones: list[int] = (5, 25),
     target_lrs: list[float] = (0.4, 0.0),
     exp_factor: float = 1.0,
+    scale: float = 1.0,
 ) -> Schedule:
-    """The schedule of `scheduler.{milestones (epochs), target_lrs, exp_factor}`."""
-    return Schedule(base_lr, tuple(milestones), tuple(target_lrs), steps_per_epoch, exp_factor)
+    """The schedule of `scheduler.{milestones (epochs), target_lrs, exp_factor, scale}`. `scale`
+    multiplies every learning rate of the schedule (`optimizer.lr` too): one number a
+    hyperparameter search can tune."""
+    if not scale > 0:
+        raise UserError(f"scheduler.scale must be positive, got {scale}")
+    return Schedule(base_lr * scale, tuple(milestones), tuple(lr * scale for lr in target_lrs), steps_per_epoch,
+                    exp_factor)

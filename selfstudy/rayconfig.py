@@ -11,7 +11,14 @@ reserved keys `gin_config` and `seed`) to values or Ray Tune search spaces, and 
     max_concurrent_trials = 0    # 0 = as many as the resources allow
     metric, mode = "mean_accuracy", "max"   # what schedulers and searchers optimise
     scheduler = None             # a ray.tune scheduler, e.g. ASHAScheduler()
+    search_alg = None            # a ray.tune.search searcher, e.g. OptunaSearch() (-l samples at random)
     resources_per_trial = None   # e.g. {"cpu": 4, "gpu": 1}; None = derived from the machine
+
+A study module instead defines `stages`, a list of dicts run in order, each a Ray config of
+its own (`name`, `search_space` and any of the settings above); settings at the top of the
+module are every stage's defaults. A stage with `pretrained_from = "<earlier stage>"` also
+sweeps `Wrapper.pretrained` over the snapshots of that stage's trials, and over None (from
+scratch) unless `scratch = False`; see `selfstudy.study`.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ class RayConfig:
     metric: str = "mean_accuracy"
     mode: str = "max"
     scheduler: Any = None
+    search_alg: Any = None
     resources_per_trial: dict[str, float] | None = None
 
 
@@ -47,7 +55,7 @@ def available_ray_configs() -> list[str]:
     return sorted(p.stem for p in paths.CONFIG_DIR.glob("*.py") if not p.name.startswith("_"))
 
 
-def _import(path: Path) -> ModuleType:
+def import_config(path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"selfstudy_ray_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     try:
@@ -59,23 +67,38 @@ def _import(path: Path) -> ModuleType:
 
 def load_ray_config(name: str) -> RayConfig:
     """The Ray config `name`: a module of `config/` (without .py) or a path to a .py file."""
+    path = config_path(name)
+    module = import_config(path)
+    if hasattr(module, "stages"):
+        raise UserError(f"{path} is a study (it defines stages): load it with selfstudy.study.load_study")
+    values = {f.name: getattr(module, f.name) for f in fields(RayConfig) if hasattr(module, f.name)}
+    return make_ray_config(path.stem, values, f"Ray config {path}")
+
+
+def config_path(name: str) -> Path:
+    """The file of Ray config (or study) `name`: a module of `config/` (without .py) or a path to a .py file."""
     path = Path(name).expanduser()
     if path.suffix != ".py":
         path = paths.CONFIG_DIR / f"{name}.py"
     if not path.is_file():
         raise UserError(f"unknown Ray config '{name}': no {path}; choose from: {', '.join(available_ray_configs())}")
-    module = _import(path)
-    if not isinstance(getattr(module, "search_space", None), dict):
-        raise UserError(f"Ray config {path} must define search_space = {{...}} (a dict; {{}} for a single run)")
-    values = {f.name: getattr(module, f.name) for f in fields(RayConfig) if hasattr(module, f.name)}
-    config = RayConfig(name=path.stem, **values)
+    return path
+
+
+def make_ray_config(name: str, values: dict[str, Any], where: str) -> RayConfig:
+    """A checked `RayConfig` from a module's (or a study stage's) settings; `where` names it in errors."""
+    if not isinstance(values.get("search_space"), dict):
+        raise UserError(f"{where} must define search_space = {{...}} (a dict; {{}} for a single run)")
+    config = RayConfig(name=name, **values)
     check_keys(config.search_space)
     counts = {"num_samples": 1, "checkpoint_frequency": 0, "keep_checkpoints": 1, "max_failures": 0,
               "max_concurrent_trials": 0}
-    for name, least in counts.items():
-        value = getattr(config, name)
+    for key, least in counts.items():
+        value = getattr(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise UserError(f"Ray config {path}: {name} = {value!r} must be a whole number >= {least}")
+            raise UserError(f"{where}: {key} = {value!r} must be a whole number >= {least}")
     if config.mode not in ("max", "min"):
-        raise UserError(f"Ray config {path}: mode = {config.mode!r} must be 'max' or 'min'")
+        raise UserError(f"{where}: mode = {config.mode!r} must be 'max' or 'min'")
+    if not isinstance(config.metric, str) or not config.metric:
+        raise UserError(f"{where}: metric = {config.metric!r} must name a reported metric, e.g. 'mean_accuracy'")
     return config

@@ -34,6 +34,7 @@ from selfstudy.folders import SNAPSHOT, write_json
 from selfstudy.models import Wrapper, build_model
 from selfstudy.optim import Schedule, build_optimizer, build_schedule
 from selfstudy.precision import autocast_dtype
+from selfstudy.selection import Selection, copy_weights
 from selfstudy.tasks import Task, build_task
 
 
@@ -47,22 +48,33 @@ class SessionSettings:
     restore_session: str | None
     deterministic: bool
     precision: str
+    test_when: str
+
+
+TEST_WHEN = ("epoch", "best")
 
 
 @gin.configurable("session")
 def session_settings(task: str | Task = "ClassifyTask", dataset: str | DatasetFiles = "DigitsDataset",
                      train_iters: int = -1, valid_iters: int = -1, test_iters: int = 0,
                      restore_session: str | None = None, deterministic: bool = False,
-                     precision: str = "auto") -> SessionSettings:
+                     precision: str = "auto", test_when: str = "epoch") -> SessionSettings:
     """`session.*`. `*_iters`: batches per epoch, -1 a full pass, 0 skips the split.
+    `test_when` (with test_iters != 0): 'epoch' tests after every epoch; 'best' keeps the
+    weights of the epoch with the best validation metric and tests them once, after the last
+    epoch (whose report then carries their test_* metrics). Either way every epoch reports
+    `best_epoch` and `test_at_best`, the test metric of that epoch (see `Selection`).
     `restore_session`: "<exp>/<name>" of a snapshot to continue from (weights, optimizer, epoch).
     `deterministic`: bit-identical reruns on a GPU too (deterministic kernels; slower).
     `precision`: 'auto' (bf16 autocast on a GPU, fp32 on the CPU), 'bf16', 'fp16' or 'fp32'."""
     for name, value in (("train_iters", train_iters), ("valid_iters", valid_iters), ("test_iters", test_iters)):
         if not isinstance(value, int) or value < -1:
             raise UserError(f"session.{name} must be -1 (full pass), 0 (skip) or a number of batches, got {value!r}")
+    if test_when not in TEST_WHEN:
+        raise UserError(f"session.test_when = {test_when!r}: choose 'epoch' (test every epoch) or 'best' (test the "
+                        "best validation epoch's weights once, at the end)")
     return SessionSettings(task, dataset, train_iters, valid_iters, test_iters, restore_session, deterministic,
-                           precision)
+                           precision, test_when)
 
 
 def default_device() -> torch.device:
@@ -237,6 +249,8 @@ class Trial:
         self.step = 0
         self.epoch = 0
         self.best_accuracy = 0.0
+        self.selection = Selection(config.get("metric", "mean_accuracy"), config.get("mode", "max"))
+        self.test_at_end = bool(self.settings.test_iters) and self.settings.test_when == "best"
         if self.settings.restore_session:
             path = resolve_snapshot(self.settings.restore_session, "session.restore_session")
             self.load_state_dict(load_snapshot(path, "session.restore_session"))
@@ -263,9 +277,10 @@ class Trial:
         self.epoch += 1
         with explain_nondeterminism():
             metrics = self.train_epoch()
-            for split, iters in (("valid", self.settings.valid_iters), ("test", self.settings.test_iters)):
-                if iters:
-                    metrics.update(self.evaluate(split, iters))
+            if self.settings.valid_iters:
+                metrics.update(self.evaluate("valid", self.settings.valid_iters))
+            if self.settings.test_iters and not self.test_at_end:
+                metrics.update(self.evaluate("test", self.settings.test_iters))
         diverged = [name for name, value in metrics.items() if name.endswith("loss") and not np.isfinite(value)]
         if diverged:
             raise UserError(f"training diverged at epoch {self.epoch} ({diverged[0]} {metrics[diverged[0]]}): "
@@ -273,8 +288,25 @@ class Trial:
         accuracy = metrics.get("valid_accuracy", metrics.get("train_accuracy", 0.0))
         self.best_accuracy = max(self.best_accuracy, accuracy)
         metrics.update(mean_accuracy=accuracy, best_accuracy=self.best_accuracy, epoch=self.epoch,
-                       lr=self.schedule.lr(self.step), done=self.done)
+                       lr=self.schedule.lr(self.step), done=self.done, completed=self.done)
+        if self.selection.update(metrics, self.epoch) and self.test_at_end:
+            self.selection.weights = copy_weights(self.model, self.task)
+        if self.done and self.test_at_end:
+            with explain_nondeterminism():
+                metrics.update(self.test_best())
+        metrics.update(self.selection.report())
         return metrics
+
+    def test_best(self) -> dict[str, float]:
+        """Test the weights of the best validation epoch (then put the last epoch's back)."""
+        current = copy_weights(self.model, self.task)
+        best = self.selection.weights or current
+        self.model.load_state_dict(best["0"])
+        self.task.load_state_dict(best["1"])
+        self.selection.test = self.evaluate("test", self.settings.test_iters)
+        self.model.load_state_dict(current["0"])
+        self.task.load_state_dict(current["1"])
+        return self.selection.test
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -322,7 +354,7 @@ class Trial:
         return {"model": self.model.state_dict(), "task": self.task.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "step": self.step,
                 "epoch": self.epoch, "best_accuracy": self.best_accuracy,
-                "scaler": self.scaler.state_dict(),
+                "scaler": self.scaler.state_dict(), "selection": self.selection.state_dict(),
                 "rng": rng_state(self.device_generator)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -336,6 +368,8 @@ class Trial:
         self.step, self.epoch, self.best_accuracy = state["step"], state["epoch"], state["best_accuracy"]
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if state.get("selection"):
+            self.selection.load_state_dict(state["selection"])
         set_rng_state(state["rng"], self.device_generator)
 
     def save(self, directory: Path) -> Path:

@@ -1,0 +1,265 @@
+"""Studies: ordered stages of Ray configs in one experiment, later stages starting from the
+snapshots of earlier ones.
+
+A study module of `config/` defines `stages`, a list of dicts, each one stage:
+
+    stages = [
+        {"name": "pretrain", "search_space": {"gin_config": tune.grid_search(["syn/r9/rotate", ...])}},
+        {"name": "transfer", "pretrained_from": "pretrain", "search_space": {"seed": tune.grid_search([0, 1, 2]),
+                                                                         "BaseDataset.semisupervised": ...}},
+    ]
+
+Every key of a Ray config (`search_space`, `num_samples`, `scheduler`, ...; see
+`selfstudy.rayconfig`) is allowed in a stage; set at the top of the module, it is every
+stage's default. `metric` and `mode` are the study's: stages may not disagree on them.
+A stage with `pretrained_from = "<an earlier stage>"` also sweeps `Wrapper.pretrained`:
+None (from scratch; leave it out with `scratch = False`) and the snapshot of each trial
+of that stage. When a stage completes, its trials' final snapshots move to
+`<stage>/<snapshot name>/snapshot`, the layout of `misc/move_snapshots.py`; the name is
+`snapshot_name` (a format over `cfg`, the trial's config by binding name, e.g.
+"{cfg[gin_config]}") or, by default, the values that differ between the stage's trials
+("syn/r9/rotate" -> "rotate"). A later stage names them "<exp_id>/<stage>/<name>".
+
+On disk (see `selfstudy.folders`): EXP_DIR/<exp_id>/experiment.json records the study and the
+stages that completed; EXP_DIR/<exp_id>/<stage>/ is an experiment folder of its own.
+`--resume` skips completed stages and continues the one that was running.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from selfstudy import folders
+from selfstudy.errors import UserError
+from selfstudy.rayconfig import RayConfig, make_ray_config
+
+STAGE_KEYS = ("name", "pretrained_from", "scratch", "snapshot_name")
+PRETRAINED = "Wrapper.pretrained"
+_NAME = re.compile(r"^\w[\w.+-]*$")
+
+
+@dataclass
+class Stage:
+    config: RayConfig
+    pretrained_from: str | None = None
+    scratch: bool = True
+    snapshot_name: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+@dataclass
+class Study:
+    name: str
+    path: Path
+    stages: list[Stage]
+
+    def sources(self) -> set[str]:
+        """The stages whose snapshots a later stage starts from."""
+        return {stage.pretrained_from for stage in self.stages if stage.pretrained_from}
+
+
+def is_study(module: ModuleType) -> bool:
+    return hasattr(module, "stages")
+
+
+def load_study(path: Path, module: ModuleType) -> Study:
+    """The checked stages of study module `module` (read from `path`)."""
+    where = f"study {path}"
+    entries = module.stages
+    if not isinstance(entries, (list, tuple)) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise UserError(f"{where}: stages must be a non-empty list of dicts, e.g. "
+                        "[{'name': 'pretrain', 'search_space': {...}}]")
+    allowed = [f.name for f in fields(RayConfig) if f.name != "name"]
+    defaults = {key: getattr(module, key) for key in allowed if key != "search_space" and hasattr(module, key)}
+    stages: list[Stage] = []
+    for index, entry in enumerate(entries):
+        name = entry.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise UserError(f"{where}: stage {index + 1} needs a name of letters, digits and . _ + - "
+                            f"(its folder), e.g. 'name': 'pretrain'; got {name!r}")
+        here = f"{where}, stage '{name}'"
+        if name in [stage.name for stage in stages]:
+            raise UserError(f"{where}: two stages are named '{name}': give each stage its own name")
+        unknown = sorted(set(entry) - set(allowed) - set(STAGE_KEYS))
+        if unknown:
+            raise UserError(f"{here}: unknown key '{unknown[0]}'; a stage takes {', '.join(STAGE_KEYS + tuple(allowed))}")
+        config = make_ray_config(name, {**defaults, **{k: v for k, v in entry.items() if k in allowed}}, here)
+        stage = Stage(config, entry.get("pretrained_from"), entry.get("scratch", True), entry.get("snapshot_name"))
+        check_stage(stage, stages, here)
+        stages.append(stage)
+    first = stages[0].config
+    for stage in stages[1:]:
+        if (stage.config.metric, stage.config.mode) != (first.metric, first.mode):
+            raise UserError(f"{where}: stage '{stage.name}' selects on {stage.config.metric} ({stage.config.mode}), "
+                            f"stage '{stages[0].name}' on {first.metric} ({first.mode}): set metric and mode once, "
+                            "at the top of the module")
+    return Study(path.stem, path, stages)
+
+
+def check_stage(stage: Stage, earlier: list[Stage], here: str) -> None:
+    source = stage.pretrained_from
+    if source is not None and source not in [s.name for s in earlier]:
+        before = ", ".join(s.name for s in earlier) or "none"
+        raise UserError(f"{here}: pretrained_from = {source!r} names no earlier stage (stages before it: {before}): "
+                        "name one of them")
+    if source is not None and PRETRAINED in stage.config.search_space:
+        raise UserError(f"{here}: pretrained_from = {source!r} sweeps {PRETRAINED} itself: drop it from search_space")
+    if not isinstance(stage.scratch, bool):
+        raise UserError(f"{here}: scratch = {stage.scratch!r} must be True or False")
+    if stage.snapshot_name is not None and not isinstance(stage.snapshot_name, str):
+        raise UserError(f"{here}: snapshot_name = {stage.snapshot_name!r} must be a format string, "
+                        "e.g. '{cfg[gin_config]}'")
+
+
+def _short(value: Any) -> str:
+    text = str(value).rstrip("/").rsplit("/", 1)[-1] if isinstance(value, str) else str(value)
+    return re.sub(r"[^\w.+-]", "_", text)
+
+
+def snapshot_names(stage: Stage, configs: list[dict[str, Any]]) -> list[str]:
+    """The folder each trial's snapshot moves to, inside the stage's folder; distinct, or a `UserError`."""
+    from util.vis import config_columns
+
+    columns = [config_columns(config) for config in configs]
+    keys = [key for key in columns[0] if len({repr(c.get(key)) for c in columns}) > 1] if columns else []
+    names = []
+    for column in columns:
+        if stage.snapshot_name:
+            try:
+                name = stage.snapshot_name.format(cfg=column)
+            except (KeyError, ValueError, IndexError, AttributeError) as err:
+                raise UserError(f"stage '{stage.name}': snapshot_name {stage.snapshot_name!r} does not fit its trials "
+                                f"({type(err).__name__}: {err}); keys: {', '.join(sorted(column))}") from None
+        else:
+            name = "-".join(_short(column.get(key)) for key in keys) or stage.name
+        if name in names or not name or name.startswith((".", "/")) or ".." in name.split("/"):
+            raise UserError(f"stage '{stage.name}': two trials would publish their snapshot as {name!r}: set the "
+                            "stage's snapshot_name to a format that tells them apart, e.g. '{cfg[gin_config]}-{cfg[seed]}'")
+        names.append(name)
+    return names
+
+
+def publish(stage: Stage, stage_dir: Path) -> dict[str, str]:
+    """Move the final snapshot of every trial of a completed stage to its name (done once per
+    trial: a rerun after a crash moves only what is left); returns name -> trial."""
+    trial_dirs = folders.trial_dirs(stage_dir)
+    names = snapshot_names(stage, [folders.read_params(trial_dir) for trial_dir in trial_dirs])
+    moved = folders.moved_snapshots(stage_dir)
+    for trial_dir, name in zip(trial_dirs, names):
+        if trial_dir.name in moved:
+            continue
+        source = folders.latest_snapshot(trial_dir)
+        if source is None:
+            raise UserError(f"stage '{stage.name}': trial {trial_dir.name} left no checkpoint for later stages: "
+                            "set checkpoint_at_end = True in the stage")
+        folders.move_snapshot(source, stage_dir / name)
+    return dict(zip(names, [t.name for t in trial_dirs]))
+
+
+def published(exp_id: str, stage_dir: Path) -> list[str]:
+    """`Wrapper.pretrained` values of the snapshots a completed stage published, sorted."""
+    return sorted(f"{exp_id}/{place.relative_to(stage_dir.parent)}" for place in
+                  folders.moved_snapshots(stage_dir).values())
+
+
+def stage_space(request: Any, study: Study, stage: Stage, sources: list[str] | None) -> dict[str, Any]:
+    """The stage's Tune param_space; `sources`: the `Wrapper.pretrained` values of its source
+    stage (None before that stage ran: the check then builds every trial from scratch)."""
+    from ray import tune
+
+    from selfstudy.experiment import param_space
+
+    space = param_space(request, stage.config)
+    if stage.pretrained_from:
+        choices = ([None] if stage.scratch else []) + (sources if sources is not None else [None])
+        if not choices:
+            raise UserError(f"stage '{stage.name}' has scratch = False and stage '{stage.pretrained_from}' published no "
+                            "snapshot: nothing to run")
+        space[PRETRAINED] = tune.grid_search(choices)
+    return space
+
+
+def run_study(request: Any, study: Study, directory: Path) -> int:
+    """Check every stage (the snapshots of earlier stages are not there yet: later stages are
+    checked from scratch, and their snapshot names predicted), then run the stages in order."""
+    from selfstudy.experiment import check_variants, expand
+
+    for stage in study.stages:
+        if request.checkpoint_at_end:
+            stage.config.checkpoint_at_end = True
+        space = stage_space(request, study, stage, None)
+        variants = expand(space, stage.config.num_samples)
+        check_variants(variants)
+        if stage.name in study.sources():
+            snapshot_names(stage, variants)
+            if not stage.config.checkpoint_at_end:
+                raise UserError(f"study {study.path}: stage '{stage.name}' feeds a later stage, so its trials must "
+                                "checkpoint at their end: set checkpoint_at_end = True")
+    record = {"ray_config": str(study.path), "study": study.name, "local": request.local,
+              "stages": [stage.name for stage in study.stages], "completed": []}
+    folders.write_json(directory / folders.EXPERIMENT_FILE, record)
+    return run_stages(request, study, directory, record)
+
+
+def resume_study(request: Any, directory: Path, record: dict[str, Any]) -> int:
+    """Continue a study: completed stages are skipped, the one that stopped continues."""
+    from selfstudy.rayconfig import import_config
+
+    path = Path(record["ray_config"])
+    if not path.is_file():
+        raise UserError(f"--resume of study '{request.exp_id}' needs its module {path}, which is gone: put it back")
+    study = load_study(path, import_config(path))
+    if [stage.name for stage in study.stages] != record["stages"]:
+        raise UserError(f"study {path} now has stages {[s.name for s in study.stages]}, but '{request.exp_id}' ran "
+                        f"{record['stages']}: put the module back as it was, or start a new experiment with -e")
+    return run_stages(request, study, directory, record)
+
+
+def run_stages(request: Any, study: Study, directory: Path, record: dict[str, Any]) -> int:
+    """Run every stage not yet completed, in order; stop at the first that does not complete."""
+    import shutil
+
+    from selfstudy.experiment import check_variants, expand, finish, launch, resume_in
+
+    for stage in study.stages:
+        if stage.name in record["completed"]:
+            continue
+        stage_dir = directory / stage.name
+        stage_record = folders.read_experiment(stage_dir) if stage_dir.is_dir() else None
+        if stage_record is not None and not stage_record.get("local") and not _restorable(stage_dir):
+            shutil.rmtree(stage_dir)  # stopped before Ray Tune saved anything: nothing of it to keep
+            stage_record = None
+        if stage_record is not None:
+            resume_in(request, stage_dir, stage_record)
+        else:
+            sources = published(request.exp_id, directory / stage.pretrained_from) if stage.pretrained_from else None
+            space = stage_space(request, study, stage, sources)
+            variants = expand(space, stage.config.num_samples)
+            check_variants(variants)
+            launch(request, stage_dir, stage.config, space, variants)
+        code = finish(stage_dir, request.exp_id)
+        if code:
+            if code == 1:
+                print(f"stage '{stage.name}' of study '{request.exp_id}' did not complete, so later stages have not "
+                      f"run: fix the failures, then `python main.py -e {request.exp_id} --resume` reruns them",
+                      file=sys.stderr)
+            return code
+        if stage.name in study.sources():
+            publish(stage, stage_dir)
+        record["completed"].append(stage.name)
+        folders.write_json(directory / folders.EXPERIMENT_FILE, record)
+    return 0
+
+
+def _restorable(stage_dir: Path) -> bool:
+    from ray import tune
+
+    return tune.Tuner.can_restore(str(stage_dir))
