@@ -11,6 +11,8 @@ EXAMPLES = """examples:
   python main.py -p 'init_resnet.choice = "resnet50"' 'dataloader.batch_size = 128'
   python main.py -e cifar_test_0000                 results under EXP_DIR/cifar_test_0000
   python main.py -r grid_search                     sweep of the Ray config config/grid_search.py
+  python main.py -r hparam_search                   Optuna proposes, ASHA stops trials early
+  python main.py -r headline -e headline            a study: pretraining, then transfer at label budgets
   python main.py -l                                 in this process, no Ray workers (debugging)
   python main.py -p 'Wrapper.pretrained = "pretrain-rotate/xlg0010"'
   python main.py -p 'session.test_iters = -1'       also evaluate the test split
@@ -23,7 +25,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="main.py", description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-e", "--exp_id", default="default", help="experiment name: results go to EXP_DIR/EXP_ID")
     parser.add_argument("-r", "--ray_config", default="single_run",
-                        help="Ray config: a module of config/ (e.g. grid_search) or a path to a .py file")
+                        help="Ray config or study: a module of config/ (e.g. grid_search) or a path to a .py file")
     parser.add_argument("-g", "--gin_config", nargs="+", default=[],
                         help="gin configs relative to config/, .gin optional (default: digits/r9/classify)")
     parser.add_argument("-p", "--gin_param", nargs="+", default=[], metavar="BINDING",

@@ -9,6 +9,7 @@
             operative_config.gin     every gin value the trial used
             error.txt                why the trial failed, if it did (Ray's, or -l's)
             stopped.json             a scheduler (e.g. ASHA) ended it before its last epoch
+            events.out.tfevents.*    the epochs' metrics for TensorBoard (Ray's logger, or -l's)
             checkpoint_NNNNNN/snapshot
         <name>/snapshot, snapshot.json   snapshots moved by misc/move_snapshots.py
     EXP_DIR/<study exp_id>/          a study (selfstudy.study): experiment.json, and one folder

@@ -11,6 +11,7 @@ checkpoint (from the start if they have none).
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 import traceback
@@ -61,14 +62,44 @@ def complete(trial_dir: Path, ray_config: RayConfig) -> bool:
     return snapshot is not None and load_snapshot(snapshot, "--resume")["epoch"] == last_epoch
 
 
+class Events:
+    """TensorBoard event files of a trial, with the tags Ray Tune writes (`ray/tune/<metric>`), so
+    `tensorboard --logdir EXP_DIR/<exp_id>` shows -l trials like Ray's. A trial that continues
+    from a checkpoint writes its files afresh from the epochs it keeps."""
+
+    PATTERN = "events.out.tfevents.*"
+
+    def __init__(self, trial_dir: Path, kept: list[dict[str, Any]]):
+        from tensorboardX import SummaryWriter
+
+        for old in trial_dir.glob(self.PATTERN):
+            old.unlink()
+        self.writer = SummaryWriter(str(trial_dir), flush_secs=5)
+        for row in kept:
+            self.add(row)
+
+    def add(self, metrics: dict[str, Any]) -> None:
+        step = metrics["training_iteration"]
+        for name, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
+                    name not in ("training_iteration", "timestamp", "time_total_s"):
+                self.writer.add_scalar(f"ray/tune/{name}", value, global_step=step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def run_trial(trial_dir: Path, config: dict[str, Any], ray_config: RayConfig, threads: int, quiet: bool) -> None:
     """Run one trial to its end, continuing from its newest checkpoint if it has one."""
     trial = Trial(config, trial_dir, num_threads=threads)
+    events = None
     try:
         snapshot = folders.latest_snapshot(trial_dir)
         if snapshot is not None:
             trial.restore(snapshot.parent)
         folders.truncate_results(trial_dir, trial.epoch)  # epochs past the checkpoint are trained again
+        events = Events(trial_dir, folders.read_results(trial_dir))
         started = time.time()
         while not trial.done:
             tick = time.time()
@@ -78,6 +109,7 @@ def run_trial(trial_dir: Path, config: dict[str, Any], ray_config: RayConfig, th
                            timestamp=int(time.time()), config=config)
             with open(trial_dir / folders.RESULTS_FILE, "a") as results:
                 results.write(json.dumps(metrics, default=str) + "\n")
+            events.add(metrics)
             if not quiet:
                 print(f"{trial_dir.name} epoch {trial.epoch}: " + ", ".join(
                     f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith(("_loss", "_accuracy"))))
@@ -87,4 +119,6 @@ def run_trial(trial_dir: Path, config: dict[str, Any], ray_config: RayConfig, th
                 for old in folders.checkpoints(trial_dir)[:-max(ray_config.keep_checkpoints, 1)]:
                     shutil.rmtree(old)
     finally:
+        if events is not None:
+            events.close()
         trial.close()

@@ -111,6 +111,15 @@ def planted_pretrained(workspace: Workspace, tmp: Path, stack: contextlib.ExitSt
     return {}, ["-p", f"Wrapper.pretrained = '{path}'"]
 
 
+def study(name: str, text: str) -> Callable[[Workspace, Path, contextlib.ExitStack], Prepared]:
+    """A prepare step that writes the study module `text` and names it with -r."""
+    def prepare(workspace: Workspace, tmp: Path, stack: contextlib.ExitStack) -> Prepared:
+        return {}, ["-r", str(write_ray_config(tmp, "from ray import tune\n" + text))]
+    prepare.__name__ = f"study_{name}"
+    return prepare
+
+
+PRETRAIN = '{"name": "pretrain", "search_space": {"gin_config": "digits/r9/rotate"}}'
 CASES = [
     Case(["-g", "digits/r9/clasify"], "did you mean: digits/r9/classify"),
     Case(["-p", "Nothing.here = 1"], "No configurable matching 'Nothing'"),
@@ -149,6 +158,17 @@ CASES = [
     Case([], "cannot write dataset file", unwritable_data_dir),
     Case([], "corrupt dataset file", damaged_digits),
     Case([], "refusing", planted_pretrained),
+    Case([], "pretrained_from = 'pretrian' names no earlier stage (stages before it: pretrain)", study("unknown_source",
+        f'stages = [{PRETRAIN}, {{"name": "transfer", "pretrained_from": "pretrian", "search_space": {{}}}}]')),
+    Case([], "BaseDataset.semisupervised = 5000 exceeds the", study("budget_too_large",
+        f'stages = [{PRETRAIN}, {{"name": "transfer", "pretrained_from": "pretrain", "search_space": '
+        '{"BaseDataset.semisupervised": tune.grid_search([100, 5000])}}]')),
+    Case([], "stage 'transfer' selects on valid_loss (min), stage 'pretrain' on mean_accuracy (max)", study("metric_mismatch",
+        f'stages = [{PRETRAIN}, {{"name": "transfer", "pretrained_from": "pretrain", "search_space": {{}}, '
+        '"metric": "valid_loss", "mode": "min"}]')),
+    Case([], "two stages are named 'pretrain'", study("same_name", f"stages = [{PRETRAIN}, {PRETRAIN}]")),
+    Case([], "unknown key 'source'", study("unknown_key",
+        f'stages = [{PRETRAIN}, {{"name": "transfer", "source": "pretrain", "search_space": {{}}}}]')),
 ]
 
 
