@@ -329,7 +329,14 @@ def _ordered(sources: pd.Series) -> list[str]:
 def _finish(figure: Figure, ax: Axes, budget_col: str, ylabel: str, path: str | Path | None,
             extra: Sequence[Any] = ()) -> Figure:
     """Log x axis, labels, legend (with `extra` handles); save to `path` when given."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
     ax.set_xscale("log")
+    budgets = sorted({float(x) for line in ax.get_lines() for x in line.get_xdata()})
+    if budgets:  # a tick at every measured budget, written as a plain number
+        ax.xaxis.set_major_locator(FixedLocator(budgets))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.set_xlabel(f"labelled training images ({budget_col})")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)

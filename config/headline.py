@@ -1,0 +1,41 @@
+"""The headline study at reduced scale: how many labels does pretraining save on synthetic shapes?
+
+    python misc/render_syn.py --code 1111 --n 10000 --res 32 -o 1111_10k
+    python main.py -r headline -e headline -q
+    python misc/utility_figure.py -e headline -o docs/headline
+
+Stage `pretrain`: rotation prediction and SimCLR on the 10,000 unlabelled training images of
+1111_10k (ten solids; colour, texture, lighting and viewpoint all vary), ResNet-9 of width 16.
+Stage `transfer`: the whole network fine-tuned on 5 label budgets, from 100 images to the full
+training set, from scratch and from each pretrained backbone, 3 seeds each: 45 trials of 400
+steps (config/syn/r9/transfer.gin). Every trial reports the test accuracy of its best validation
+epoch (`test_at_best`), which the utility figure compares.
+"""
+
+from ray import tune
+
+BUDGETS = [100, 300, 1000, 3000, 9000]  # labelled training images; 9,000 is the whole training split
+SEEDS = [0, 1, 2]
+
+metric, mode = "mean_accuracy", "max"  # the validation accuracy picks each trial's best epoch
+stages = [
+    {"name": "pretrain",
+     "search_space": {
+         "gin_config": tune.grid_search(["syn/r9/rotate", "syn/r9/simclr"]),
+         "SynDataset.dataset_choice": "1111_10k",
+         "ResNet.width": 16,
+         "session.precision": "bf16",
+         "session.test_iters": 0,
+         "scheduler.milestones": [1, 15],  # epochs
+     }},
+    {"name": "transfer", "pretrained_from": "pretrain",
+     "search_space": {
+         "gin_config": "syn/r9/transfer",
+         "seed": tune.grid_search(SEEDS),
+         "BaseDataset.semisupervised": tune.grid_search(BUDGETS),
+         # a quarter of the budget per batch (16 to 128 images), so every budget takes real steps
+         "dataloader.batch_size": tune.sample_from(
+             lambda spec: min(128, max(16, spec.config["BaseDataset.semisupervised"] // 4))),
+         "session.test_when": "best",  # test the best validation epoch's weights once, at the end
+     }},
+]
