@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from selfstudy.config import first_line
     from selfstudy.errors import UserError
-    from selfstudy.experiment import EXIT_INTERRUPTED, Request, interrupted_hint, run
+    from selfstudy.experiment import Request, run
+    from selfstudy.report import EXIT_INTERRUPTED, interrupted_hint
     from selfstudy.folders import exp_dir
 
     request = Request(exp_id=args.exp_id, ray_config=args.ray_config, gin_config=args.gin_config,

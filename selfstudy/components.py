@@ -7,4 +7,5 @@ import selfstudy.data  # noqa: F401
 import selfstudy.models  # noqa: F401
 import selfstudy.optim  # noqa: F401
 import selfstudy.tasks  # noqa: F401
+import selfstudy.settings  # noqa: F401  (session.*)
 import selfstudy.trial  # noqa: F401

@@ -12,8 +12,6 @@ import io
 import json
 import os
 import signal
-import socket
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,9 @@ import paths
 from selfstudy import folders
 from selfstudy.config import DEFAULT_GIN_CONFIG, resolve_gin_file, split_binding
 from selfstudy.errors import UserError
+from selfstudy.cluster import cluster_resources, start_ray
 from selfstudy.rayconfig import RayConfig, config_path, import_config, load_ray_config
+from selfstudy.report import finish
 from selfstudy.study import is_study, load_study
 
 
@@ -145,7 +145,7 @@ def launch(request: Request, directory: Path, ray_config: RayConfig, space: dict
     from ray import tune
 
     start_ray(request)
-    resources = trial_resources(ray_config, cluster=_cluster_resources())
+    resources = trial_resources(ray_config, cluster=cluster_resources())
     tuner = tune.Tuner(
         tune.with_resources(_trainable(), resources),
         param_space=space,
@@ -228,7 +228,7 @@ def resume_in(request: Request, directory: Path, record: dict[str, Any] | None) 
                         f"to resume: delete {directory} and run it again")
     start_ray(request)
     resources = record["resources"] if record else trial_resources(load_ray_config("single_run"),
-                                                                   cluster=_cluster_resources())
+                                                                   cluster=cluster_resources())
     tuner = tune.Tuner.restore(str(directory), trainable=tune.with_resources(_trainable(), resources),
                                resume_unfinished=True, resume_errored=True)
     fit(tuner, request.quiet)
@@ -260,61 +260,6 @@ def _trainable() -> Any:
     return Session
 
 
-def _cluster_resources() -> dict[str, float]:
-    """The resources of the biggest live node: a trial runs on one node, so per-trial shares come from it."""
-    import ray
-
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    return max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default=ray.cluster_resources())
-
-
-def check_address(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast when nothing listens at `-a HOST:PORT`: `ray.init` would wait for it forever."""
-    if address in ("auto", "local"):
-        return
-    host, _, port = address.split("://")[-1].rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit():
-        raise UserError(f"-a {address}: give the head node's HOST:PORT (the --port of `ray start --head`), "
-                        "e.g. -a 127.0.0.1:6379")
-    hosts = [host]
-    if host in ("localhost", "127.0.0.1", "::1"):  # Ray connects to this machine's network address instead
-        import ray.util
-
-        hosts.append(ray.util.get_node_ip_address())
-    for where in hosts:
-        try:
-            socket.create_connection((where, int(port)), timeout=timeout_s).close()
-        except OSError as err:
-            raise UserError(f"-a {address}: no Ray cluster answers at {where}:{port} ({err.strerror or err}); start "
-                            f"one with `ray start --head --port {port}` on {host}, or check the address") from None
-
-
-def start_ray(request: Request) -> None:
-    """Start (or join, with -a) Ray; workers see this checkout and its data/experiment folders."""
-    import logging
-
-    import ray
-
-    if ray.is_initialized():  # a study's later stage
-        return
-    if request.address:
-        check_address(request.address)
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(paths.ROOT), os.environ.get("PYTHONPATH")])),
-           "SELFSTUDY_EXP_DIR": str(paths.EXP_DIR), "SELFSTUDY_DATA_DIR": str(paths.DATA_DIR)}
-    try:
-        ray.init(address=request.address, include_dashboard=False, log_to_driver=not request.quiet,
-                 logging_level=logging.ERROR if request.quiet else logging.WARNING,
-                 runtime_env={"env_vars": env})
-    except ConnectionError as err:  # e.g. `-a auto` with no cluster on this machine
-        if not request.address:
-            raise
-        raise UserError(f"-a {request.address}: {str(err).strip().splitlines()[0].rstrip('.')}; start a cluster with "
-                        "`ray start --head` or check the address") from None
-    # Tune's own interruption hint names its Python API; `finish` names --resume instead.
-    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
-
-
 def mark_stopped(grid: Any) -> None:
     """Trials a scheduler ended before their last epoch are complete, not unfinished: say so in their folders."""
     for trial in grid._experiment_analysis.trials:
@@ -324,35 +269,3 @@ def mark_stopped(grid: Any) -> None:
                 folders.write_json(trial_dir / folders.STOPPED_FILE, {"by": "the scheduler"})
 
 
-EXIT_INTERRUPTED = 130
-
-
-def finish(directory: Path, exp_id: str) -> int:
-    """Print one line per trial of `directory` (an experiment, or a study's stage) with its status,
-    then each failure; the exit code says whether every trial completed (0), some failed (1) or
-    some have not finished (130: `--resume` of `exp_id` continues)."""
-    from util.vis import config_columns, load_experiment
-
-    frame = load_experiment(directory)
-    print(f"experiment {directory.relative_to(paths.EXP_DIR)}: {len(frame)} trial(s) in {directory}")
-    shown = [c for c in ("status", "epoch", "train_accuracy", "valid_accuracy", "test_accuracy", "best_accuracy",
-                         "best_epoch", "test_at_best") if c in frame.columns]
-    settings = {key for trial_dir in folders.trial_dirs(directory)
-                for key in config_columns(folders.read_params(trial_dir))}
-    swept = [c for c in frame.columns if c in settings and frame[c].astype(str).nunique() > 1]
-    if len(frame):
-        print(frame[["trial"] + swept + shown].to_string(index=False, float_format=lambda v: f"{v:.4f}",
-                                                          na_rep="-"))
-    errored = frame[frame["status"] == "errored"] if len(frame) else frame
-    for _, row in errored.iterrows():
-        settings = ", ".join(f"{c}={row[c]}" for c in swept)
-        print(f"error: trial {row['trial']}{f' ({settings})' if settings else ''} failed: {row['error']}",
-              file=sys.stderr)
-    if len(frame) and (frame["status"] == "running").any():
-        print(interrupted_hint(exp_id), file=sys.stderr)
-        return EXIT_INTERRUPTED
-    return 1 if len(errored) or not len(frame) else 0
-
-
-def interrupted_hint(exp_id: str) -> str:
-    return f"interrupted; continue with `python main.py -e {exp_id} --resume`"

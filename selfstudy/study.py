@@ -227,7 +227,8 @@ def run_stages(request: Any, study: Study, directory: Path, record: dict[str, An
     """Run every stage not yet completed, in order; stop at the first that does not complete."""
     import shutil
 
-    from selfstudy.experiment import check_variants, expand, finish, launch, resume_in
+    from selfstudy.experiment import check_variants, expand, launch, resume_in
+    from selfstudy.report import finish
 
     for stage in study.stages:
         if stage.name in record["completed"]:

@@ -168,3 +168,10 @@ def test_stage_names_the_folder_of_a_multi_stage_study(exp_dir: Path, monkeypatc
     assert frame[["stage", "trial", "source"]].values.tolist() == [["pretrain", "trial_p", "scratch"],
                                                                    ["finetune", "trial_f", "rot"]]
     assert vis.load_history("study")["stage"].tolist() == ["pretrain", "finetune"]  # in the order they ran
+
+
+def test_a_whole_study_is_refused_until_one_stage_is_chosen() -> None:
+    frame = pd.DataFrame({"stage": ["pretrain", "transfer"], "source": ["scratch", "scratch"], "seed": [0, 0],
+                          "BaseDataset.semisupervised": [None, 10], "test_at_best": [None, 0.5]})
+    with pytest.raises(ValueError, match="several stages .*df\\[df\\['stage'\\] == 'transfer'\\]"):
+        vis.calc_utility(frame)

@@ -1,0 +1,68 @@
+"""Ray itself: starting or joining a cluster, and what its nodes offer."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import TYPE_CHECKING
+
+import paths
+from selfstudy.errors import UserError
+
+if TYPE_CHECKING:
+    from selfstudy.experiment import Request
+
+
+def cluster_resources() -> dict[str, float]:
+    """The resources of the biggest live node: a trial runs on one node, so per-trial shares come from it."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    return max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default=ray.cluster_resources())
+
+
+def check_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast when nothing listens at `-a HOST:PORT`: `ray.init` would wait for it forever."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise UserError(f"-a {address}: give the head node's HOST:PORT (the --port of `ray start --head`), "
+                        "e.g. -a 127.0.0.1:6379")
+    hosts = [host]
+    if host in ("localhost", "127.0.0.1", "::1"):  # Ray connects to this machine's network address instead
+        import ray.util
+
+        hosts.append(ray.util.get_node_ip_address())
+    for where in hosts:
+        try:
+            socket.create_connection((where, int(port)), timeout=timeout_s).close()
+        except OSError as err:
+            raise UserError(f"-a {address}: no Ray cluster answers at {where}:{port} ({err.strerror or err}); start "
+                            f"one with `ray start --head --port {port}` on {host}, or check the address") from None
+
+
+def start_ray(request: Request) -> None:
+    """Start (or join, with -a) Ray; workers see this checkout and its data/experiment folders."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():  # a study's later stage
+        return
+    if request.address:
+        check_address(request.address)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(paths.ROOT), os.environ.get("PYTHONPATH")])),
+           "SELFSTUDY_EXP_DIR": str(paths.EXP_DIR), "SELFSTUDY_DATA_DIR": str(paths.DATA_DIR)}
+    try:
+        ray.init(address=request.address, include_dashboard=False, log_to_driver=not request.quiet,
+                 logging_level=logging.ERROR if request.quiet else logging.WARNING,
+                 runtime_env={"env_vars": env})
+    except ConnectionError as err:  # e.g. `-a auto` with no cluster on this machine
+        if not request.address:
+            raise
+        raise UserError(f"-a {request.address}: {str(err).strip().splitlines()[0].rstrip('.')}; start a cluster with "
+                        "`ray start --head` or check the address") from None
+    # Tune's own interruption hint names its Python API; `finish` names --resume instead.
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
