@@ -1,11 +1,11 @@
 """The headline study at reduced scale: how many labels does pretraining save on synthetic shapes?
 
-    python misc/render_syn.py --code 1111 --n 10000 --res 32 -o 1111_10k
+    python misc/render_syn.py --code 1111 --n 10000 --res 32 -o 1111
     python main.py -r headline -e headline -q
     python misc/utility_figure.py -e headline -o docs/headline
 
 Stage `pretrain`: rotation prediction and SimCLR on the 10,000 unlabelled training images of
-1111_10k (ten solids; colour, texture, lighting and viewpoint all vary), ResNet-9 of width 16.
+1111 (ten solids; colour, texture, lighting and viewpoint all vary), ResNet-9 of width 16.
 Stage `transfer`: the whole network fine-tuned on 5 label budgets, from 100 images to the full
 training set, from scratch and from each pretrained backbone, 3 seeds each: 45 trials of 400
 steps (config/syn/r9/transfer.gin). Every trial reports the test accuracy of its best validation
@@ -22,7 +22,7 @@ stages = [
     {"name": "pretrain",
      "search_space": {
          "gin_config": tune.grid_search(["syn/r9/rotate", "syn/r9/simclr"]),
-         "SynDataset.dataset_choice": "1111_10k",
+         "SynDataset.dataset_choice": "1111",
          "ResNet.width": 16,
          "session.precision": "bf16",
          "session.test_iters": 0,
