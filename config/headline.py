@@ -4,7 +4,7 @@
     python main.py -r headline -e headline -q
     python misc/utility_figure.py -e headline -o docs/headline
 
-Stage `pretrain`: rotation prediction and SimCLR on the 10,000 unlabelled training images of
+Stage `pretrain`: rotation prediction and SimCLR on the 9,000 training images (labels unused) of
 1111 (ten solids; colour, texture, lighting and viewpoint all vary), ResNet-9 of width 16.
 Stage `transfer`: the whole network fine-tuned on 5 label budgets, from 100 images to the full
 training set, from scratch and from each pretrained backbone, 3 seeds each: 45 trials of 400

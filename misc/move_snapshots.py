@@ -24,7 +24,7 @@ from selfstudy import folders  # noqa: E402
 from selfstudy.config import first_line  # noqa: E402
 from selfstudy.errors import UserError  # noqa: E402
 from selfstudy.folders import SNAPSHOT  # noqa: E402
-from util.vis import config_columns  # noqa: E402
+from selfstudy.config import config_columns  # noqa: E402
 
 
 def target_dir(exp_dir: Path, fmt: str, config: dict, trial: str) -> Path:

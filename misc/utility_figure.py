@@ -6,7 +6,8 @@
 Reads the trials of the study's transfer stage (`--stage`), the test score at the best
 validation epoch (`test_at_best`) by source, label budget and seed, and prints one Markdown
 row per source and budget: accuracy and utility with their bootstrap 95% CIs over seeds
-(see `util.vis.summary`). `>=` marks a utility that is a lower bound.
+(see `util.vis.summary`). A utility marked `>=` is a lower bound (the pretrained accuracy is above
+every scratch accuracy), `<=` an upper bound (below the smallest budget's), `?` both among the seeds.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
-    stages = sorted(set(frame["stage"])) if "stage" in frame else []
+    stages = sorted(set(frame["stage"]) - {""}) if "stage" in frame else []
     trials = frame[frame["stage"] == args.stage] if args.stage in stages else frame.iloc[:0]
     if trials.empty:
         print(f"error: experiment '{args.exp_id}' has no stage '{args.stage}' (stages: {', '.join(stages) or 'none'}):"
@@ -52,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        table = vis.summary(trials)
+        try:
+            table = vis.summary(trials)
+        except ValueError as err:  # e.g. no scratch trials to compare with
+            print(f"error: stage '{args.stage}' of '{args.exp_id}': {first_line(err)}", file=sys.stderr)
+            return 2
         if args.output:
             output = Path(args.output)
             output.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ Files are parsed first, then the sweep's binding keys, then the -p bindings.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import logging
 import re
@@ -118,3 +119,21 @@ def first_line(err: BaseException) -> str:
     """The first line of an exception's message (gin appends the offending source lines)."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def config_columns(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial config flattened to columns named by gin binding."""
+    columns = {key: value for key, value in config.items() if key != "gin_params"}
+    gin_config = columns.get("gin_config")
+    if isinstance(gin_config, list):
+        columns["gin_config"] = ",".join(gin_config)
+    for key, text in (config.get("gin_params") or {}).items():
+        columns[key] = _literal(text)
+    return columns

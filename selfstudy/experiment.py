@@ -111,6 +111,11 @@ def run(request: Request) -> int:
     directory = folders.exp_dir(request.exp_id)
     folders.check_writable(paths.EXP_DIR, "SELFSTUDY_EXP_DIR")
     if request.resume:
+        given = [flag for flag, value in (("-g", request.gin_config), ("-p", request.gin_params),
+                                          ("-r", request.ray_config != Request.ray_config)) if value]
+        if given:
+            raise UserError(f"--resume continues '{request.exp_id}' with the settings it started with: drop "
+                            f"{' and '.join(given)}")
         return resume(request, directory)
     if directory.exists() and any(directory.iterdir()):
         raise UserError(f"experiment '{request.exp_id}' already exists at {directory}: continue it with --resume, "

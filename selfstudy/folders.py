@@ -174,10 +174,10 @@ def error_line(text: str) -> str:
 def trial_status(trial_dir: Path) -> TrialStatus:
     """Where the trial stands, read from its files (see the module docstring)."""
     results = read_results(trial_dir)
-    if results and results[-1].get("done"):  # Ray sets `done` on a scheduler's stop too; `completed` is ours
-        return TrialStatus("finished" if results[-1].get("completed", True) else "stopped", None)
     if (trial_dir / STOPPED_FILE).is_file():
         return TrialStatus("stopped", None)
+    if results and results[-1].get("done"):  # Ray sets `done` on a scheduler's stop too; `completed` is ours
+        return TrialStatus("finished" if results[-1].get("completed", True) else "stopped", None)
     error, results_file = trial_dir / ERROR_FILE, trial_dir / RESULTS_FILE
     if not error.is_file():
         return TrialStatus("running", None)

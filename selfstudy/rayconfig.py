@@ -101,4 +101,7 @@ def make_ray_config(name: str, values: dict[str, Any], where: str) -> RayConfig:
         raise UserError(f"{where}: mode = {config.mode!r} must be 'max' or 'min'")
     if not isinstance(config.metric, str) or not config.metric:
         raise UserError(f"{where}: metric = {config.metric!r} must name a reported metric, e.g. 'mean_accuracy'")
+    if config.metric.startswith("test_"):  # the epoch would be picked by its test score: the test set leaks
+        raise UserError(f"{where}: metric = {config.metric!r} would select epochs and trials on the test split: select "
+                        "on a validation metric (e.g. 'valid_accuracy'; test_at_best then reports its test score)")
     return config

@@ -15,7 +15,8 @@ def finish(directory: Path, exp_id: str) -> int:
     """Print one line per trial of `directory` (an experiment, or a study's stage) with its status,
     then each failure; the exit code says whether every trial completed (0), some failed (1) or
     some have not finished (130: `--resume` of `exp_id` continues)."""
-    from util.vis import config_columns, load_experiment
+    from selfstudy.config import config_columns
+    from util.vis import load_experiment
 
     frame = load_experiment(directory)
     print(f"experiment {directory.relative_to(paths.EXP_DIR)}: {len(frame)} trial(s) in {directory}")

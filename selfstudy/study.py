@@ -27,6 +27,9 @@ stages that completed; EXP_DIR/<exp_id>/<stage>/ is an experiment folder of its 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import hashlib
 import re
 import sys
 from dataclasses import dataclass, fields
@@ -35,6 +38,7 @@ from types import ModuleType
 from typing import Any
 
 from selfstudy import folders
+from selfstudy.config import config_columns
 from selfstudy.errors import UserError
 from selfstudy.rayconfig import RayConfig, make_ray_config
 
@@ -91,7 +95,8 @@ def load_study(path: Path, module: ModuleType) -> Study:
         unknown = sorted(set(entry) - set(allowed) - set(STAGE_KEYS))
         if unknown:
             raise UserError(f"{here}: unknown key '{unknown[0]}'; a stage takes {', '.join(STAGE_KEYS + tuple(allowed))}")
-        config = make_ray_config(name, {**defaults, **{k: v for k, v in entry.items() if k in allowed}}, here)
+        values = {**copy.deepcopy(defaults), **{k: v for k, v in entry.items() if k in allowed}}  # a scheduler each
+        config = make_ray_config(name, values, here)
         stage = Stage(config, entry.get("pretrained_from"), entry.get("scratch", True), entry.get("snapshot_name"))
         check_stage(stage, stages, here)
         stages.append(stage)
@@ -126,8 +131,6 @@ def _short(value: Any) -> str:
 
 def snapshot_names(stage: Stage, configs: list[dict[str, Any]]) -> list[str]:
     """The folder each trial's snapshot moves to, inside the stage's folder; distinct, or a `UserError`."""
-    from util.vis import config_columns
-
     columns = [config_columns(config) for config in configs]
     keys = [key for key in columns[0] if len({repr(c.get(key)) for c in columns}) > 1] if columns else []
     names = []
@@ -140,9 +143,12 @@ def snapshot_names(stage: Stage, configs: list[dict[str, Any]]) -> list[str]:
                                 f"({type(err).__name__}: {err}); keys: {', '.join(sorted(column))}") from None
         else:
             name = "-".join(_short(column.get(key)) for key in keys) or stage.name
-        if name in names or not name or name.startswith((".", "/")) or ".." in name.split("/"):
+        if not _NAME.match(name):
+            raise UserError(f"stage '{stage.name}': snapshot_name {stage.snapshot_name!r} gives {name!r}, not a folder "
+                            "name of letters, digits and . _ + -: choose a format that gives one, e.g. 'rotate-{cfg[seed]}'")
+        if name in names:
             raise UserError(f"stage '{stage.name}': two trials would publish their snapshot as {name!r}: set the "
-                            "stage's snapshot_name to a format that tells them apart, e.g. '{cfg[gin_config]}-{cfg[seed]}'")
+                            "stage's snapshot_name to a format that tells them apart, e.g. 'rotate-{cfg[seed]}'")
         names.append(name)
     return names
 
@@ -170,7 +176,7 @@ def published(exp_id: str, stage_dir: Path) -> list[str]:
                   folders.moved_snapshots(stage_dir).values())
 
 
-def stage_space(request: Any, study: Study, stage: Stage, sources: list[str] | None) -> dict[str, Any]:
+def stage_space(request: Any, stage: Stage, sources: list[str] | None) -> dict[str, Any]:
     """The stage's Tune param_space; `sources`: the `Wrapper.pretrained` values of its source
     stage (None before that stage ran: the check then builds every trial from scratch)."""
     from ray import tune
@@ -195,7 +201,7 @@ def run_study(request: Any, study: Study, directory: Path) -> int:
     for stage in study.stages:
         if request.checkpoint_at_end:
             stage.config.checkpoint_at_end = True
-        space = stage_space(request, study, stage, None)
+        space = stage_space(request, stage, None)
         variants = expand(space, stage.config.num_samples)
         check_variants(variants)
         if stage.name in study.sources():
@@ -203,7 +209,9 @@ def run_study(request: Any, study: Study, directory: Path) -> int:
             if not stage.config.checkpoint_at_end:
                 raise UserError(f"study {study.path}: stage '{stage.name}' feeds a later stage, so its trials must "
                                 "checkpoint at their end: set checkpoint_at_end = True")
-    record = {"ray_config": str(study.path), "study": study.name, "local": request.local,
+    record = {"ray_config": str(study.path), "study": study.name, "module_sha256": module_hash(study.path),
+              "local": request.local, "gin_config": request.gin_config, "gin_params": request.gin_params,
+              "checkpoint_at_end": request.checkpoint_at_end,
               "stages": [stage.name for stage in study.stages], "completed": []}
     folders.write_json(directory / folders.EXPERIMENT_FILE, record)
     return run_stages(request, study, directory, record)
@@ -216,11 +224,20 @@ def resume_study(request: Any, directory: Path, record: dict[str, Any]) -> int:
     path = Path(record["ray_config"])
     if not path.is_file():
         raise UserError(f"--resume of study '{request.exp_id}' needs its module {path}, which is gone: put it back")
+    if module_hash(path) != record.get("module_sha256", module_hash(path)):
+        raise UserError(f"study {path} changed since '{request.exp_id}' started: put it back as it was, or start a new "
+                        "experiment with -e")
     study = load_study(path, import_config(path))
-    if [stage.name for stage in study.stages] != record["stages"]:
-        raise UserError(f"study {path} now has stages {[s.name for s in study.stages]}, but '{request.exp_id}' ran "
-                        f"{record['stages']}: put the module back as it was, or start a new experiment with -e")
+    request = dataclasses.replace(request, gin_config=record.get("gin_config", []),
+                                  gin_params=record.get("gin_params", []),
+                                  checkpoint_at_end=record.get("checkpoint_at_end", False))
+    for stage in study.stages:
+        stage.config.checkpoint_at_end |= request.checkpoint_at_end
     return run_stages(request, study, directory, record)
+
+
+def module_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def run_stages(request: Any, study: Study, directory: Path, record: dict[str, Any]) -> int:
@@ -236,13 +253,17 @@ def run_stages(request: Any, study: Study, directory: Path, record: dict[str, An
         stage_dir = directory / stage.name
         stage_record = folders.read_experiment(stage_dir) if stage_dir.is_dir() else None
         if stage_record is not None and not stage_record.get("local") and not _restorable(stage_dir):
-            shutil.rmtree(stage_dir)  # stopped before Ray Tune saved anything: nothing of it to keep
+            if any(folders.read_results(t) for t in folders.trial_dirs(stage_dir)):
+                raise UserError(f"stage '{stage.name}' stopped before Ray Tune saved its state, so it cannot continue; "
+                                f"its trials' results are in {stage_dir}: move them away or delete the folder, then "
+                                "--resume runs the stage again")
+            shutil.rmtree(stage_dir)  # stopped before any trial reported: nothing of it to keep
             stage_record = None
         if stage_record is not None:
             resume_in(request, stage_dir, stage_record)
         else:
             sources = published(request.exp_id, directory / stage.pretrained_from) if stage.pretrained_from else None
-            space = stage_space(request, study, stage, sources)
+            space = stage_space(request, stage, sources)
             variants = expand(space, stage.config.num_samples)
             check_variants(variants)
             launch(request, stage_dir, stage.config, space, variants)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -87,6 +88,29 @@ def test_a_study_runs_its_stages_in_order_in_process(workspace: Workspace, tmp_p
     assert again.returncode == 0, again.stderr
     assert {t: (t / folders.RESULTS_FILE).read_text() for t in folders.trial_dirs(study_dir)} == results
 
+    # a crash after the pretraining stage ended, with one of its two snapshots published: --resume
+    # publishes the other and runs the transfer stage, and no pretraining trial runs again
+    shutil.rmtree(study_dir / "transfer")
+    record = json.loads((study_dir / folders.EXPERIMENT_FILE).read_text())
+    folders.write_json(study_dir / folders.EXPERIMENT_FILE, {**record, "completed": []})
+    rotate = study_dir / "pretrain" / "rotate"
+    origin = json.loads((rotate / "snapshot.json").read_text())
+    os.replace(rotate / folders.SNAPSHOT, study_dir / "pretrain" / origin["trial"] / origin["checkpoint"] / "snapshot")
+    shutil.rmtree(rotate)
+    pretrain_results = {t: results[t] for t in folders.trial_dirs(study_dir / "pretrain")}
+    again = workspace.run("-e", "study", "-l", "-q", "--resume")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert {t: (t / folders.RESULTS_FILE).read_text() for t in folders.trial_dirs(study_dir / "pretrain")} \
+        == pretrain_results
+    check_transfer_weights(study_dir)
+
+    # --resume keeps the settings the study started with: new ones, or a changed module, are refused
+    refused = workspace.run("-e", "study", "-l", "-q", "--resume", "-p", "ResNet.width = 8")
+    assert refused.returncode == 2 and "drop -p" in refused.stderr, refused.stderr
+    config.write_text(STUDY + "\n# edited\n")
+    refused = workspace.run("-e", "study", "-l", "-q", "--resume")
+    assert refused.returncode == 2 and "changed since 'study' started" in refused.stderr, refused.stderr
+
 
 def test_a_killed_study_resumes_in_its_transfer_stage_without_rerunning_trials(workspace: Workspace,
                                                                                 tmp_path: Path) -> None:
@@ -101,6 +125,7 @@ def test_a_killed_study_resumes_in_its_transfer_stage_without_rerunning_trials(w
     wait_for(lambda: len(finished_transfer_trials()) >= 2, process, "two finished transfer trials", limit=400)
     os.killpg(process.pid, signal.SIGKILL)  # the driver and every Ray process it started
     process.communicate(timeout=60)
+    assert 2 <= len(finished_transfer_trials()) < 6  # killed in the middle of the stage
     before = {t.name: (len(folders.read_results(t)), json.loads((t / "trial.json").read_text())["pid"])
               for t in finished_transfer_trials()}
     pretrain_results = {t.name: (t / folders.RESULTS_FILE).read_text()
@@ -174,3 +199,19 @@ def test_tensorboard_shows_every_epoch_of_in_process_trials(workspace: Workspace
     shown = scalars(trial_dir, "ray/tune/valid_accuracy")
     assert [step for step, _ in shown] == [1, 2]
     assert [value for _, value in shown] == pytest.approx(history["valid_accuracy"].tolist())
+
+
+def test_each_stage_gets_its_own_scheduler(tmp_path: Path) -> None:
+    """A scheduler set at the top of a study is every stage's default, but not one shared object:
+    Tune binds a scheduler to one experiment's metric."""
+    from selfstudy.rayconfig import import_config
+    from selfstudy.study import load_study
+
+    path = write_ray_config(tmp_path, """
+from ray.tune.schedulers import ASHAScheduler
+scheduler = ASHAScheduler()
+stages = [{"name": "a", "search_space": {}}, {"name": "b", "search_space": {}, "pretrained_from": "a"}]
+""")
+    first, second = load_study(path, import_config(path)).stages
+    assert type(first.config.scheduler) is type(second.config.scheduler)
+    assert first.config.scheduler is not second.config.scheduler

@@ -166,6 +166,8 @@ CASES = [
     Case([], "stage 'transfer' selects on valid_loss (min), stage 'pretrain' on mean_accuracy (max)", study("metric_mismatch",
         f'stages = [{PRETRAIN}, {{"name": "transfer", "pretrained_from": "pretrain", "search_space": {{}}, '
         '"metric": "valid_loss", "mode": "min"}]')),
+    Case([], "would select epochs and trials on the test split", study(
+        "test_metric", f'metric = "test_accuracy"\nstages = [{PRETRAIN}]')),
     Case([], "two stages are named 'pretrain'", study("same_name", f"stages = [{PRETRAIN}, {PRETRAIN}]")),
     Case([], "unknown key 'source'", study("unknown_key",
         f'stages = [{PRETRAIN}, {{"name": "transfer", "source": "pretrain", "search_space": {{}}}}]')),

@@ -158,12 +158,12 @@ def test_load_experiment_labels_sources(exp_dir: Path) -> None:
     assert vis.source_label("study/trial_x/checkpoint_000002/snapshot") == "checkpoint_000002"
 
 
-def test_stage_names_the_folder_of_a_multi_stage_study(exp_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stage_names_the_folder_of_a_multi_stage_study(exp_dir: Path) -> None:
     study = exp_dir / "study"
     write_trial(study / "pretrain" / "trial_p", config(100), [0.3])
     write_trial(study / "finetune" / "trial_f", config(100, **{"Wrapper.pretrained": '"study/pretrain/rot"'}), [0.8])
-    # the folders.trial_dirs contract for multi-stage studies: the trial folders of every stage
-    monkeypatch.setattr(folders, "trial_dirs", lambda d: [d / "pretrain" / "trial_p", d / "finetune" / "trial_f"])
+    # a study's record lists its stages in the order they run (not the folders' alphabetical order)
+    folders.write_json(study / folders.EXPERIMENT_FILE, {"stages": ["pretrain", "finetune"], "completed": []})
     frame = vis.load_experiment("study")
     assert frame[["stage", "trial", "source"]].values.tolist() == [["pretrain", "trial_p", "scratch"],
                                                                    ["finetune", "trial_f", "rot"]]

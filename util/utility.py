@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from selfstudy import folders
+from selfstudy.study import PRETRAINED
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 SCRATCH = "scratch"  # the `source` of a trial trained from random weights
 COMPLETED = ("finished", "stopped")  # the statuses whose metrics count
-PRETRAINED = "Wrapper.pretrained"
 BOUND_MARKERS = {"": "o", ">=": "^", "<=": "v", "?": "D"}  # how utility_plot draws each bound
 
 
@@ -179,6 +179,11 @@ def calc_utility(df: pd.DataFrame, *, source_col: str = "source", budget_col: st
     resamples from an RNG seeded with `seed`: the same numbers every call; NaN with one seed), `bound`
     ('' when every seed is exact, '>=' when some are lower bounds, so the mean is one too, '<=' when some
     are upper bounds, '?' when both occur: then the mean is neither) and `seeds` (how many).
+
+    With few seeds the interval is crude: with 3, a resample of the lowest seed three times has
+    probability 1/27 > 2.5%, so the 95% interval spans the seeds' own range. The seeds vary the
+    initialisation, the augmentation and the batch order; every seed sees the same labelled
+    images (the budget's class-balanced subset is fixed by the dataset, not by the seed).
     """
     _check_boot(n_boot, ci)
     cols = _Cols(source_col, budget_col, seed_col, metric)
@@ -228,13 +233,13 @@ def _ordered(sources: pd.Series) -> list[str]:
     return sorted(set(sources), key=lambda s: (s != SCRATCH, s))
 
 
-def _finish(figure: Figure, ax: Axes, budget_col: str, ylabel: str, path: str | Path | None,
+def _finish(figure: Figure, ax: Axes, budget_col: str, budgets: pd.Series, ylabel: str, path: str | Path | None,
             extra: Sequence[Any] = ()) -> Figure:
     """Log x axis, labels, legend (with `extra` handles); save to `path` when given."""
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
     ax.set_xscale("log")
-    budgets = sorted({float(x) for line in ax.get_lines() for x in line.get_xdata()})
+    budgets = sorted({float(x) for x in budgets})
     if budgets:  # a tick at every measured budget, written as a plain number
         ax.xaxis.set_major_locator(FixedLocator(budgets))
         ax.xaxis.set_minor_locator(NullLocator())
@@ -264,7 +269,7 @@ def accuracy_plot(df: pd.DataFrame, path: str | Path | None = None, *, source_co
         color = "black" if source == SCRATCH else None
         (line,) = ax.plot(rows[budget_col], rows["accuracy"], marker="o", color=color, label=source)
         ax.fill_between(rows[budget_col], rows["accuracy_lo"], rows["accuracy_hi"], color=line.get_color(), alpha=0.2)
-    return _finish(figure, ax, budget_col, f"{metric} (mean over seeds, {ci:.0%} CI)", path)
+    return _finish(figure, ax, budget_col, stats[budget_col], f"{metric} (mean over seeds, {ci:.0%} CI)", path)
 
 
 def utility_plot(df: pd.DataFrame, path: str | Path | None = None, *, source_col: str = "source",
@@ -295,4 +300,5 @@ def utility_plot(df: pd.DataFrame, path: str | Path | None = None, *, source_col
     shown = [b for b in (">=", "<=", "?") if (stats["bound"] == b).any()]
     proxies = [Line2D([], [], linestyle="", marker=BOUND_MARKERS[b], color="gray", markerfacecolor="white",
                       label={">=": "lower bound", "<=": "upper bound", "?": "mixed bounds"}[b]) for b in shown]
-    return _finish(figure, ax, budget_col, f"utility n'/n - 1 (mean over seeds, {ci:.0%} CI)", path, proxies)
+    return _finish(figure, ax, budget_col, stats[budget_col], f"utility n'/n - 1 (mean over seeds, {ci:.0%} CI)", path,
+                   proxies)

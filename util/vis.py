@@ -27,18 +27,21 @@ Utility of pretraining (`calc_utility`, `summary`, `accuracy_plot`, `utility_plo
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
-from typing import Any
+
 
 import pandas as pd
 
 import paths
 from selfstudy import folders
+from selfstudy.config import config_columns  # noqa: F401  (re-exported)
 from selfstudy.errors import UserError
 from util.utility import (COMPLETED, PRETRAINED, SCRATCH, accuracy_plot, calc_utility, labels_needed,  # noqa: F401
                           source_label, summary, utility_per_seed, utility_plot)
 
+__all__ = ["COMPLETED", "PRETRAINED", "SCRATCH", "accuracy_plot", "calc_utility", "config_columns", "experiment_dir",
+           "labels_needed", "load_experiment", "load_history", "source_label", "summary", "trial_dirs",
+           "utility_per_seed", "utility_plot"]
 METRIC_PREFIXES = ("train_", "valid_", "test_")
 
 
@@ -54,24 +57,6 @@ def experiment_dir(exp: str | Path) -> Path:
 def trial_dirs(exp: str | Path) -> list[Path]:
     """Trial directories of an experiment (each holds a params.json); `exp` as in `experiment_dir`."""
     return folders.trial_dirs(experiment_dir(exp))
-
-
-def _literal(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def config_columns(config: dict[str, Any]) -> dict[str, Any]:
-    """A trial config flattened to columns named by gin binding."""
-    columns = {key: value for key, value in config.items() if key != "gin_params"}
-    gin_config = columns.get("gin_config")
-    if isinstance(gin_config, list):
-        columns["gin_config"] = ",".join(gin_config)
-    for key, text in (config.get("gin_params") or {}).items():
-        columns[key] = _literal(text)
-    return columns
 
 
 def _trial_frame(trial_dir: Path, exp_dir: Path) -> pd.DataFrame:
