@@ -198,12 +198,15 @@ def run_study(request: Any, study: Study, directory: Path) -> int:
     checked from scratch, and their snapshot names predicted), then run the stages in order."""
     from selfstudy.experiment import check_variants, expand
 
+    variants_of: dict[str, list[dict[str, Any]]] = {}
     for stage in study.stages:
         if request.checkpoint_at_end:
             stage.config.checkpoint_at_end = True
         space = stage_space(request, stage, None)
-        variants = expand(space, stage.config.num_samples)
+        variants = variants_of[stage.name] = expand(space, stage.config.num_samples)
         check_variants(variants)
+        if stage.pretrained_from:
+            check_backbones(stage, variants_of[stage.pretrained_from], variants)
         if stage.name in study.sources():
             snapshot_names(stage, variants)
             if not stage.config.checkpoint_at_end:
@@ -215,6 +218,29 @@ def run_study(request: Any, study: Study, directory: Path) -> int:
               "stages": [stage.name for stage in study.stages], "completed": []}
     folders.write_json(directory / folders.EXPERIMENT_FILE, record)
     return run_stages(request, study, directory, record)
+
+
+def backbone_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The backbone's layer shapes that `config` builds (on the meta device: no memory, no data)."""
+    import torch
+
+    from selfstudy.trial import build_parts
+
+    model = build_parts(config, torch.device("meta")).model
+    return {name: tuple(value.shape) for name, value in model.state_dict().items() if name.startswith("backbone.")}
+
+
+def check_backbones(stage: Stage, sources: list[dict[str, Any]], variants: list[dict[str, Any]]) -> None:
+    """Every trial of `stage` builds the backbone its source stage's trials train: else its pretrained
+    trials would all fail, after the source stage ran."""
+    wanted = backbone_shapes(sources[0])
+    for config in sources[1:2] + variants:
+        shapes = backbone_shapes(config)
+        for name in dict.fromkeys([*wanted, *shapes]):  # in the model's order: the first layer that differs
+            if wanted.get(name) != shapes.get(name):
+                raise UserError(f"stage '{stage.name}' builds backbone layer {name} as {shapes.get(name)}, but stage "
+                                f"'{stage.pretrained_from}' trains it as {wanted.get(name)}: give both stages the same "
+                                "backbone settings (init_resnet.choice, ResNet.*)")
 
 
 def resume_study(request: Any, directory: Path, record: dict[str, Any]) -> int:

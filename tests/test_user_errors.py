@@ -168,6 +168,9 @@ CASES = [
         '"metric": "valid_loss", "mode": "min"}]')),
     Case([], "would select epochs and trials on the test split", study(
         "test_metric", f'metric = "test_accuracy"\nstages = [{PRETRAIN}]')),
+    Case([], "stage 'transfer' builds backbone layer backbone.prep.0.weight as (8, 3, 3, 3), but stage 'pretrain' trains "
+             "it as", study("backbone_mismatch", f'stages = [{PRETRAIN}, {{"name": "transfer", "pretrained_from": '
+                                                 '"pretrain", "search_space": {"ResNet.width": 8}}]')),
     Case([], "two stages are named 'pretrain'", study("same_name", f"stages = [{PRETRAIN}, {PRETRAIN}]")),
     Case([], "unknown key 'source'", study("unknown_key",
         f'stages = [{PRETRAIN}, {{"name": "transfer", "source": "pretrain", "search_space": {{}}}}]')),
