@@ -14,8 +14,9 @@ from conftest import TINY, make_fake_cifar
 from selfstudy.config import available_gin_configs, split_binding
 from selfstudy.data import hdf5
 from selfstudy.data.syn import render_split
-from selfstudy.experiment import Request, expand, param_space
-from selfstudy.rayconfig import available_ray_configs, load_ray_config
+from selfstudy.experiment import Request, check_variants, expand, param_space
+from selfstudy.rayconfig import available_ray_configs, config_path, import_config, load_ray_config
+from selfstudy.study import is_study, load_study
 from selfstudy.render import STANDARD_CODES
 from selfstudy.tasks import TASKS
 from selfstudy.trial import Trial, check_trial
@@ -86,12 +87,18 @@ def test_gin_config_builds_and_trains(name: str, with_cifar: Path, tmp_path: Pat
 
 @pytest.mark.parametrize("name", available_ray_configs())
 def test_ray_config_expands_to_valid_trials(name: str, with_cifar: Path) -> None:
-    ray_config = load_ray_config(name)
-    tiny = ["ResNet.width = 4", "BaseDataset.num_valid = 64", "MoCoTask.queue_size = 32"]
-    variants = expand(param_space(Request(gin_params=tiny), ray_config))
-    assert variants
-    for config in variants:
-        check_trial(config)
+    """Every variant of every shipped Ray config (of every stage of a study) builds."""
+    path = config_path(name)
+    module = import_config(path)
+    configs = [stage.config for stage in load_study(path, module).stages] if is_study(module) \
+        else [load_ray_config(name)]
+    for ray_config in configs:
+        tiny = [binding for binding in ("ResNet.width = 4", "BaseDataset.num_valid = 64", "MoCoTask.queue_size = 32")
+                if split_binding(binding)[0] not in ray_config.search_space]
+        variants = expand(param_space(Request(gin_params=tiny), ray_config))
+        assert variants
+        budget = "BaseDataset.semisupervised"  # the tiny sets rendered here hold fewer images than real budgets
+        check_variants([{**c, budget: min(c[budget], 20)} if c.get(budget) else c for c in variants])
 
 
 def test_grid_search_derives_batch_size_from_budget() -> None:
