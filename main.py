@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   python main.py -r grid_search                     sweep of the Ray config config/grid_search.py
   python main.py -r hparam_search                   Optuna proposes, ASHA stops trials early
   python main.py -r headline -e headline            a study: pretraining, then transfer at label budgets
+                                                    (render its data first: see config/headline.py)
   python main.py -l                                 in this process, no Ray workers (debugging)
   python main.py -p 'Wrapper.pretrained = "pretrain-rotate/xlg0010"'
   python main.py -p 'session.test_iters = -1'       also evaluate the test split

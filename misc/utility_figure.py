@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             table = vis.summary(trials)
         except ValueError as err:  # e.g. no scratch trials to compare with
+            for warning in {str(w.message) for w in caught}:  # they say why trials were left out
+                print(f"warning: {warning}", file=sys.stderr)
             print(f"error: stage '{args.stage}' of '{args.exp_id}': {first_line(err)}", file=sys.stderr)
             return 2
         if args.output:

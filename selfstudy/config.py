@@ -112,7 +112,8 @@ def bind_trial(config: dict[str, Any]) -> None:
         raise UserError(f"gin config: a value is cut short (an unclosed bracket or quote?); check the bindings in "
                         f"{', '.join(names)} and -p, e.g. -p 'dataloader.batch_size = 128'") from None
     except (ValueError, SyntaxError, OSError, TypeError) as err:
-        raise UserError(f"gin config: {first_line(err)}; check the binding names in {', '.join(names)} and -p") from None
+        raise UserError(f"gin config: {first_line(err).rstrip('.')}; check the binding names in {', '.join(names)}, "
+                        "the Ray config's search space and -p") from None
 
 
 def first_line(err: BaseException) -> str:

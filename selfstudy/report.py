@@ -40,4 +40,10 @@ def finish(directory: Path, exp_id: str) -> int:
 
 
 def interrupted_hint(exp_id: str) -> str:
-    return f"interrupted; continue with `python main.py -e {exp_id} --resume`"
+    return f"interrupted; continue with `{resume_command(exp_id)}`"
+
+
+def resume_command(exp_id: str) -> str:
+    """The command that continues experiment `exp_id` the way it was started (with -l if it ran in-process)."""
+    record = folders.read_experiment(folders.exp_dir(exp_id)) or {}
+    return f"python main.py -e {exp_id} --resume{' -l' if record.get('local') else ''}"

@@ -38,7 +38,7 @@ from types import ModuleType
 from typing import Any
 
 from selfstudy import folders
-from selfstudy.config import config_columns
+from selfstudy.config import config_columns, first_line
 from selfstudy.errors import UserError
 from selfstudy.rayconfig import RayConfig, make_ray_config
 
@@ -82,7 +82,10 @@ def load_study(path: Path, module: ModuleType) -> Study:
         raise UserError(f"{where}: stages must be a non-empty list of dicts, e.g. "
                         "[{'name': 'pretrain', 'search_space': {...}}]")
     allowed = [f.name for f in fields(RayConfig) if f.name != "name"]
-    defaults = {key: getattr(module, key) for key in allowed if key != "search_space" and hasattr(module, key)}
+    defaults = {key: getattr(module, key) for key in allowed if hasattr(module, key)}
+    shared_space = defaults.pop("search_space", {})
+    if not isinstance(shared_space, dict):
+        raise UserError(f"{where}: search_space at the top of a study must be a dict (every stage's defaults)")
     stages: list[Stage] = []
     for index, entry in enumerate(entries):
         name = entry.get("name")
@@ -96,6 +99,8 @@ def load_study(path: Path, module: ModuleType) -> Study:
         if unknown:
             raise UserError(f"{here}: unknown key '{unknown[0]}'; a stage takes {', '.join(STAGE_KEYS + tuple(allowed))}")
         values = {**copy.deepcopy(defaults), **{k: v for k, v in entry.items() if k in allowed}}  # a scheduler each
+        if isinstance(values.get("search_space"), dict):
+            values["search_space"] = {**shared_space, **values["search_space"]}
         config = make_ray_config(name, values, here)
         stage = Stage(config, entry.get("pretrained_from"), entry.get("scratch", True), entry.get("snapshot_name"))
         check_stage(stage, stages, here)
@@ -204,10 +209,13 @@ def run_study(request: Any, study: Study, directory: Path) -> int:
             stage.config.checkpoint_at_end = True
         space = stage_space(request, stage, None)
         variants = variants_of[stage.name] = expand(space, stage.config.num_samples)
-        check_variants(variants)
+        try:
+            check_variants(variants)
+        except UserError as err:
+            raise UserError(f"study {study.path.name}, stage '{stage.name}': {first_line(err)}") from None
         if stage.pretrained_from:
             check_backbones(stage, variants_of[stage.pretrained_from], variants)
-        if stage.name in study.sources():
+        if stage.name in study.sources() or stage.snapshot_name:
             snapshot_names(stage, variants)
             if not stage.config.checkpoint_at_end:
                 raise UserError(f"study {study.path}: stage '{stage.name}' feeds a later stage, so its trials must "
@@ -271,10 +279,11 @@ def run_stages(request: Any, study: Study, directory: Path, record: dict[str, An
     import shutil
 
     from selfstudy.experiment import check_variants, expand, launch, resume_in
-    from selfstudy.report import finish
+    from selfstudy.report import finish, resume_command
 
     for stage in study.stages:
         if stage.name in record["completed"]:
+            print(f"stage '{stage.name}' of study '{request.exp_id}' completed earlier: not run again")
             continue
         stage_dir = directory / stage.name
         stage_record = folders.read_experiment(stage_dir) if stage_dir.is_dir() else None
@@ -297,7 +306,7 @@ def run_stages(request: Any, study: Study, directory: Path, record: dict[str, An
         if code:
             if code == 1:
                 print(f"stage '{stage.name}' of study '{request.exp_id}' did not complete, so later stages have not "
-                      f"run: fix the failures, then `python main.py -e {request.exp_id} --resume` reruns them",
+                      f"run: fix the failures, then `{resume_command(request.exp_id)}` reruns them",
                       file=sys.stderr)
             return code
         if stage.name in study.sources():

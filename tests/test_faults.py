@@ -100,7 +100,7 @@ def test_ctrl_c_exits_130_with_the_resume_hint_and_resume_finishes(workspace: Wo
         os.kill(process.pid, signal.SIGINT)
         output, _ = process.communicate(timeout=120)
         assert process.returncode == 130, output
-        assert f"interrupted; continue with `python main.py -e {name} --resume`" in output
+        assert f"interrupted; continue with `python main.py -e {name} --resume{' -l' if local else ''}`" in output
         assert "Traceback" not in output and "Tuner.restore" not in output  # our hint, not Tune's
         assert vis.load_experiment(name)["status"].tolist() == ["running"]
 

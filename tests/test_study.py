@@ -201,7 +201,7 @@ def test_tensorboard_shows_every_epoch_of_in_process_trials(workspace: Workspace
     assert [value for _, value in shown] == pytest.approx(history["valid_accuracy"].tolist())
 
 
-def test_each_stage_gets_its_own_scheduler(tmp_path: Path) -> None:
+def test_each_stage_gets_its_own_scheduler_and_the_shared_search_space(tmp_path: Path) -> None:
     """A scheduler set at the top of a study is every stage's default, but not one shared object:
     Tune binds a scheduler to one experiment's metric."""
     from selfstudy.rayconfig import import_config
@@ -210,8 +210,13 @@ def test_each_stage_gets_its_own_scheduler(tmp_path: Path) -> None:
     path = write_ray_config(tmp_path, """
 from ray.tune.schedulers import ASHAScheduler
 scheduler = ASHAScheduler()
-stages = [{"name": "a", "search_space": {}}, {"name": "b", "search_space": {}, "pretrained_from": "a"}]
+search_space = {"ResNet.width": 4, "BaseDataset.num_valid": 64}
+stages = [{"name": "a", "search_space": {}},
+          {"name": "b", "search_space": {"ResNet.width": 8}, "pretrained_from": "a"}]
 """)
     first, second = load_study(path, import_config(path)).stages
     assert type(first.config.scheduler) is type(second.config.scheduler)
     assert first.config.scheduler is not second.config.scheduler
+    # the top's search_space is every stage's default; a stage's own entries win
+    assert first.config.search_space == {"ResNet.width": 4, "BaseDataset.num_valid": 64}
+    assert second.config.search_space == {"ResNet.width": 8, "BaseDataset.num_valid": 64}

@@ -190,7 +190,8 @@ def budget_keys(path: Path, rows: np.ndarray, chunk_size: int) -> np.ndarray:
 def balanced_subset(targets: np.ndarray, budget: int, name: str) -> np.ndarray:
     """Positions of `budget` images, as equal per class as possible (sorted)."""
     if budget > len(targets):
-        raise UserError(f"BaseDataset.semisupervised = {budget} exceeds the {len(targets)} training images of {name}")
+        raise UserError(f"BaseDataset.semisupervised = {budget} exceeds the {len(targets)} training images of {name}: "
+                        "lower the budget (or BaseDataset.num_valid, which holds images out of training)")
     rng = np.random.default_rng(SPLIT_SEED)
     by_class = [rng.permutation(np.flatnonzero(targets == c)) for c in np.unique(targets)]
     picked: list[int] = []

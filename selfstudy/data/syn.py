@@ -71,5 +71,6 @@ def SynDataset(dataset_choice: str = "0000") -> DatasetFiles:  # noqa: N802  (th
     if not (folder / "train.h5").exists() or not (folder / "test.h5").exists():
         code = dataset_choice if len(str(dataset_choice)) == 4 else "<TCVL digits>"
         raise UserError(f"synthetic set '{dataset_choice}' is not rendered in {folder}: run "
-                        f"python misc/render_syn.py --code {code} --n 20000 --res 32 -o {dataset_choice}")
+                        f"python misc/render_syn.py --code {code} --n 20000 --res 32 -o {dataset_choice} (20000 images is the "
+                        "standard size; a config that names its own, e.g. config/headline.py, says so)")
     return DatasetFiles.open(f"SynDataset({dataset_choice})", folder / "train.h5", folder / "test.h5")
