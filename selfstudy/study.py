@@ -217,9 +217,9 @@ def run_study(request: Any, study: Study, directory: Path) -> int:
             check_backbones(stage, variants_of[stage.pretrained_from], variants)
         if stage.name in study.sources() or stage.snapshot_name:
             snapshot_names(stage, variants)
-            if not stage.config.checkpoint_at_end:
-                raise UserError(f"study {study.path}: stage '{stage.name}' feeds a later stage, so its trials must "
-                                "checkpoint at their end: set checkpoint_at_end = True")
+        if stage.name in study.sources() and not stage.config.checkpoint_at_end:
+            raise UserError(f"study {study.path}: stage '{stage.name}' feeds a later stage, so its trials must "
+                            "checkpoint at their end: set checkpoint_at_end = True")
     record = {"ray_config": str(study.path), "study": study.name, "module_sha256": module_hash(study.path),
               "local": request.local, "gin_config": request.gin_config, "gin_params": request.gin_params,
               "checkpoint_at_end": request.checkpoint_at_end,
