@@ -12,6 +12,7 @@ A flip also mirrors the per-image labels it changes (`MIRRORED_LABELS`: the pose
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
 
@@ -237,3 +238,18 @@ def augment_options(color_jitter: float = 0.0, grayscale: float = 0.0, flip: boo
         if unknown:
             raise UserError(f"augment.do_augment names unknown splits {sorted(unknown)}; use train, valid, test")
     return Augment(color_jitter, grayscale, flip, crop, cutout, resized_crop, blur, transform_targets, splits)
+
+
+JITTER_2020, GRAYSCALE_2020 = 0.4, 0.2  # the strengths a 2020 config's `= True` switched on
+
+
+def for_resolution(augment: Augment, resolution: int) -> Augment:
+    """The 2020 meaning of boolean options, at this image size: one rule, a bool is the 2020
+    default and a number our setting. `crop = True`: res // 8 pixels of padding; `cutout = True`:
+    a res // 4 square; `color_jitter = True`: strength 0.4; `grayscale = True`: probability 0.2;
+    False turns each off."""
+    defaults = {"crop": resolution // 8, "cutout": resolution // 4, "color_jitter": JITTER_2020,
+                "grayscale": GRAYSCALE_2020}
+    changes = {name: (value if getattr(augment, name) else 0) for name, value in defaults.items()
+               if isinstance(getattr(augment, name), bool)}
+    return dataclasses.replace(augment, **changes) if changes else augment

@@ -60,7 +60,8 @@ class Schedule:
         if not self.milestones or len(self.milestones) != len(self.target_lrs):
             raise UserError(
                 f"scheduler.milestones {list(self.milestones)} and scheduler.target_lrs "
-                f"{list(self.target_lrs)} need the same, non-zero length"
+                f"{list(self.target_lrs)} need the same, non-zero length (or one more learning rate, the first "
+                "being the one at epoch 0, as in 2020 configs)"
             )
         if any(b <= a for a, b in zip((0,) + self.milestones, self.milestones)):
             raise UserError(f"scheduler.milestones {list(self.milestones)} must be positive and increasing epochs")
@@ -94,10 +95,13 @@ def build_schedule(
     exp_factor: float = 1.0,
     scale: float = 1.0,
 ) -> Schedule:
-    """The schedule of `scheduler.{milestones (epochs), target_lrs, exp_factor, scale}`. `scale`
+    """The schedule of `scheduler.{milestones (epochs), target_lrs, exp_factor, scale}`. A `target_lrs`
+    one longer than `milestones` (the 2020 form) starts at its first entry instead of `optimizer.lr`. `scale`
     multiplies every learning rate of the schedule (`optimizer.lr` too): one number a
     hyperparameter search can tune."""
     if not scale > 0:
         raise UserError(f"scheduler.scale must be positive, got {scale}")
+    if len(target_lrs) == len(milestones) + 1:  # the 2020 form: the first entry is the learning rate at epoch 0
+        base_lr, target_lrs = target_lrs[0], target_lrs[1:]
     return Schedule(base_lr * scale, tuple(milestones), tuple(lr * scale for lr in target_lrs), steps_per_epoch,
                     exp_factor)

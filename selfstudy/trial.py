@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import paths
-from selfstudy.augment import Augment, augment_options
+from selfstudy.augment import Augment, augment_options, for_resolution
 from selfstudy.checkpoint import load_snapshot, resolve_snapshot, rng_state, save_snapshot, set_rng_state
 from selfstudy.config import bind_trial
 from selfstudy.data import (Batch, DatasetFiles, DividedSplit, ResidentSplit, batch_size_option, build_dataset,
@@ -60,7 +60,7 @@ def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
     settings = session_settings()
     dataset = build_dataset(settings.dataset)
     options = data_options()
-    augment = augment_options()
+    augment = for_resolution(augment_options(), dataset.resolution(options))
     task = build_task(settings.task)
     with torch.device(device):
         classes = dataset.num_classes + (1 if dataset.train.target_shape else 0)  # dense maps: 0 is background

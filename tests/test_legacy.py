@@ -1,0 +1,43 @@
+"""2020 values keep their 2020 meaning: one rule per setting (issue 13, first part)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from selfstudy.augment import Augment, for_resolution
+from selfstudy.errors import UserError
+from selfstudy.optim import build_schedule
+from selfstudy.trial import build_parts
+
+
+def test_target_lrs_one_longer_than_milestones_starts_at_its_first_entry() -> None:
+    """`target_lrs = [0, .01, 1e-6]` with `milestones = [5, 25]`: 0 at epoch 0, 0.01 at 5, 1e-6 at 25."""
+    schedule = build_schedule(0.5, 10, milestones=[5, 25], target_lrs=[0.0, 0.01, 1e-6])
+    assert schedule.lr(0) == 0.0  # not optimizer.lr (0.5)
+    assert schedule.lr(25) == pytest.approx(0.005)  # half-way to epoch 5
+    assert schedule.lr(50) == pytest.approx(0.01)
+    assert schedule.lr(250) == pytest.approx(1e-6)
+    assert schedule.num_epochs == 25
+    ours = build_schedule(0.5, 10, milestones=[5, 25], target_lrs=[0.01, 1e-6])
+    assert ours.lr(0) == 0.5 and ours.lr(50) == pytest.approx(0.01)
+    with pytest.raises(UserError, match="one more learning rate"):
+        build_schedule(0.5, 10, milestones=[5, 25], target_lrs=[0.0, 0.01, 1e-6, 0.0])
+
+
+def test_a_bool_means_the_2020_default_and_a_number_our_setting() -> None:
+    on = for_resolution(Augment(color_jitter=True, grayscale=True, crop=True, cutout=True), 32)
+    assert (on.crop, on.cutout, on.color_jitter, on.grayscale) == (4, 8, 0.4, 0.2)
+    off = for_resolution(Augment(color_jitter=False, grayscale=False, crop=False, cutout=False), 32)
+    assert (off.crop, off.cutout, off.color_jitter, off.grayscale) == (0, 0, 0, 0)
+    numbers = for_resolution(Augment(color_jitter=0.8, grayscale=0.5, crop=1, cutout=3), 64)
+    assert (numbers.crop, numbers.cutout, numbers.color_jitter, numbers.grayscale) == (1, 3, 0.8, 0.5)
+    assert for_resolution(Augment(crop=True), 64).crop == 8  # res // 8 of the images the trial sees
+
+
+def test_2020_augment_booleans_through_gin() -> None:
+    params = {"augment.crop": "True", "augment.cutout": "True", "augment.color_jitter": "False"}
+    parts = build_parts({"gin_config": ["digits/r9/classify"], "gin_params": params}, torch.device("meta"))
+    resolution = parts.dataset.resolution(parts.options)
+    assert (parts.augment.crop, parts.augment.cutout) == (resolution // 8, resolution // 4)
+    assert parts.augment.color_jitter == 0
