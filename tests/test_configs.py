@@ -75,13 +75,17 @@ def test_every_registered_task_has_a_shipped_config() -> None:
 
 
 @pytest.mark.parametrize("name", available_gin_configs())
-def test_gin_config_builds_and_trains(name: str, with_cifar: Path, tmp_path: Path) -> None:
-    config = {"gin_config": [name], "seed": 0, "gin_params": dict(split_binding(b) for b in QUICK)}
+def test_gin_config_builds_and_trains_three_epochs(name: str, with_cifar: Path, tmp_path: Path) -> None:
+    own_schedule = [b for b in QUICK if not b.startswith("scheduler.")]  # each config's learning rates
+    config = {"gin_config": [name], "seed": 0, "gin_params": dict(split_binding(b) for b in own_schedule)}
     check_trial(config)
     trial = Trial(config, tmp_path / "trial")
     metrics = trial.run_epoch()
     assert trial.step == 2 and metrics["epoch"] == 1
     assert {"train_loss", "valid_loss", "test_loss"} <= set(metrics)
+    for _ in range(2):  # three epochs without NaN or overflow (run_epoch refuses a non-finite loss)
+        metrics = trial.run_epoch()
+    assert all(np.isfinite(value) for name, value in metrics.items() if name.endswith("loss"))
     assert "session.train_iters = 2" in (tmp_path / "trial" / "operative_config.gin").read_text()
 
 
