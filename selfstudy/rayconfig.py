@@ -23,7 +23,9 @@ scratch) unless `scratch = False`; see `selfstudy.study`.
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import ModuleType
@@ -55,6 +57,32 @@ def available_ray_configs() -> list[str]:
     return sorted(p.stem for p in paths.CONFIG_DIR.glob("*.py") if not p.name.startswith("_"))
 
 
+RENAMED_MODULES = {"ray.tune.suggest": "ray.tune.search"}  # Ray 0.8's module paths -> Ray 2.60's
+
+
+class _RenamedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports of Ray 0.8 module paths (in 2020 Ray configs) load their Ray 2.60 successors."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        for old, new in RENAMED_MODULES.items():
+            if name == old or name.startswith(old + "."):
+                successor = new + name[len(old):]
+                print(f"note: {name} is {successor} in Ray 2.60: imported from there", file=sys.stderr)
+                return importlib.util.spec_from_loader(name, self)
+        return None
+
+    def create_module(self, spec: Any) -> ModuleType:
+        old = next(o for o in RENAMED_MODULES if spec.name == o or spec.name.startswith(o + "."))
+        return importlib.import_module(RENAMED_MODULES[old] + spec.name[len(old):])
+
+    def exec_module(self, module: ModuleType) -> None:
+        pass
+
+
+if not any(isinstance(finder, _RenamedModules) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _RenamedModules())  # first: else the old path loads a second copy of the module
+
+
 def import_config(path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"selfstudy_ray_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
@@ -72,7 +100,38 @@ def load_ray_config(name: str) -> RayConfig:
     if hasattr(module, "stages"):
         raise UserError(f"{path} is a study (it defines stages): load it with selfstudy.study.load_study")
     values = {f.name: getattr(module, f.name) for f in fields(RayConfig) if hasattr(module, f.name)}
+    if isinstance(getattr(module, "exp_args", None), dict) and "search_space" not in values:
+        values.update(from_exp_args(module.exp_args, path))
     return make_ray_config(path.stem, values, f"Ray config {path}")
+
+
+# A 2020 Ray config's `exp_args` (tune.run's keywords) -> our settings; keywords whose job is done another way.
+EXP_ARGS = {"config": "search_space", "num_samples": "num_samples", "checkpoint_freq": "checkpoint_frequency",
+            "checkpoint_at_end": "checkpoint_at_end", "keep_checkpoints_num": "keep_checkpoints",
+            "max_failures": "max_failures", "resources_per_trial": "resources_per_trial", "search_alg": "search_alg",
+            "scheduler": "scheduler", "metric": "metric", "mode": "mode"}
+EXP_ARGS_DONE_ELSEWHERE = {
+    "stop": "a trial ends at the last of scheduler.milestones",
+    "resume": "python main.py -e <exp> --resume continues an experiment",
+    "verbose": "-q prints only the final results",
+    "local_dir": "results go to EXP_DIR (SELFSTUDY_EXP_DIR)",
+    "name": "-e names the experiment",
+}
+
+
+def from_exp_args(exp_args: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The settings of a 2020 Ray config's `exp_args`; one note per keyword whose job is done another way."""
+    values = {}
+    for key, value in exp_args.items():
+        if key in EXP_ARGS:
+            values[EXP_ARGS[key]] = value
+        elif key in EXP_ARGS_DONE_ELSEWHERE:
+            print(f"note: {path.name}: exp_args['{key}'] is not used: {EXP_ARGS_DONE_ELSEWHERE[key]}", file=sys.stderr)
+        else:
+            known = ", ".join(sorted([*EXP_ARGS, *EXP_ARGS_DONE_ELSEWHERE]))
+            raise UserError(f"Ray config {path}: exp_args['{key}'] is not a setting selfstudy knows; use one of {known}")
+    values.setdefault("search_space", {})
+    return values
 
 
 def config_path(name: str) -> Path:
@@ -88,7 +147,8 @@ def config_path(name: str) -> Path:
 def make_ray_config(name: str, values: dict[str, Any], where: str) -> RayConfig:
     """A checked `RayConfig` from a module's (or a study stage's) settings; `where` names it in errors."""
     if not isinstance(values.get("search_space"), dict):
-        raise UserError(f"{where} must define search_space = {{...}} (a dict; {{}} for a single run)")
+        raise UserError(f"{where} must define search_space = {{...}} (a dict; {{}} for a single run), or a 2020 "
+                        "exp_args = {'config': {...}, ...}")
     config = RayConfig(name=name, **values)
     check_keys(config.search_space)
     counts = {"num_samples": 1, "checkpoint_frequency": 0, "keep_checkpoints": 1, "max_failures": 0,

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from conftest import TINY, Workspace, write_ray_config
 from selfstudy.augment import Augment, for_resolution
 from selfstudy.errors import UserError
 from selfstudy.optim import build_schedule
+from selfstudy.rayconfig import load_ray_config
 from selfstudy.trial import build_parts
+from util import vis
 
 
 def test_target_lrs_one_longer_than_milestones_starts_at_its_first_entry() -> None:
@@ -41,3 +46,48 @@ def test_2020_augment_booleans_through_gin() -> None:
     resolution = parts.dataset.resolution(parts.options)
     assert (parts.augment.crop, parts.augment.cutout) == (resolution // 8, resolution // 4)
     assert parts.augment.color_jitter == 0
+
+
+EXP_ARGS_GRID = """
+from ray import tune
+from ray.tune.suggest.basic_variant import BasicVariantGenerator  # Ray 0.8's module path
+
+exp_args = {
+    "stop": {"training_iteration": 2},
+    "resume": False,
+    "verbose": 1,
+    "checkpoint_freq": 1,
+    "checkpoint_at_end": True,
+    "num_samples": 1,
+    "resources_per_trial": {"cpu": 1},
+    "search_alg": BasicVariantGenerator(),
+    "config": {"BaseDataset.semisupervised": tune.grid_search([60, 120])},
+}
+"""
+
+
+def test_a_2020_exp_args_config_loads_with_one_note_per_keyword_done_elsewhere(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    config = load_ray_config(str(write_ray_config(tmp_path, EXP_ARGS_GRID)))
+    assert config.search_space["BaseDataset.semisupervised"] == {"grid_search": [60, 120]}
+    assert (config.checkpoint_frequency, config.checkpoint_at_end, config.num_samples) == (1, True, 1)
+    assert config.resources_per_trial == {"cpu": 1}
+    assert isinstance(config.search_alg, BasicVariantGenerator)
+    notes = capsys.readouterr().err.splitlines()
+    assert any("ray.tune.suggest.basic_variant is ray.tune.search.basic_variant" in line for line in notes)
+    for key in ("stop", "resume", "verbose"):
+        assert sum(f"exp_args['{key}'] is not used" in line for line in notes) == 1, key
+    write_ray_config(tmp_path, 'exp_args = {"config": {}, "trial_executor": None}\n')
+    with pytest.raises(UserError, match="exp_args\\['trial_executor'\\] is not a setting"):
+        load_ray_config(str(tmp_path / "sweep_config.py"))
+
+
+def test_a_2020_exp_args_sweep_runs_unchanged(workspace: Workspace, tmp_path: Path) -> None:
+    config = write_ray_config(tmp_path, EXP_ARGS_GRID)
+    done = workspace.run("-e", "legacy", "-l", "-q", "-r", str(config), "-p", *TINY)
+    assert done.returncode == 0, done.stdout + done.stderr
+    frame = vis.load_experiment("legacy")
+    assert sorted(frame["BaseDataset.semisupervised"]) == [60, 120] and (frame["status"] == "finished").all()
+    assert "note: ray.tune.suggest.basic_variant is ray.tune.search.basic_variant" in done.stderr
