@@ -20,6 +20,7 @@ import paths
 from selfstudy import folders
 from selfstudy.config import DEFAULT_GIN_CONFIG, resolve_gin_file, split_binding
 from selfstudy.errors import UserError
+from selfstudy.legacy import print_notes
 from selfstudy.cluster import cluster_resources, start_ray
 from selfstudy.rayconfig import RayConfig, config_path, import_config, load_ray_config
 from selfstudy.report import finish
@@ -82,6 +83,7 @@ def check_variants(variants: list[dict[str, Any]]) -> None:
         if key not in seen:
             seen.add(key)
             check_trial(config)
+    print_notes()
 
 
 def per_trial(cpus: int, gpus: int) -> dict[str, float]:

@@ -12,6 +12,7 @@ import torch
 
 from selfstudy.data import DatasetFiles
 from selfstudy.errors import UserError
+from selfstudy.legacy import note
 from selfstudy.tasks import Task
 
 
@@ -35,7 +36,8 @@ TEST_WHEN = ("epoch", "best")
 def session_settings(task: str | Task = "ClassifyTask", dataset: str | DatasetFiles = "DigitsDataset",
                      train_iters: int = -1, valid_iters: int = -1, test_iters: int = 0,
                      restore_session: str | None = None, deterministic: bool = False,
-                     precision: str = "auto", test_when: str = "epoch") -> SessionSettings:
+                     precision: str = "auto", test_when: str = "epoch", use_apex: bool | None = None,
+                     keep_bn_f32: bool | None = None) -> SessionSettings:
     """`session.*`. `*_iters`: batches per epoch, -1 a full pass, 0 skips the split.
     `test_when` (with test_iters != 0): 'epoch' tests after every epoch; 'best' keeps the
     weights of the epoch with the best validation metric and tests them once, after the last
@@ -47,6 +49,10 @@ def session_settings(task: str | Task = "ClassifyTask", dataset: str | DatasetFi
     for name, value in (("train_iters", train_iters), ("valid_iters", valid_iters), ("test_iters", test_iters)):
         if not isinstance(value, int) or value < -1:
             raise UserError(f"session.{name} must be -1 (full pass), 0 (skip) or a number of batches, got {value!r}")
+    if use_apex is not None:
+        note("session.use_apex is not used: mixed precision is torch's autocast (session.precision)")
+    if keep_bn_f32 is not None:
+        note("session.keep_bn_f32 is not used: autocast keeps BatchNorm in float32 by itself")
     if test_when not in TEST_WHEN:
         raise UserError(f"session.test_when = {test_when!r}: choose 'epoch' (test every epoch) or 'best' (test the "
                         "best validation epoch's weights once, at the end)")

@@ -91,3 +91,16 @@ def test_a_2020_exp_args_sweep_runs_unchanged(workspace: Workspace, tmp_path: Pa
     frame = vis.load_experiment("legacy")
     assert sorted(frame["BaseDataset.semisupervised"]) == [60, 120] and (frame["status"] == "finished").all()
     assert "note: ray.tune.suggest.basic_variant is ray.tune.search.basic_variant" in done.stderr
+
+
+def test_2020_settings_without_a_job_are_accepted_with_one_note_each(workspace: Workspace, tmp_path: Path) -> None:
+    config = write_ray_config(tmp_path, 'from ray import tune\n'
+                                        'search_space = {"BaseDataset.semisupervised": tune.grid_search([60, 120])}\n')
+    done = workspace.run("-e", "apex", "-l", "-q", "-r", str(config), "-p", *TINY, "session.use_apex = True",
+                         "session.keep_bn_f32 = True", "BaseDataset.remote_loading = True")
+    assert done.returncode == 0, done.stdout + done.stderr
+    notes = [line for line in done.stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 3, done.stderr  # once each, though two trials were checked and ran
+    assert any(line.startswith("note: session.use_apex is not used") for line in notes)
+    assert any(line.startswith("note: BaseDataset.remote_loading is not used") for line in notes)
+    assert (vis.load_experiment("apex")["status"] == "finished").all()

@@ -21,6 +21,7 @@ import paths
 from selfstudy.data import hdf5
 from selfstudy.data.splits import DividedSplit, Placement, ResidentSplit
 from selfstudy.errors import UserError
+from selfstudy.legacy import note
 from selfstudy.render import pose_label
 
 SPLIT_SEED = 0  # fixes the valid split and label subsets across trials
@@ -41,7 +42,8 @@ class DataOptions:
 @gin.configurable("BaseDataset")
 def data_options(input_res: int | None = None, max_images: int | None = None, chunk_size: int = 1024,
                  use_fp16: bool = True, semisupervised: int | None = None, num_valid: int | None = None,
-                 double_sample: bool = False, predict_pose: bool = False) -> DataOptions:
+                 double_sample: bool = False, predict_pose: bool = False,
+                 remote_loading: bool | None = None) -> DataOptions:
     """`BaseDataset.*`.
 
     input_res       resolution in pixels (None keeps the stored one)
@@ -56,6 +58,9 @@ def data_options(input_res: int | None = None, max_images: int | None = None, ch
     predict_pose    every batch carries a 5-way pose label from the dataset's rot_mat (top view,
                     or the azimuth quadrant; see selfstudy.render.pose_label)
     """
+    if remote_loading is not None:
+        note("BaseDataset.remote_loading is not used: a split larger than BaseDataset.max_images is read in "
+             "divisions in the background")
     for name, value in (("input_res", input_res), ("semisupervised", semisupervised), ("num_valid", num_valid)):
         if value is not None and (not isinstance(value, int) or value < 0):
             raise UserError(f"BaseDataset.{name} must be a non-negative integer or None, got {value!r}")
