@@ -22,7 +22,7 @@ from selfstudy.config import DEFAULT_GIN_CONFIG, resolve_gin_file, split_binding
 from selfstudy.errors import UserError
 from selfstudy.legacy import print_notes
 from selfstudy.cluster import cluster_resources, start_ray
-from selfstudy.rayconfig import RayConfig, config_path, import_config, load_ray_config
+from selfstudy.rayconfig import RayConfig, config_path, import_config, load_ray_config, ray_config_of
 from selfstudy.report import finish
 from selfstudy.study import is_study, load_study
 
@@ -128,7 +128,7 @@ def run(request: Request) -> int:
         from selfstudy.study import run_study
 
         return run_study(request, load_study(path, module), directory)
-    ray_config = load_ray_config(request.ray_config)
+    ray_config = ray_config_of(path, module)
     if request.checkpoint_at_end:
         ray_config.checkpoint_at_end = True
     space = param_space(request, ray_config)

@@ -54,6 +54,11 @@ def check_exp_id(exp_id: str) -> str:
     return exp_id
 
 
+def is_folder_name(name: str) -> bool:
+    """A plain folder name: letters, digits and . _ + -, not starting with a dot."""
+    return bool(_EXP_ID.match(name))
+
+
 def exp_dir(exp_id: str) -> Path:
     """EXP_DIR/<exp_id>, after checking the name."""
     return paths.EXP_DIR / check_exp_id(exp_id)

@@ -96,7 +96,11 @@ def import_config(path: Path) -> ModuleType:
 def load_ray_config(name: str) -> RayConfig:
     """The Ray config `name`: a module of `config/` (without .py) or a path to a .py file."""
     path = config_path(name)
-    module = import_config(path)
+    return ray_config_of(path, import_config(path))
+
+
+def ray_config_of(path: Path, module: ModuleType) -> RayConfig:
+    """The checked settings of Ray config module `module` (read from `path`)."""
     if hasattr(module, "stages"):
         raise UserError(f"{path} is a study (it defines stages): load it with selfstudy.study.load_study")
     values = {f.name: getattr(module, f.name) for f in fields(RayConfig) if hasattr(module, f.name)}

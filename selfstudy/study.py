@@ -44,7 +44,6 @@ from selfstudy.rayconfig import RayConfig, make_ray_config
 
 STAGE_KEYS = ("name", "pretrained_from", "scratch", "snapshot_name")
 PRETRAINED = "Wrapper.pretrained"
-_NAME = re.compile(r"^\w[\w.+-]*$")
 
 
 @dataclass
@@ -89,7 +88,7 @@ def load_study(path: Path, module: ModuleType) -> Study:
     stages: list[Stage] = []
     for index, entry in enumerate(entries):
         name = entry.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not folders.is_folder_name(name):
             raise UserError(f"{where}: stage {index + 1} needs a name of letters, digits and . _ + - "
                             f"(its folder), e.g. 'name': 'pretrain'; got {name!r}")
         here = f"{where}, stage '{name}'"
@@ -148,7 +147,7 @@ def snapshot_names(stage: Stage, configs: list[dict[str, Any]]) -> list[str]:
                                 f"({type(err).__name__}: {err}); keys: {', '.join(sorted(column))}") from None
         else:
             name = "-".join(_short(column.get(key)) for key in keys) or stage.name
-        if not _NAME.match(name):
+        if not folders.is_folder_name(name):
             raise UserError(f"stage '{stage.name}': snapshot_name {stage.snapshot_name!r} gives {name!r}, not a folder "
                             "name of letters, digits and . _ + -: choose a format that gives one, e.g. 'rotate-{cfg[seed]}'")
         if name in names:
@@ -158,9 +157,9 @@ def snapshot_names(stage: Stage, configs: list[dict[str, Any]]) -> list[str]:
     return names
 
 
-def publish(stage: Stage, stage_dir: Path) -> dict[str, str]:
+def publish(stage: Stage, stage_dir: Path) -> None:
     """Move the final snapshot of every trial of a completed stage to its name (done once per
-    trial: a rerun after a crash moves only what is left); returns name -> trial."""
+    trial: a rerun after a crash moves only what is left)."""
     trial_dirs = folders.trial_dirs(stage_dir)
     names = snapshot_names(stage, [folders.read_params(trial_dir) for trial_dir in trial_dirs])
     moved = folders.moved_snapshots(stage_dir)
@@ -172,7 +171,6 @@ def publish(stage: Stage, stage_dir: Path) -> dict[str, str]:
             raise UserError(f"stage '{stage.name}': trial {trial_dir.name} left no checkpoint for later stages: "
                             "set checkpoint_at_end = True in the stage")
         folders.move_snapshot(source, stage_dir / name)
-    return dict(zip(names, [t.name for t in trial_dirs]))
 
 
 def published(exp_id: str, stage_dir: Path) -> list[str]:
@@ -190,7 +188,7 @@ def stage_space(request: Any, stage: Stage, sources: list[str] | None) -> dict[s
 
     space = param_space(request, stage.config)
     if stage.pretrained_from:
-        choices = ([None] if stage.scratch else []) + (sources if sources is not None else [None])
+        choices = ([None] if stage.scratch or sources is None else []) + (sources or [])
         if not choices:
             raise UserError(f"stage '{stage.name}' has scratch = False and stage '{stage.pretrained_from}' published no "
                             "snapshot: nothing to run")

@@ -159,14 +159,17 @@ def _combined_bound(bounds: pd.Series) -> str:
     return "?" if len(found) > 1 else found.pop() if found else ""
 
 
-def _utility_stats(per_seed: pd.DataFrame, cols: _Cols, n_boot: int, ci: float, seed: int) -> pd.DataFrame:
+def _stats(frame: pd.DataFrame, cols: _Cols, value: str, n_boot: int, ci: float, seed: int) -> pd.DataFrame:
+    """Per (source, budget): the mean of `value` over seeds, its bootstrap interval (`<value>_lo`,
+    `<value>_hi`), the combined `bound` where `frame` has bounds, and `seeds`."""
+    bounded = "bound" in frame
     rows = []
-    for (source, budget), group in per_seed.groupby([cols.source, cols.budget], sort=True):
-        mean, lo, hi = _mean_ci(group["utility"].to_numpy(), n_boot, ci, seed)
-        rows.append({cols.source: source, cols.budget: budget, "utility": mean, "utility_lo": lo, "utility_hi": hi,
-                     "bound": _combined_bound(group["bound"]), "seeds": len(group)})
-    return pd.DataFrame(rows, columns=[cols.source, cols.budget, "utility", "utility_lo", "utility_hi", "bound",
-                                       "seeds"])
+    for (source, budget), group in frame.groupby([cols.source, cols.budget], sort=True):
+        mean, lo, hi = _mean_ci(group[value].to_numpy(), n_boot, ci, seed)
+        rows.append({cols.source: source, cols.budget: budget, value: mean, f"{value}_lo": lo, f"{value}_hi": hi,
+                     **({"bound": _combined_bound(group["bound"])} if bounded else {}), "seeds": len(group)})
+    return pd.DataFrame(rows, columns=[cols.source, cols.budget, value, f"{value}_lo", f"{value}_hi",
+                                       *(["bound"] if bounded else []), "seeds"])
 
 
 def calc_utility(df: pd.DataFrame, *, source_col: str = "source", budget_col: str = "BaseDataset.semisupervised",
@@ -187,16 +190,7 @@ def calc_utility(df: pd.DataFrame, *, source_col: str = "source", budget_col: st
     """
     _check_boot(n_boot, ci)
     cols = _Cols(source_col, budget_col, seed_col, metric)
-    return _utility_stats(_utility_rows(_points(df, cols), cols), cols, n_boot, ci, seed)
-
-
-def _accuracy_stats(points: pd.DataFrame, cols: _Cols, n_boot: int, ci: float, seed: int) -> pd.DataFrame:
-    rows = []
-    for (source, budget), group in points.groupby([cols.source, cols.budget], sort=True):
-        mean, lo, hi = _mean_ci(group["accuracy"].to_numpy(), n_boot, ci, seed)
-        rows.append({cols.source: source, cols.budget: budget, "accuracy": mean, "accuracy_lo": lo,
-                     "accuracy_hi": hi, "seeds": len(group)})
-    return pd.DataFrame(rows, columns=[cols.source, cols.budget, "accuracy", "accuracy_lo", "accuracy_hi", "seeds"])
+    return _stats(_utility_rows(_points(df, cols), cols), cols, "utility", n_boot, ci, seed)
 
 
 def summary(df: pd.DataFrame, *, source_col: str = "source", budget_col: str = "BaseDataset.semisupervised",
@@ -211,8 +205,9 @@ def summary(df: pd.DataFrame, *, source_col: str = "source", budget_col: str = "
     _check_boot(n_boot, ci)
     cols = _Cols(source_col, budget_col, seed_col, metric)
     points = _points(df, cols)
-    accuracy = _accuracy_stats(points, cols, n_boot, ci, seed).set_index([cols.source, cols.budget])
-    utility = _utility_stats(_utility_rows(points, cols), cols, n_boot, ci, seed).set_index([cols.source, cols.budget])
+    accuracy = _stats(points, cols, "accuracy", n_boot, ci, seed).set_index([cols.source, cols.budget])
+    utility = _stats(_utility_rows(points, cols), cols, "utility", n_boot, ci, seed)
+    utility = utility.set_index([cols.source, cols.budget])
     return accuracy.join(utility.drop(columns="seeds"), how="left")
 
 
@@ -262,7 +257,7 @@ def accuracy_plot(df: pd.DataFrame, path: str | Path | None = None, *, source_co
     Returns the Figure; saves it to `path` when given (format from the suffix, PNG without one)."""
     _check_boot(n_boot, ci)
     cols = _Cols(source_col, budget_col, seed_col, metric)
-    stats = _accuracy_stats(_points(df, cols), cols, n_boot, ci, seed)
+    stats = _stats(_points(df, cols), cols, "accuracy", n_boot, ci, seed)
     figure, ax = _axes(ax)
     for source in _ordered(stats[source_col]):
         rows = stats[stats[source_col] == source]
@@ -285,7 +280,7 @@ def utility_plot(df: pd.DataFrame, path: str | Path | None = None, *, source_col
 
     _check_boot(n_boot, ci)
     cols = _Cols(source_col, budget_col, seed_col, metric)
-    stats = _utility_stats(_utility_rows(_points(df, cols), cols), cols, n_boot, ci, seed)
+    stats = _stats(_utility_rows(_points(df, cols), cols), cols, "utility", n_boot, ci, seed)
     figure, ax = _axes(ax)
     ax.axhline(0, color="black", linewidth=1)
     for source in _ordered(stats[source_col]):
