@@ -8,14 +8,14 @@ Prints one JSON line.
 For each method: `main.py -l -g syn/r9/<method>` pretrains ResNet-9 on the set (at the batch
 size of its config), `misc/move_snapshots.py` moves its checkpoint, and `main.py -l -g
 <dataset>/r9/classify` with `Wrapper.pretrained`, `Wrapper.ignore_pretrained_fc` and
-`Wrapper.finetune_classifier` trains a linear probe (batch 256, lr 0.2) on the frozen features,
+`Wrapper.finetune_classifier = False` trains a linear probe (batch 256, lr 0.2) on the frozen features,
 in-domain (the same set, with its labels; test accuracy) and transferred to digits (validation
 accuracy). The baseline `random` probes a randomly initialised backbone (same seed, same
 budget), whose BatchNorm layers keep their initial statistics; `calibrated` is the same backbone
 with the statistics of one pass over the set at learning rate 0, as every pretrained backbone
 has them. CMC's backbone encodes the L channel of the same images in CIELAB: it has baselines of
 its own (`random_lab`, `calibrated_lab`), and its probes are CMCTask's linear probe on the
-frozen backbone (`Wrapper.finetune_selfsup`, `<dataset>/r9/cmc`), which sees the L view. Also
+frozen backbone (`Wrapper.finetune_selfsup = False`, `<dataset>/r9/cmc`), which sees the L view. Also
 reported: each method's online linear probe accuracy at the end of pretraining. Everything lives
 under DATA_DIR/bench_ssl and is removed at the end; progress goes to stderr.
 
@@ -89,9 +89,9 @@ def main() -> None:
             lab = source == "cmc" or source.endswith("_lab")
             syn = [f"SynDataset.dataset_choice = '{args.code}{'_lab' if lab else ''}'"]
             # CMC's backbone encodes the L channel: its probe is CMCTask's own linear probe, trained
-            # on the frozen backbone's features of the L view (Wrapper.finetune_selfsup).
-            probe_config, frozen = ("cmc", "Wrapper.finetune_selfsup = True") if lab else (
-                "classify", "Wrapper.finetune_classifier = True")
+            # on the frozen backbone's features of the L view (Wrapper.finetune_selfsup = False).
+            probe_config, frozen = ("cmc", "Wrapper.finetune_selfsup = False") if lab else (
+                "classify", "Wrapper.finetune_classifier = False")
             start = []
             if source.startswith("calibrated"):  # one pass at learning rate 0: random weights, BatchNorm statistics
                 run("main.py", "-l", "-q", "-e", f"pre_{source}", "-g", f"syn/r9/{probe_config}", "-p", *common, *probe,

@@ -114,6 +114,7 @@ class Augment:
     blur: float = 0.0  # probability of a Gaussian blur (sigma 0.1..2 pixels)
     transform_targets: bool | None = None  # None/True: per-pixel fields move; False: refused with geometry
     splits: tuple[str, ...] = ("train",)
+    color_space: str = "rgb"  # of the images: colour operations on 'lab' run in RGB, converted both ways
     _kornia: dict = field(default_factory=dict, repr=False, compare=False)  # modules per image size
     _tables: dict = field(default_factory=dict, repr=False, compare=False)  # Tables per size and device
 
@@ -131,9 +132,9 @@ class Augment:
     def check(self, color_space: str, pixel_fields: Sequence[str] = ()) -> None:
         """Raise if these options cannot apply to a dataset with this colour space whose batches
         carry these per-pixel fields (names of `Batch.pixel_maps`, e.g. ('targets', 'depth'))."""
-        if (self.color_jitter or self.grayscale) and color_space != "rgb":
-            raise UserError(f"augment.color_jitter/grayscale need RGB images, but the dataset stores {color_space}: "
-                            "set them to 0 or use an RGB dataset")
+        if (self.color_jitter or self.grayscale) and color_space not in ("rgb", "lab"):
+            raise UserError(f"augment.color_jitter/grayscale need RGB or CIELAB images, but the dataset stores "
+                            f"{color_space}: set them to 0")
         self.check_maps(pixel_fields)
         if "depth" in pixel_fields and self.resized_crop:  # moved exactly, but no longer true to the image
             raise UserError("augment.resized_crop zooms the images but cannot rescale their depth maps (a zoomed "
@@ -192,7 +193,14 @@ class Augment:
                 stack = ops["crop_maps"](stack, params=ops["crop"]._params)
         if "color" in ops:
             scale, shift = std[:, None, None], mean[:, None, None]
-            images = (ops["color"]((images * scale + shift).clamp(0, 1)) - shift) / scale
+            raw = images * scale + shift
+            if self.color_space == "lab":  # L in [0, 100], a/b about [-128, 127]
+                import kornia
+
+                raw = kornia.color.rgb_to_lab(ops["color"](kornia.color.lab_to_rgb(raw.float(), clip=True)))
+            else:
+                raw = ops["color"](raw.clamp(0, 1))
+            images = ((raw - shift) / scale).to(images.dtype)
         if "blur" in ops:
             images = ops["blur"](images)
         tables = self.tables(h, w, images.device)
@@ -243,7 +251,7 @@ def augment_options(color_jitter: float = 0.0, grayscale: float = 0.0, flip: boo
 JITTER_2020, GRAYSCALE_2020 = 0.4, 0.2  # the strengths a 2020 config's `= True` switched on
 
 
-def for_resolution(augment: Augment, resolution: int) -> Augment:
+def for_resolution(augment: Augment, resolution: int, color_space: str = "rgb") -> Augment:
     """The 2020 meaning of boolean options, at this image size: one rule, a bool is the 2020
     default and a number our setting. `crop = True`: res // 8 pixels of padding; `cutout = True`:
     a res // 4 square; `color_jitter = True`: strength 0.4; `grayscale = True`: probability 0.2;
@@ -252,4 +260,4 @@ def for_resolution(augment: Augment, resolution: int) -> Augment:
                 "grayscale": GRAYSCALE_2020}
     changes = {name: (value if getattr(augment, name) else 0) for name, value in defaults.items()
                if isinstance(getattr(augment, name), bool)}
-    return dataclasses.replace(augment, **changes) if changes else augment
+    return dataclasses.replace(augment, **changes, color_space=color_space)

@@ -3,9 +3,14 @@
 The schedule is a pure function of the global training step: the learning rate moves
 from `optimizer.lr` at epoch 0 through `scheduler.target_lrs[i]` at epoch
 `scheduler.milestones[i]`, interpolated per iteration, and the run ends at the last
-milestone. Each segment is linear for `exp_factor = 1`; for other values the fraction
-`t` of a segment is replaced by `t ** exp_factor` (above 1 lingers near the segment's
-start, below 1 moves away from it quickly).
+milestone. Each segment is linear; `exp_factor` (the 2020 setting, default 0) multiplies the
+last segment by `e ** exp_factor`, where `e` falls linearly from 1 to 1e-7 across it (above 0
+a faster decay at the end; below 0 a slower one).
+
+`scheduler.scheduler_fn = 'ReduceLROnPlateau'` (2020) replaces the piecewise schedule: the rate
+starts at `optimizer.lr` and torch's ReduceLROnPlateau lowers it after each epoch when
+`scheduler.metric` (default valid_loss) stops improving; its own settings (factor, patience,
+mode, ...) are `scheduler.*` bindings too. The run still ends at the last milestone.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any, Iterable
 import gin
 import torch
 
+from selfstudy import legacy
 from selfstudy.errors import UserError
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -38,7 +44,17 @@ def optimizer_class(optim_fn: str | type) -> type[torch.optim.Optimizer]:
 def build_optimizer(
     params: Iterable[torch.nn.Parameter], optim_fn: str | type = "SGD", lr: float = 0.1, **kwargs: Any
 ) -> torch.optim.Optimizer:
-    """`optim_fn(params, lr=lr, **kwargs)`, e.g. `optimizer.momentum = 0.9`, `optimizer.nesterov = True`."""
+    """`optim_fn(params, lr=lr, **kwargs)`, e.g. `optimizer.momentum = 0.9`, `optimizer.nesterov = True`.
+    2020's 'FusedAdam' (apex) is torch's AdamW, fused on CUDA (Adam with `adam_w_mode = False`)."""
+    if optim_fn == "FusedAdam":
+        params = list(params)
+        optim_fn = "AdamW" if kwargs.pop("adam_w_mode", True) else "Adam"
+        kwargs.pop("set_grad_none", None)  # gradients are set to None anyway
+        if not kwargs.pop("bias_correction", True):
+            raise UserError("optimizer.bias_correction = False has no torch equivalent: remove it")
+        if params and all(p.is_cuda for p in params):
+            kwargs.setdefault("fused", True)
+        legacy.note(f"optimizer.optim_fn = 'FusedAdam' (apex) is torch.optim.{optim_fn}, fused on CUDA")
     cls = optimizer_class(optim_fn)
     try:
         return cls(params, lr=lr, **kwargs)
@@ -54,7 +70,7 @@ class Schedule:
     milestones: tuple[int, ...]  # epochs
     target_lrs: tuple[float, ...]
     steps_per_epoch: int
-    exp_factor: float = 1.0
+    exp_factor: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.milestones or len(self.milestones) != len(self.target_lrs):
@@ -65,8 +81,6 @@ class Schedule:
             )
         if any(b <= a for a, b in zip((0,) + self.milestones, self.milestones)):
             raise UserError(f"scheduler.milestones {list(self.milestones)} must be positive and increasing epochs")
-        if self.exp_factor <= 0:
-            raise UserError(f"scheduler.exp_factor must be positive, got {self.exp_factor}")
         if self.steps_per_epoch < 1:
             raise UserError("an epoch has no training step: raise session.train_iters or give the dataset images")
 
@@ -80,27 +94,96 @@ class Schedule:
         start_epoch, start_lr = 0, self.base_lr
         for end_epoch, end_lr in zip(self.milestones, self.target_lrs):
             if epoch < end_epoch:
-                t = ((epoch - start_epoch) / (end_epoch - start_epoch)) ** self.exp_factor
-                return start_lr + t * (end_lr - start_lr)
+                t = (epoch - start_epoch) / (end_epoch - start_epoch)
+                lr = start_lr + t * (end_lr - start_lr)
+                if end_epoch == self.milestones[-1] and self.exp_factor:
+                    lr *= (1 - t * (1 - 1e-7)) ** self.exp_factor
+                return lr
             start_epoch, start_lr = end_epoch, end_lr
-        return self.target_lrs[-1]
+        return self.target_lrs[-1] * (1e-7 ** self.exp_factor if self.exp_factor else 1.0)
+
+    def observe(self, metrics: dict[str, Any]) -> None:
+        """Called after each epoch; a piecewise schedule depends on the step alone."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
-@gin.configurable("scheduler", denylist=["base_lr", "steps_per_epoch"])
+class PlateauSchedule:
+    """`scheduler_fn = 'ReduceLROnPlateau'`: torch's scheduler on the optimizer, stepped once per
+    epoch with `metric`; `lr(step)` is the rate it has set."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, milestones: tuple[int, ...], metric: str,
+                 options: dict[str, Any]):
+        try:
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **options)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"scheduler.scheduler_fn = 'ReduceLROnPlateau': {err}; fix the scheduler.* bindings "
+                            "(factor, patience, mode, threshold, cooldown, min_lr, eps)") from None
+        if not milestones or any(b <= a for a, b in zip((0,) + tuple(milestones), milestones)):
+            raise UserError(f"scheduler.milestones {list(milestones)} must be positive and increasing epochs (the run "
+                            "ends at the last)")
+        self.optimizer, self.metric, self.num_epochs = optimizer, metric, milestones[-1]
+
+    def lr(self, step: int) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def observe(self, metrics: dict[str, Any]) -> None:
+        if self.metric not in metrics:
+            raise UserError(f"scheduler.metric {self.metric!r} is not among this run's metrics ("
+                            f"{', '.join(sorted(k for k in metrics if k.endswith(('loss', 'accuracy'))))}): name one "
+                            "of them, or set session.valid_iters for valid_* metrics")
+        self.plateau.step(metrics[self.metric])
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.plateau.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.plateau.load_state_dict(state)
+
+
+SCHEDULERS = ("LambdaLR", "ReduceLROnPlateau")
+
+
+@gin.configurable("scheduler", denylist=["base_lr", "steps_per_epoch", "optimizer"])
 def build_schedule(
     base_lr: float,
     steps_per_epoch: int,
+    optimizer: torch.optim.Optimizer | None = None,
     milestones: list[int] = (5, 25),
-    target_lrs: list[float] = (0.4, 0.0),
-    exp_factor: float = 1.0,
+    target_lrs: list[float] | float = (0.4, 0.0),
+    exp_factor: float = 0.0,
     scale: float = 1.0,
-) -> Schedule:
+    scheduler_fn: str = "LambdaLR",
+    metric: str = "valid_loss",
+    final_lr: float | None = None,
+    **plateau: Any,
+) -> Schedule | PlateauSchedule:
     """The schedule of `scheduler.{milestones (epochs), target_lrs, exp_factor, scale}`. A `target_lrs`
-    one longer than `milestones` (the 2020 form) starts at its first entry instead of `optimizer.lr`. `scale`
-    multiplies every learning rate of the schedule (`optimizer.lr` too): one number a
-    hyperparameter search can tune."""
+    one longer than `milestones` (the 2020 form) starts at its first entry instead of `optimizer.lr`;
+    one number t (2020) is [0, t, final_lr or 0]. `scale` multiplies every learning rate of the
+    schedule (`optimizer.lr` too): one number a hyperparameter search can tune. `optimizer`:
+    the one a ReduceLROnPlateau schedule drives (None: only check the settings)."""
     if not scale > 0:
         raise UserError(f"scheduler.scale must be positive, got {scale}")
+    if scheduler_fn not in SCHEDULERS:
+        raise UserError(f"unknown scheduler.scheduler_fn {scheduler_fn!r}; choose from: {', '.join(SCHEDULERS)}")
+    if scheduler_fn == "ReduceLROnPlateau":
+        if optimizer is None:
+            optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
+        for group in optimizer.param_groups:
+            group["lr"] *= scale
+        return PlateauSchedule(optimizer, tuple(milestones), metric, plateau)
+    if plateau:
+        raise UserError(f"scheduler.{sorted(plateau)[0]} is a ReduceLROnPlateau setting: set scheduler.scheduler_fn = "
+                        "'ReduceLROnPlateau' or remove it")
+    if isinstance(target_lrs, (int, float)):  # 2020: a peak between 0 and final_lr
+        target_lrs = [0.0, target_lrs, final_lr or 0.0]
+    elif final_lr is not None:
+        target_lrs = [*target_lrs[:-1], final_lr]
     if len(target_lrs) == len(milestones) + 1:  # the 2020 form: the first entry is the learning rate at epoch 0
         base_lr, target_lrs = target_lrs[0], target_lrs[1:]
     return Schedule(base_lr * scale, tuple(milestones), tuple(lr * scale for lr in target_lrs), steps_per_epoch,

@@ -73,10 +73,34 @@ class _RenamedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec: Any) -> ModuleType:
         old = next(o for o in RENAMED_MODULES if spec.name == o or spec.name.startswith(o + "."))
-        return importlib.import_module(RENAMED_MODULES[old] + spec.name[len(old):])
+        successor = importlib.import_module(RENAMED_MODULES[old] + spec.name[len(old):])
+        if spec.name != "ray.tune.suggest.hyperopt":
+            return successor
+        module = ModuleType(spec.name)  # the successor's names, HyperOptSearch taking Ray 0.8's keywords too
+        module.__dict__.update({k: v for k, v in vars(successor).items() if not k.startswith("__")})
+        module.HyperOptSearch = hyperopt_search_2020(successor.HyperOptSearch)
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
         pass
+
+
+def hyperopt_search_2020(searcher: type) -> Any:
+    """Ray 0.8's HyperOptSearch keywords on Ray 2.60's: `reward_attr` is the metric (maximised),
+    `max_concurrent` a ConcurrencyLimiter around the searcher."""
+
+    def HyperOptSearch(space: Any = None, metric: str | None = None, mode: str | None = None,  # noqa: N802
+                       max_concurrent: int | None = None, reward_attr: str | None = None, **kwargs: Any) -> Any:
+        if reward_attr is not None:
+            metric, mode = metric or reward_attr, mode or "max"
+        search = searcher(space, metric=metric, mode=mode, **kwargs)
+        if max_concurrent:
+            from ray.tune.search import ConcurrencyLimiter
+
+            search = ConcurrencyLimiter(search, max_concurrent=max_concurrent)
+        return search
+
+    return HyperOptSearch
 
 
 if not any(isinstance(finder, _RenamedModules) for finder in sys.meta_path):

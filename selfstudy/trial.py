@@ -30,7 +30,7 @@ from selfstudy.data.splits import PIXEL_FIELDS, num_batches
 from selfstudy.errors import UserError
 from selfstudy.folders import SNAPSHOT, write_json
 from selfstudy.models import Wrapper, build_model
-from selfstudy.optim import Schedule, build_optimizer, build_schedule
+from selfstudy.optim import PlateauSchedule, Schedule, build_optimizer, build_schedule
 from selfstudy.precision import autocast_dtype
 from selfstudy.selection import Selection, copy_weights
 from selfstudy.settings import SessionSettings, explain_nondeterminism, session_settings, set_determinism
@@ -60,7 +60,7 @@ def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
     settings = session_settings()
     dataset = build_dataset(settings.dataset)
     options = data_options()
-    augment = for_resolution(augment_options(), dataset.resolution(options))
+    augment = for_resolution(augment_options(), dataset.resolution(options), dataset.train.color_space)
     task = build_task(settings.task)
     with torch.device(device):
         classes = dataset.num_classes + (1 if dataset.train.target_shape else 0)  # dense maps: 0 is background
@@ -176,7 +176,7 @@ class Trial:
         self.std = torch.tensor(parts.dataset.train.std, device=self.device)
         self.optimizer = build_optimizer(trainable(self.model, self.task))
         steps = self.splits["train"].num_batches(self.batch_size, self.settings.train_iters, train=True)
-        self.schedule: Schedule = build_schedule(self.optimizer.defaults["lr"], steps)
+        self.schedule: Schedule | PlateauSchedule = build_schedule(self.optimizer.defaults["lr"], steps, self.optimizer)
         self.total_steps = steps * self.schedule.num_epochs
         self.device_generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.step = 0
@@ -222,6 +222,7 @@ class Trial:
         self.best_accuracy = max(self.best_accuracy, accuracy)
         metrics.update(mean_accuracy=accuracy, best_accuracy=self.best_accuracy, epoch=self.epoch,
                        lr=self.schedule.lr(self.step), done=self.done, completed=self.done)
+        self.schedule.observe(metrics)
         if self.selection.update(metrics, self.epoch) and self.test_at_end:
             self.selection.weights = copy_weights(self.model, self.task)
         if self.done and self.test_at_end:
@@ -288,6 +289,7 @@ class Trial:
                 "optimizer": self.optimizer.state_dict(), "step": self.step,
                 "epoch": self.epoch, "best_accuracy": self.best_accuracy,
                 "scaler": self.scaler.state_dict(), "selection": self.selection.state_dict(),
+                "schedule": self.schedule.state_dict(),
                 "rng": rng_state(self.device_generator)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -303,6 +305,8 @@ class Trial:
             self.scaler.load_state_dict(state["scaler"])
         if state.get("selection"):
             self.selection.load_state_dict(state["selection"])
+        if state.get("schedule"):
+            self.schedule.load_state_dict(state["schedule"])
         set_rng_state(state["rng"], self.device_generator)
 
     def save(self, directory: Path) -> Path:

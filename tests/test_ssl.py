@@ -188,16 +188,16 @@ def test_twenty_steps_lower_the_loss(workspace, name: str) -> None:
     trial.close()
 
 
-def test_finetune_selfsup_trains_the_heads_on_a_frozen_backbone(workspace) -> None:
-    trial = ssl_trial("rotate", "Wrapper.finetune_selfsup = True", "session.train_iters = 3")
+def test_finetune_selfsup_false_trains_the_heads_on_a_frozen_backbone(workspace) -> None:
+    trial = ssl_trial("rotate", "Wrapper.finetune_selfsup = False", "session.train_iters = 3")
     backbone = copy.deepcopy(trial.model.backbone.state_dict())
     head = trial.task.head.weight.detach().clone()
     trial.run_epoch()
     assert all(torch.equal(v, trial.model.backbone.state_dict()[k]) for k, v in backbone.items())  # BN stats too
     assert not torch.equal(head, trial.task.head.weight)
     trial.close()
-    with pytest.raises(UserError, match="finetune_selfsup = True .* needs Wrapper.run_selfsup = True"):
-        ssl_trial("rotate", "Wrapper.finetune_selfsup = True", "Wrapper.run_selfsup = False")
+    with pytest.raises(UserError, match="finetune_selfsup = False .* needs Wrapper.run_selfsup = True"):
+        ssl_trial("rotate", "Wrapper.finetune_selfsup = False", "Wrapper.run_selfsup = False")
 
 
 def test_warmup_freezes_a_backbone_that_the_task_calls_itself(workspace) -> None:

@@ -76,8 +76,10 @@ def test_wrapper_trains_only_the_classifier_when_asked() -> None:
         model(torch.randn(4, 3, 16, 16)).logits.sum().backward()
         assert (model.backbone.prep[0].weight.grad is not None) == backbone_learns
         assert model.classifier[0].weight.grad is not None
-    frozen = Wrapper(ResNet("resnet9", width=4), num_classes=3, finetune_classifier=True)
+    frozen = Wrapper(ResNet("resnet9", width=4), num_classes=3, finetune_classifier=False)  # a probe
     assert not any(p.requires_grad for p in frozen.backbone.parameters())
+    tuned = Wrapper(ResNet("resnet9", width=4), num_classes=3, finetune_classifier=True)  # the 2020 meaning
+    assert all(p.requires_grad for p in tuned.backbone.parameters())
     with pytest.raises(UserError, match="fewer than"):
         Wrapper(ResNet("resnet9", width=4), num_classes=3, out_classes=2)
 

@@ -144,11 +144,13 @@ CASES = [
     Case(["-p", "BaseDataset.predict_pose = True"], "BaseDataset.predict_pose = True needs rot_mat in the dataset, "
                                                     "but DigitsDataset has none"),
     Case(["-g", "digits/r9/simclr", "-p", "BaseDataset.double_sample = False"], "SimCLRTask compares two views"),
-    Case(["-p", "Wrapper.out_classes = [10, 5]"], "Wrapper.out_classes' second head learns the 5-way pose: set "
-                                                  "BaseDataset.predict_pose = True"),
+    Case(["-p", "Wrapper.out_classes = [10, 3]", "BaseDataset.predict_pose = True"],
+         "Wrapper.out_classes' second head learns the 5-way pose: give it at least 5 outputs"),
     Case(["-p", "Wrapper.out_classes = [10, 5, 3]"], "asks for 3 heads, but ClassifyTask trains 2 (class, pose)"),
     Case(["-p", "Wrapper.out_classes = [10, 0]"], "must be a positive number of outputs or a list of them"),
-    Case(["-g", "digits/r9/rotate", "-p", "Wrapper.out_classes = [10, 5]"], "asks for several heads"),
+    Case(["-p", "session.model = 'ResnetModel'"], "session.model = 'ResnetModel': the model is always 'Wrapper'"),
+    Case(["-p", "Wrapper.model_choice = 'vgg'"], "unknown Wrapper.model_choice 'vgg'"),
+    Case(["-p", "scheduler.scheduler_fn = 'StepLR'"], "unknown scheduler.scheduler_fn 'StepLR'"),
     Case(["-g", "digits/r9/cmc", "-p", "DigitsDataset.to_lab = False"], "CMCTask contrasts the L and ab channels of "
                                                                         "LAB images, but DigitsDataset stores rgb"),
     Case(["-a", "127.0.0.1:1"], "no Ray cluster answers at 127.0.0.1:1"),

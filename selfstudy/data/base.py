@@ -86,6 +86,7 @@ class DatasetFiles:
     name: str
     train: hdf5.SplitInfo
     test: hdf5.SplitInfo
+    one_file: bool = False  # the 2020 layout: train, valid and test rows of one file (see split_rows)
 
     @classmethod
     def open(cls, name: str, train_path: Path, test_path: Path) -> "DatasetFiles":
@@ -93,6 +94,11 @@ class DatasetFiles:
         if train.image_shape[0] != test.image_shape[0] or train.classes != test.classes:
             raise UserError(f"{train_path} and {test_path} disagree on channels or classes: rebuild them together")
         return cls(name, train, test)
+
+    @classmethod
+    def open_2020(cls, name: str, path: Path, lab: bool) -> "DatasetFiles":
+        info = hdf5.read_info_2020(path, lab)
+        return cls(name, info, info, one_file=True)
 
     @property
     def num_classes(self) -> int:
@@ -106,13 +112,25 @@ class DatasetFiles:
         return options.input_res or self.train.image_shape[1]
 
     def split_rows(self, options: DataOptions) -> dict[str, np.ndarray]:
-        """Row indices into the train file for the train and valid splits (sorted)."""
+        """Row indices into the train file for the train and valid splits (sorted), and for the
+        test split when the file holds it too (the 2020 layout: train is the first 5/6 of the
+        rows, valid the next num_valid, test as many again from n/12 after the end of train)."""
         n = self.train.num_images
-        num_valid = n // 10 if options.num_valid is None else options.num_valid
-        if num_valid >= n:
-            raise UserError(f"BaseDataset.num_valid = {num_valid} leaves no training image of {n} in {self.name}")
-        order = np.random.default_rng(SPLIT_SEED).permutation(n)
-        rows = {"train": np.sort(order[: n - num_valid]), "valid": np.sort(order[n - num_valid:])}
+        if self.one_file:
+            n_train, gap = n * 5 // 6, n // 12
+            num_valid = gap if options.num_valid is None else options.num_valid
+            if not 0 < num_valid <= min(gap, n - n_train - gap):
+                raise UserError(f"BaseDataset.num_valid = {num_valid}: the 2020 layout of {self.name} ({n} images) "
+                                f"takes the valid and test images (as many each) from its last sixth, so 1 to "
+                                f"{min(gap, n - n_train - gap)} fit without overlap; set it in that range")
+            rows = {"train": np.arange(n_train), "valid": n_train + np.arange(num_valid),
+                    "test": n_train + gap + np.arange(num_valid)}
+        else:
+            num_valid = n // 10 if options.num_valid is None else options.num_valid
+            if num_valid >= n:
+                raise UserError(f"BaseDataset.num_valid = {num_valid} leaves no training image of {n} in {self.name}")
+            order = np.random.default_rng(SPLIT_SEED).permutation(n)
+            rows = {"train": np.sort(order[: n - num_valid]), "valid": np.sort(order[n - num_valid:])}
         if options.semisupervised:
             keys = budget_keys(self.train.path, rows["train"], options.chunk_size)
             rows["train"] = rows["train"][balanced_subset(keys, options.semisupervised, self.name)]
@@ -121,7 +139,8 @@ class DatasetFiles:
     def verify(self) -> None:
         """Read both split files once: damaged bytes are a `UserError` now, not a diverging trial later."""
         hdf5.verify(self.train.path)
-        hdf5.verify(self.test.path)
+        if self.test.path != self.train.path:
+            hdf5.verify(self.test.path)
 
     def check(self, options: DataOptions, batch_size: int) -> None:
         """Raise the `UserError` loading with these options would meet."""
@@ -144,7 +163,7 @@ class DatasetFiles:
         `extras`: further per-image maps a task needs (e.g. 'depth'), held with their images
         (whole, or a division at a time)."""
         rows = self.split_rows(options)
-        rows["test"] = np.arange(self.test.num_images)
+        rows.setdefault("test", np.arange(self.test.num_images))
         placement = self.placement(options, device)
         loaded: dict[str, ResidentSplit | DividedSplit] = {}
         for split in splits:

@@ -124,6 +124,28 @@ def read_info(path: Path) -> SplitInfo:
         raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None
 
 
+def read_info_2020(path: Path, lab: bool) -> SplitInfo:
+    """A file of the 2020 layout (keys data, targets, rot_mat; no attributes): its images are used
+    as stored (mean 0, std 1), its classes are the target values."""
+    try:
+        with h5py.File(path, "r") as f:
+            if "data" not in f or "targets" not in f:
+                raise UserError(f"{path} lacks data or targets: a 2020 dataset file holds both (and rot_mat)")
+            data, targets = f["data"], f["targets"]
+            if data.ndim != 4 or targets.shape[:1] != data.shape[:1]:
+                raise UserError(f"{path} has data {data.shape} and targets {targets.shape}; expected N x C x H x W "
+                                "and N (or N x H x W)")
+            channels, dense = int(data.shape[1]), targets.ndim > 1
+            top = max(int(np.max(targets[i: i + 4096])) for i in range(0, len(targets), 4096))
+            classes = range(1 if dense else 0, top + 1)  # dense maps: 0 is background, not a class
+            return SplitInfo(path, int(data.shape[0]), tuple(int(s) for s in data.shape[1:]),
+                             tuple(int(s) for s in targets.shape[1:]), tuple(str(c) for c in classes), (0.0,) * channels,
+                             (1.0,) * channels, "lab" if lab else "rgb", True,
+                             tuple(sorted(set(f) - {"data", "targets"})))
+    except OSError as err:
+        raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None
+
+
 VERIFY_LIMIT = 2 << 30  # bytes: larger files are checked as they are read, not up front
 _verified: set[tuple[str, int, int]] = set()
 

@@ -12,7 +12,7 @@ import torch
 
 import paths
 from selfstudy.data import hdf5
-from selfstudy.data.base import DatasetFiles
+from selfstudy.data.base import DatasetFiles, data_options
 from selfstudy.data.folder import Progress, to_lab
 from selfstudy.errors import UserError
 from selfstudy.render import SHAPE_NAMES, Code, render_batches
@@ -65,12 +65,39 @@ def render_split(path: Path, code: str, n: int, res: int, seed: int, device: tor
 
 
 @gin.configurable
-def SynDataset(dataset_choice: str = "0000") -> DatasetFiles:  # noqa: N802  (the gin name users write)
-    """`SynDataset.dataset_choice`: the name a set was rendered under (the code, for the standard sets)."""
+def SynDataset(dataset_choice: str = "0000", use_lab: bool | None = None) -> DatasetFiles:  # noqa: N802
+    """`SynDataset.dataset_choice`: the name a set was rendered under (the code, for the standard
+    sets), read from DATA_DIR/syn/<name>/{train,test}.h5. A set in the 2020 layout is one file,
+    DATA_DIR/syn/<name>/data_<res>[_lab].h5 (res: BaseDataset.input_res), split by rows (see
+    DatasetFiles.split_rows); `SynDataset.use_lab` (a bool, 2020) asks for that file, with
+    (True) or without (False) `_lab`, and it is read when train.h5 is absent (`_lab` then)."""
     folder = paths.DATA_DIR / "syn" / str(dataset_choice)
-    if not (folder / "train.h5").exists() or not (folder / "test.h5").exists():
-        code = dataset_choice if len(str(dataset_choice)) == 4 else "<TCVL digits>"
-        raise UserError(f"synthetic set '{dataset_choice}' is not rendered in {folder}: run "
-                        f"python misc/render_syn.py --code {code} --n 20000 --res 32 -o {dataset_choice} (20000 images is the "
-                        "standard size; a config that names its own, e.g. config/headline.py, says so)")
-    return DatasetFiles.open(f"SynDataset({dataset_choice})", folder / "train.h5", folder / "test.h5")
+    ours = (folder / "train.h5").exists() and (folder / "test.h5").exists()
+    if ours and use_lab is None:
+        return DatasetFiles.open(f"SynDataset({dataset_choice})", folder / "train.h5", folder / "test.h5")
+    lab = True if use_lab is None else bool(use_lab)
+    path = file_2020(folder, data_options().input_res, lab)
+    if path is not None:
+        return DatasetFiles.open_2020(f"SynDataset({dataset_choice})", path, lab)
+    if use_lab is not None:
+        raise UserError(f"SynDataset.use_lab = {use_lab} reads the 2020 file {folder}/data_<res>{'_lab' * lab}.h5 "
+                        f"(res: BaseDataset.input_res), which is not there: put it there, or remove SynDataset.use_lab "
+                        "to read train.h5 and test.h5")
+    code = dataset_choice if len(str(dataset_choice)) == 4 else "<TCVL digits>"
+    raise UserError(f"synthetic set '{dataset_choice}' is not rendered in {folder}: run "
+                    f"python misc/render_syn.py --code {code} --n 20000 --res 32 -o {dataset_choice} (20000 images is the "
+                    "standard size; a config that names its own, e.g. config/headline.py, says so)")
+
+
+def file_2020(folder: Path, res: int | None, lab: bool) -> Path | None:
+    """The 2020 layout's file in `folder` at resolution `res` (None: the only one there)."""
+    suffix = "_lab" if lab else ""
+    if res is not None:
+        path = folder / f"data_{res}{suffix}.h5"
+        return path if path.exists() else None
+    found = [p for p in folder.glob("data_*.h5") if p.stem.split("_")[1].isdigit() and p.stem.endswith(suffix)
+             and len(p.stem.split("_")) == 2 + bool(lab)]
+    if len(found) > 1:
+        raise UserError(f"{folder} holds 2020 files at several resolutions ({', '.join(p.name for p in sorted(found))}): "
+                        "set BaseDataset.input_res to pick one")
+    return found[0] if found else None

@@ -1,17 +1,25 @@
 """Backbones: the fast CIFAR ResNet-9 and torchvision's ResNet-18/50.
 
 A backbone maps images B x C x H x W to pooled features B x `out_dim`. Its stages run in
-order; `ResNet.feat_layer` names the last stage to run, `ResNet.freeze_at_k` freezes the
-first k stages (weights and batch-norm statistics), `ResNet.out_feats` adds a 1x1
-convolution to that many channels before pooling. ResNet-18/50 keep torchvision's
-parameter names (`conv1.weight`, `layer1.0.bn1.running_mean`, ...), so torchvision
-state dicts load into them; for inputs of 64 pixels or less their stem is a 3x3,
-stride-1 convolution without max-pooling (the usual CIFAR variant).
+order (stage 0 is the stem, stage k the k-th layer); `ResNet.feat_layer` names the last
+stage to run, `ResNet.freeze_at_k` freezes the first k stages (weights and batch-norm
+statistics), `ResNet.out_feats` adds a 1x1 convolution to that many channels before
+pooling. ResNet-18/50 keep torchvision's parameter names (`conv1.weight`,
+`layer1.0.bn1.running_mean`, ...), so torchvision state dicts load into them; for inputs of
+64 pixels or less their stem is a 3x3, stride-1 convolution without max-pooling (the usual
+CIFAR variant).
+
+2020 settings keep their 2020 meaning: `feat_layer = -1` is the last stage and an int k the
+pooled output of stage k, without projection; `prepool_fc` (a bool) makes `out_feats` the
+2020 projection, a linear map applied per position before pooling (True) or to the pooled
+features (False); `is_half` halves every layer's channels (the stem keeps its own);
+`skip_init_pool` removes (True) or keeps (False) the stem's max-pool;
+`replace_stride_with_dilation` is torchvision's; `freeze_at_k = None` freezes nothing.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import NamedTuple
 
 import gin
 import torch
@@ -34,34 +42,56 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
-def resnet9_stages(in_channels: int, width: int) -> dict[str, nn.Module]:
-    """ResNet-9 of the 'how to train your ResNet' series; channels width, 2w, 4w, 8w."""
-    w = width
+class Shape(NamedTuple):
+    """How a backbone is built: what the architecture's stages depend on."""
+
+    in_channels: int
+    width: int  # resnet9's stem channels
+    small_input: bool  # 64 pixels or less: a 3x3 stride-1 stem
+    half: bool  # ResNet.is_half
+    init_pool: bool  # the stem's max-pool (torchvision ResNets)
+    dilate: tuple[bool, bool, bool]  # ResNet.replace_stride_with_dilation
+
+
+def resnet9_stages(shape: Shape) -> dict[str, nn.Module]:
+    """ResNet-9 of the 'how to train your ResNet' series; channels width, 2w, 4w, 8w (layers
+    halved with is_half)."""
+    if any(shape.dilate):
+        raise UserError("ResNet.replace_stride_with_dilation applies to resnet18/50; resnet9 pools instead of "
+                        "striding: leave it None")
+    w, s = shape.width, shape.width // 2 if shape.half else shape.width
     return {
-        "prep": conv_bn(in_channels, w),
-        "layer1": nn.Sequential(conv_bn(w, 2 * w), nn.MaxPool2d(2), Residual(2 * w)),
-        "layer2": nn.Sequential(conv_bn(2 * w, 4 * w), nn.MaxPool2d(2)),
-        "layer3": nn.Sequential(conv_bn(4 * w, 8 * w), nn.MaxPool2d(2), Residual(8 * w)),
+        "prep": conv_bn(shape.in_channels, w),
+        "layer1": nn.Sequential(conv_bn(w, 2 * s), nn.MaxPool2d(2), Residual(2 * s)),
+        "layer2": nn.Sequential(conv_bn(2 * s, 4 * s), nn.MaxPool2d(2)),
+        "layer3": nn.Sequential(conv_bn(4 * s, 8 * s), nn.MaxPool2d(2), Residual(8 * s)),
     }
 
 
-def torchvision_stages(factory: Callable[..., torchvision.models.ResNet], in_channels: int,
-                       small_input: bool) -> dict[str, nn.Module]:
+class HalfWidthResNet(torchvision.models.ResNet):
+    """torchvision's ResNet with every layer's channels halved (the stem keeps 64)."""
+
+    def _make_layer(self, block: type, planes: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
+        return super()._make_layer(block, planes // 2, blocks, stride, dilate)
+
+
+def torchvision_stages(block: type, layers: list[int], shape: Shape) -> dict[str, nn.Module]:
     """torchvision's stages under their own names; the stem's modules stay top-level."""
-    net = factory(weights=None)
-    if small_input or in_channels != 3:
-        kernel, stride = (3, 1) if small_input else (7, 2)
-        net.conv1 = nn.Conv2d(in_channels, 64, kernel, stride, padding=kernel // 2, bias=False)
-    if small_input:
+    net = (HalfWidthResNet if shape.half else torchvision.models.ResNet)(
+        block, layers, replace_stride_with_dilation=list(shape.dilate))
+    if shape.small_input or shape.in_channels != 3:
+        kernel, stride = (3, 1) if shape.small_input else (7, 2)
+        net.conv1 = nn.Conv2d(shape.in_channels, 64, kernel, stride, padding=kernel // 2, bias=False)
+    if not shape.init_pool:
         net.maxpool = nn.Identity()
     return {"stem": nn.Sequential(), "conv1": net.conv1, "bn1": net.bn1, "relu": net.relu, "maxpool": net.maxpool,
             "layer1": net.layer1, "layer2": net.layer2, "layer3": net.layer3, "layer4": net.layer4}
 
 
 ARCHITECTURES = {
-    "resnet9": lambda c, w, small: resnet9_stages(c, w),
-    "resnet18": lambda c, w, small: torchvision_stages(torchvision.models.resnet18, c, small),
-    "resnet50": lambda c, w, small: torchvision_stages(torchvision.models.resnet50, c, small),
+    "resnet9": resnet9_stages,
+    "resnet18": lambda shape: torchvision_stages(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2], shape),
+    "resnet50": lambda shape: torchvision_stages(torchvision.models.resnet.Bottleneck, [3, 4, 6, 3], shape),
 }
 STEM = ("conv1", "bn1", "relu", "maxpool")
 
@@ -70,32 +100,61 @@ STEM = ("conv1", "bn1", "relu", "maxpool")
 class ResNet(nn.Module):
     """A backbone of `ARCHITECTURES`; `forward` gives pooled features B x out_dim."""
 
-    def __init__(self, arch: str, in_channels: int = 3, input_res: int = 32, feat_layer: str | None = None,
-                 freeze_at_k: int = 0, out_feats: int | None = None, width: int = 64):
+    def __init__(self, arch: str, in_channels: int = 3, input_res: int = 32, feat_layer: str | int | None = None,
+                 freeze_at_k: int | None = 0, out_feats: int | None = None, width: int = 64,
+                 prepool_fc: bool | None = None, is_half: bool = False, skip_init_pool: bool | None = None,
+                 replace_stride_with_dilation: list[bool] | None = None):
         """`width`: resnet9's first-stage channels (64 in the original); torchvision's ResNets keep theirs."""
         super().__init__()
         if arch not in ARCHITECTURES:
             raise UserError(f"unknown init_resnet.choice {arch!r}; choose from: {', '.join(ARCHITECTURES)}")
-        for name, module in ARCHITECTURES[arch](in_channels, width, input_res <= 64).items():
+        if skip_init_pool is False and arch == "resnet9":
+            raise UserError("ResNet.skip_init_pool = False keeps the stem's max-pool of resnet18/50; resnet9 has none: "
+                            "leave it unset")
+        dilate = tuple(bool(d) for d in (replace_stride_with_dilation or (False,) * 3))
+        if len(dilate) != 3:
+            raise UserError(f"ResNet.replace_stride_with_dilation = {replace_stride_with_dilation!r} needs one bool per "
+                            "layer after the first, e.g. [False, False, True]")
+        small = input_res <= 64
+        shape = Shape(in_channels, width, small, bool(is_half), not small if skip_init_pool is None else not skip_init_pool,
+                      dilate)
+        for name, module in ARCHITECTURES[arch](shape).items():
             if name != "stem":
                 self.add_module(name, module)
         self.stage_names = ["stem" if arch != "resnet9" else "prep"] + [n for n in ("layer1", "layer2", "layer3",
                                                                                      "layer4") if hasattr(self, n)]
-        feat_layer = feat_layer or self.stage_names[-1]
-        if feat_layer not in self.stage_names:
-            raise UserError(f"ResNet.feat_layer {feat_layer!r} is not a stage of {arch}; choose from: "
-                            f"{', '.join(self.stage_names)}")
-        self.stage_names = self.stage_names[: self.stage_names.index(feat_layer) + 1]
+        last = self.stage_feature(feat_layer)
+        self.stage_names = self.stage_names[: last + 1]
+        freeze_at_k = freeze_at_k or 0  # 2020: None
         if not 0 <= freeze_at_k <= len(self.stage_names):
-            raise UserError(f"ResNet.freeze_at_k = {freeze_at_k}: {arch} up to {feat_layer} has "
+            raise UserError(f"ResNet.freeze_at_k = {freeze_at_k}: {arch} up to {self.stage_names[-1]} has "
                             f"{len(self.stage_names)} stages")
         self.freeze_at_k = freeze_at_k
         channels = self._channels(in_channels, input_res)
-        self.project = (nn.Sequential(nn.Conv2d(channels, out_feats, 1, bias=False), nn.BatchNorm2d(out_feats),
-                                      nn.ReLU(inplace=True)) if out_feats else nn.Identity())
+        if isinstance(feat_layer, int) and feat_layer >= 0:  # 2020: a stage's pooled output, unprojected
+            out_feats = None
+        self.postpool = prepool_fc is False and bool(out_feats)
+        if not out_feats:
+            self.project: nn.Module = nn.Identity()
+        elif prepool_fc is None:
+            self.project = nn.Sequential(nn.Conv2d(channels, out_feats, 1, bias=False), nn.BatchNorm2d(out_feats),
+                                         nn.ReLU(inplace=True))
+        else:  # the 2020 projection: linear, per position or on the pooled features (the same map)
+            self.project = PerPosition(nn.Linear(channels, out_feats))
         self.out_dim = out_feats or channels
         for module in self._stages(self.freeze_at_k):
             module.requires_grad_(False)
+
+    def stage_feature(self, feat_layer: str | int | None) -> int:
+        """The index of the last stage to run: a stage name, -1 / None (the last), or a 2020 stage number."""
+        if feat_layer is None or feat_layer == -1:
+            return len(self.stage_names) - 1
+        if isinstance(feat_layer, int) and not isinstance(feat_layer, bool) and 0 <= feat_layer < len(self.stage_names):
+            return feat_layer
+        if feat_layer in self.stage_names:
+            return self.stage_names.index(feat_layer)
+        raise UserError(f"ResNet.feat_layer {feat_layer!r} is not a stage of this backbone; choose from: "
+                        f"{', '.join(self.stage_names)}, their numbers 0-{len(self.stage_names) - 1}, or -1 (the last)")
 
     def _stages(self, count: int | None = None) -> list[nn.Module]:
         names = self.stage_names[:count]
@@ -130,12 +189,30 @@ class ResNet(nn.Module):
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """B x C x H x W -> B x out_dim x h x w, after `feat_layer`."""
+        return self.project(self.unprojected_map(x))
+
+    def unprojected_map(self, x: torch.Tensor) -> torch.Tensor:
         for module in self._stages():
             x = module(x)
-        return self.project(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.postpool:  # 2020's prepool_fc = False: project the pooled features
+            return self.project(self.unprojected_map(x).mean(dim=(2, 3)))
         return self.feature_map(x).mean(dim=(2, 3))  # global average pool; deterministic on GPUs
+
+
+class PerPosition(nn.Module):
+    """A linear map over channels: of a feature map B x C x H x W at every position, or of B x C."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return self.linear(x)
+        return torch.nn.functional.conv2d(x, self.linear.weight[:, :, None, None], self.linear.bias)
 
 
 @gin.configurable

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfstudy.checkpoint import load_snapshot, resolve_snapshot
+from selfstudy import legacy
 from selfstudy.errors import UserError
 from selfstudy.models.resnet import ResNet
 
@@ -42,6 +43,27 @@ def head_sizes(out_classes: int | list[int] | tuple[int, ...] | None, num_classe
     return sizes
 
 
+MODEL_CHOICES = ("resnet", "rotate", "amdim", "cmc", "vae", "amdim_ref")
+
+
+def check_2020_settings(model_choice: str | None, run_classifier: bool, run_selfsup: bool) -> None:
+    """`Wrapper.model_choice` named the 2020 backbone class of a method; here every task's backbone
+    is init_resnet's and the task adds its own heads. `run_classifier = False` dropped the
+    classifier; here the probes of a self-supervised run stay (they never touch the backbone)."""
+    if model_choice is not None:
+        if model_choice not in MODEL_CHOICES:
+            raise UserError(f"unknown Wrapper.model_choice {model_choice!r}; choose from: {', '.join(MODEL_CHOICES)} "
+                            "(or leave it out: the task brings its heads)")
+        legacy.note(f"Wrapper.model_choice = {model_choice!r}: every task's backbone is init_resnet.choice and the task "
+                    "(session.task) adds its own heads, so the setting is not needed")
+    if not run_classifier:
+        if not run_selfsup:
+            raise UserError("Wrapper.run_classifier = False leaves a supervised task nothing to train: remove it, or "
+                            "set Wrapper.run_selfsup = True with a self-supervised session.task")
+        legacy.note("Wrapper.run_classifier = False: the linear and MLP probes still train, on detached features, "
+                    "so they report accuracy without changing the backbone")
+
+
 @gin.configurable(denylist=["backbone", "num_classes"])
 class Wrapper(nn.Module):
     """Backbone + classifier.
@@ -50,55 +72,71 @@ class Wrapper(nn.Module):
         heads on the same features, the first for the class and the others for the further
         labels the task trains (ClassifyTask: the pose), e.g. [10, 5].
     classifier: 'linear' or 'mlp' (hidden units `mlp_hidden`).
-    finetune_classifier: train the classifier only, on frozen backbone features.
+    finetune_classifier: whether the classifier's loss trains the backbone. Unset: yes in a
+        supervised run, no with run_selfsup (the classifier is a probe). False without
+        run_selfsup: a linear probe on a frozen backbone (weights and BatchNorm statistics).
+        True with run_selfsup: the labels train the backbone alongside the method's loss.
     warmup_fc: training steps at the start during which the backbone stays frozen (weights and
         BatchNorm statistics) and only the classifier and the task's own heads train.
     pretrained: "<exp>/<name>" of a snapshot whose weights initialise the model.
     ignore_pretrained_fc: take only the backbone from `pretrained`.
     run_selfsup: pretraining with a self-supervised task: the classifier becomes a linear
         probe and an MLP probe joins it, both trained on detached features.
-    finetune_selfsup: with run_selfsup, train only the self-supervised task's heads (and the
-        probes) on a frozen backbone, e.g. to ask how well given features solve a pretext task.
+    finetune_selfsup: whether the self-supervised loss trains the backbone (default). False:
+        the backbone stays frozen and only the method's heads and the probes train, e.g. to
+        ask how well given features solve a pretext task.
     dense_pred: per-pixel logits: the classifier becomes a 1x1 convolution on the backbone's
         feature map, upsampled bilinearly to the input size (segmentation).
-    With finetune_classifier or run_selfsup, features are standardised (BatchNorm without
+    model_choice, run_classifier: 2020 settings (see `check_2020_settings`).
+    With a frozen backbone or run_selfsup, features are standardised (BatchNorm without
     affine parameters) before the classifier and probes.
     """
 
     def __init__(self, backbone: ResNet, num_classes: int, out_classes: int | list[int] | None = None,
-                 classifier: str = "linear", mlp_hidden: int = 512, finetune_classifier: bool = False,
+                 classifier: str = "linear", mlp_hidden: int = 512, finetune_classifier: bool | None = None,
                  warmup_fc: int = 0, pretrained: str | None = None, ignore_pretrained_fc: bool = False,
-                 run_selfsup: bool = False, dense_pred: bool = False, finetune_selfsup: bool = False):
+                 run_selfsup: bool = False, dense_pred: bool = False, finetune_selfsup: bool = True,
+                 model_choice: str | None = None, run_classifier: bool = True):
         super().__init__()
-        if finetune_selfsup and not run_selfsup:
-            raise UserError("Wrapper.finetune_selfsup = True trains a self-supervised task's heads on a frozen "
-                            "backbone: it needs Wrapper.run_selfsup = True and a self-supervised session.task")
-        self.head_sizes = sizes = head_sizes(out_classes, num_classes)
+        check_2020_settings(model_choice, run_classifier, run_selfsup)
+        if not finetune_selfsup and not run_selfsup:
+            raise UserError("Wrapper.finetune_selfsup = False freezes the backbone under a self-supervised task's loss: "
+                            "it needs Wrapper.run_selfsup = True and a self-supervised session.task")
+        if not finetune_selfsup and finetune_classifier:
+            raise UserError("Wrapper.finetune_selfsup = False with Wrapper.finetune_classifier = True would train the "
+                            "backbone with the labels only: drop run_selfsup for that, or one of the two settings")
+        sizes = head_sizes(out_classes, num_classes)
+        if len(sizes) > 1 and (dense_pred or run_selfsup):  # 2020 configs: [11, 1] dense, [10, 5] pretraining
+            legacy.note(f"Wrapper.out_classes = {list(sizes)} with Wrapper.{'dense_pred' if dense_pred else 'run_selfsup'}"
+                        f": the {'per-pixel classifier learns' if dense_pred else 'probes learn'} the class ({sizes[0]} "
+                        "outputs);"
+                        " the other entries are not used")
+            sizes = sizes[:1]
+        self.head_sizes = sizes
         out_classes = sizes[0]
         self.backbone = backbone
         self.dense_pred = dense_pred
         if dense_pred and (classifier != "linear" or run_selfsup):
             raise UserError("Wrapper.dense_pred = True has a linear (1x1 convolution) classifier and no probes: "
                             "leave Wrapper.classifier = 'linear' and Wrapper.run_selfsup = False")
-        if len(sizes) > 1 and (dense_pred or run_selfsup):
-            raise UserError(f"Wrapper.out_classes = {list(sizes)} asks for several heads, which classify whole images "
-                            "under supervision: give one number with Wrapper.dense_pred or Wrapper.run_selfsup")
         self.classifier = (nn.Conv2d(backbone.out_dim, out_classes, 1) if dense_pred
                            else make_head(classifier, backbone.out_dim, out_classes, mlp_hidden))
         self.more_heads = nn.ModuleList(make_head(classifier, backbone.out_dim, size, mlp_hidden) for size in sizes[1:])
         self.run_selfsup = run_selfsup
+        # the backbone never trains: a probe of frozen features, or a method's heads on them
+        self.always_frozen = (finetune_classifier is False and not run_selfsup) or not finetune_selfsup
+        self.labels_train_backbone = bool(finetune_classifier) if run_selfsup else not self.always_frozen
         # Probes on frozen or detached features see them standardised (a fixed affine map at
         # evaluation, so a linear probe stays linear): untrained and self-supervised features
         # come at any scale, which plain SGD on a linear head does not recover from.
-        probing = finetune_classifier or run_selfsup
+        probing = self.always_frozen or run_selfsup
         self.feature_norm = nn.BatchNorm1d(backbone.out_dim, affine=False) if probing else nn.Identity()
         self.mlp_probe = make_head("mlp", backbone.out_dim, out_classes, mlp_hidden) if run_selfsup else None
-        self.finetune_classifier = finetune_classifier or finetune_selfsup  # either way the backbone stays
         self.warmup_fc = warmup_fc
-        self.backbone_frozen = self.finetune_classifier
+        self.backbone_frozen = self.always_frozen
         # what a warmup freezes and frees again: stages ResNet.freeze_at_k froze stay frozen
         self.warm_parameters = [p for p in backbone.parameters() if p.requires_grad]
-        if self.finetune_classifier:
+        if self.always_frozen:
             backbone.requires_grad_(False)
         if pretrained:
             self.load_pretrained(pretrained, ignore_pretrained_fc)
@@ -135,10 +173,10 @@ class Wrapper(nn.Module):
                       "mlp_accuracy": (mlp.argmax(1) == targets).float().mean(), "probe_loss": loss.detach()}
 
     def set_step(self, step: int) -> None:
-        """Freeze the backbone while `step < warmup_fc` (or always with `finetune_classifier`):
+        """Freeze the backbone while `step < warmup_fc` (or always, see `always_frozen`):
         its parameters stop requiring gradients and its BatchNorm keeps its running statistics,
         for every caller, through `forward` or the backbone itself (tasks with heads of their own)."""
-        frozen = self.finetune_classifier or step < self.warmup_fc
+        frozen = self.always_frozen or step < self.warmup_fc
         if frozen != self.backbone_frozen:
             self.backbone_frozen = frozen
             for parameter in self.warm_parameters:

@@ -9,6 +9,7 @@ from torch import nn
 
 from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions
+from selfstudy import legacy
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 from selfstudy.tasks.base import Task
@@ -68,14 +69,17 @@ class ClassifyTask(Task):
         if model.dense_pred and not dense:
             raise UserError(f"Wrapper.dense_pred = True predicts a class per pixel, but {dataset.name} has one class "
                             "per image (a classification set): use a --multi synthetic set or set it to False")
-        if model.more_heads:
-            if self.is_pose:
-                raise UserError("ClassifyTask.is_pose = True learns the pose alone with a head of its own: give "
-                                "Wrapper.out_classes one number, or set is_pose to False to learn class and pose")
-            if not options.predict_pose or model.head_sizes[1] < NUM_POSES:
-                raise UserError(f"Wrapper.out_classes' second head learns the {NUM_POSES}-way pose: set "
-                                f"BaseDataset.predict_pose = True (the dataset must have rot_mat) and give that head "
-                                f"at least {NUM_POSES} outputs")
+        if model.more_heads and self.is_pose:  # 2020 pose configs give [10, 5]
+            legacy.note(f"Wrapper.out_classes = {list(model.head_sizes)} with ClassifyTask.is_pose: the pose is learnt "
+                        "alone, by a head of the task's own; the classifier's heads are not trained")
+        elif model.more_heads:
+            if options.predict_pose and model.head_sizes[1] < NUM_POSES:
+                raise UserError(f"Wrapper.out_classes' second head learns the {NUM_POSES}-way pose: give it at least "
+                                f"{NUM_POSES} outputs")
+            if not options.predict_pose:  # as in 2020 configs, e.g. [10, 5] on CIFAR
+                legacy.note(f"Wrapper.out_classes = {list(model.head_sizes)}: the second head would learn the pose, "
+                            "but BaseDataset.predict_pose is False, so only the first (the class) trains")
+        self.pose_labels = options.predict_pose
         if self.is_pose:
             if not options.predict_pose:
                 raise UserError(f"ClassifyTask.is_pose = True needs pose labels, but BaseDataset.predict_pose is "
@@ -92,7 +96,7 @@ class ClassifyTask(Task):
         elif model.dense_pred:
             loss, metrics = segmentation_loss(model(batch.images).logits, batch.targets)
             return loss, {"loss": loss.detach(), "accuracy": metrics["pixel_accuracy"], **metrics}
-        elif model.more_heads:
+        elif model.more_heads and self.pose_labels:
             output = model(batch.images)
             loss, accuracy = classify_loss(output.logits, batch.targets)
             pose_loss, pose_accuracy = classify_loss(output.more_logits[0], batch.pose)
