@@ -157,7 +157,7 @@ def launch(request: Request, directory: Path, ray_config: RayConfig, space: dict
         tune.with_resources(_trainable(), resources),
         param_space=space,
         tune_config=tune.TuneConfig(
-            num_samples=ray_config.num_samples, metric=ray_config.metric, mode=ray_config.mode,
+            num_samples=ray_config.num_samples, **tune_selection(ray_config),
             scheduler=ray_config.scheduler, search_alg=ray_config.search_alg,
             max_concurrent_trials=ray_config.max_concurrent_trials or None,
             trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
@@ -170,6 +170,13 @@ def launch(request: Request, directory: Path, ray_config: RayConfig, space: dict
     )
     folders.write_json(directory / folders.EXPERIMENT_FILE, {**record, "resources": resources})
     fit(tuner, request.quiet)
+
+
+def tune_selection(ray_config: RayConfig) -> dict[str, str | None]:
+    """metric and mode for Tune, which refuses them when the scheduler was made with its own."""
+    if getattr(ray_config.scheduler, "metric", None) is not None:
+        return {"metric": None, "mode": None}
+    return {"metric": ray_config.metric, "mode": ray_config.mode}
 
 
 def fit(tuner: Any, quiet: bool) -> None:

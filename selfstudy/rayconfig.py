@@ -179,6 +179,14 @@ def make_ray_config(name: str, values: dict[str, Any], where: str) -> RayConfig:
                         "exp_args = {'config': {...}, ...}")
     config = RayConfig(name=name, **values)
     check_keys(config.search_space)
+    for part in ("scheduler", "search_alg"):  # one made with its own metric (as 2020 configs did) decides it
+        owned = {key: getattr(getattr(config, part), key, None) for key in ("metric", "mode")}
+        for key, value in owned.items():
+            if value is not None and key in values and values[key] != value:
+                raise UserError(f"{where}: {key} = {values[key]!r} but the {part} was made with {key}={value!r}: "
+                                "give it once, in one of the two places")
+            if value is not None:
+                setattr(config, key, value)
     counts = {"num_samples": 1, "checkpoint_frequency": 0, "keep_checkpoints": 1, "max_failures": 0,
               "max_concurrent_trials": 0}
     for key, least in counts.items():

@@ -1,16 +1,19 @@
-"""2020 values keep their 2020 meaning: one rule per setting (issue 13, first part)."""
+"""2020 values keep their 2020 meaning: one rule per setting."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import kornia
 import pytest
 import torch
 
 from conftest import TINY, Workspace, write_ray_config
 from selfstudy.augment import Augment, for_resolution
 from selfstudy.errors import UserError
-from selfstudy.optim import build_schedule
+from selfstudy.models import Wrapper
+from selfstudy.models.resnet import ResNet
+from selfstudy.optim import build_optimizer, build_schedule
 from selfstudy.rayconfig import load_ray_config
 from selfstudy.trial import build_parts
 from util import vis
@@ -104,3 +107,140 @@ def test_2020_settings_without_a_job_are_accepted_with_one_note_each(workspace: 
     assert any(line.startswith("note: session.use_apex is not used") for line in notes)
     assert any(line.startswith("note: BaseDataset.remote_loading is not used") for line in notes)
     assert (vis.load_experiment("apex")["status"] == "finished").all()
+
+
+def test_feat_layer_minus_one_is_the_last_stage_and_k_the_pooled_stage_k() -> None:
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 32, 32)
+    last = ResNet("resnet9", width=8, feat_layer=-1).eval()
+    assert last.stage_names == ["prep", "layer1", "layer2", "layer3"] and last.out_dim == 64
+    for k, channels in ((0, 8), (1, 16), (2, 32)):
+        net = ResNet("resnet9", width=8, feat_layer=k, out_feats=256).eval()  # 2020: no projection at stage k
+        assert net.out_dim == channels and isinstance(net.project, torch.nn.Identity)
+        full = ResNet("resnet9", width=8).eval()
+        full.load_state_dict(net.state_dict(), strict=False)
+        with torch.no_grad():
+            assert torch.equal(net(images), full.stage_maps(images)[k].mean(dim=(2, 3)))
+    with pytest.raises(UserError, match="ResNet.feat_layer 4 is not a stage .* 0-3, or -1"):
+        ResNet("resnet9", feat_layer=4)
+
+
+def test_out_feats_is_a_linear_projection_before_or_after_pooling() -> None:
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 32, 32)
+    before = ResNet("resnet9", width=8, out_feats=24, prepool_fc=True).eval()
+    after = ResNet("resnet9", width=8, out_feats=24, prepool_fc=False).eval()
+    after.load_state_dict(before.state_dict())  # the same weights: a linear map commutes with the mean
+    assert before.project.linear.weight.shape == (24, 64) and before.out_dim == after.out_dim == 24
+    with torch.no_grad():
+        assert before(images).shape == after(images).shape == (2, 24)
+        assert torch.allclose(before(images), after(images), atol=1e-5)
+        assert before.feature_map(images).shape == (2, 24, 4, 4)
+        raw = before.unprojected_map(images).mean(dim=(2, 3))
+        assert torch.allclose(after(images), raw @ after.project.linear.weight.T + after.project.linear.bias, atol=1e-5)
+    ours = ResNet("resnet9", width=8, out_feats=24)  # prepool_fc unset: our 1x1 conv, BatchNorm, ReLU
+    assert isinstance(ours.project, torch.nn.Sequential) and ours.out_dim == 24
+
+
+@pytest.mark.parametrize("arch, full", [("resnet9", [16, 32, 64, 128]), ("resnet18", [64, 64, 128, 256, 512]),
+                                        ("resnet50", [64, 256, 512, 1024, 2048])])
+def test_is_half_halves_every_layer_not_the_stem(arch: str, full: list[int]) -> None:
+    images = torch.randn(1, 3, 32, 32)
+    for half, expected in ((False, full), (True, [full[0]] + [c // 2 for c in full[1:]])):
+        net = ResNet(arch, width=16, is_half=half).eval()
+        with torch.no_grad():
+            assert [m.shape[1] for m in net.stage_maps(images)] == expected
+
+
+def test_skip_init_pool_and_dilation_keep_their_torchvision_meaning() -> None:
+    images = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert ResNet("resnet18", input_res=128).feature_map(images).shape[-1] == 4  # stride 2 stem, max-pool
+        assert ResNet("resnet18", input_res=128, skip_init_pool=True).feature_map(images).shape[-1] == 8
+        dilated = ResNet("resnet50", input_res=128, replace_stride_with_dilation=[False, False, True])
+        assert dilated.feature_map(images).shape[-1] == 8
+    with pytest.raises(UserError, match="replace_stride_with_dilation applies to resnet18/50"):
+        ResNet("resnet9", replace_stride_with_dilation=[False, True, True])
+    assert ResNet("resnet9", freeze_at_k=None).freeze_at_k == 0  # 2020's None: nothing frozen
+
+
+def test_exp_factor_and_a_single_target_lr_keep_their_2020_meaning() -> None:
+    """2020: target_lrs = t is [0, t, final_lr]; exp_factor multiplies the last segment by e ** f,
+    e falling linearly from 1 to 1e-7 across it (0: plain linear; below 0 allowed)."""
+    plain = build_schedule(1.0, 10, milestones=[2, 6], target_lrs=0.1, final_lr=1e-3)
+    assert (plain.lr(0), plain.lr(20), plain.lr(60)) == pytest.approx((0.0, 0.1, 1e-3))
+    assert plain.lr(40) == pytest.approx((0.1 + 1e-3) / 2)
+    for factor in (2.0, -0.5):
+        curved = build_schedule(1.0, 10, milestones=[2, 6], target_lrs=0.1, final_lr=1e-3, exp_factor=factor)
+        assert curved.lr(10) == pytest.approx(plain.lr(10))  # the first segment stays linear
+        assert curved.lr(40) == pytest.approx(plain.lr(40) * (1 - 0.5 * (1 - 1e-7)) ** factor)
+    listed = build_schedule(1.0, 10, milestones=[2, 6], target_lrs=[0, 0.1, 0.5], final_lr=1e-3)
+    assert listed.lr(60) == pytest.approx(1e-3)  # final_lr replaces the last entry
+
+
+def test_reduce_lr_on_plateau_lowers_the_rate_on_the_metric_and_resumes_exactly() -> None:
+    weights = torch.nn.Parameter(torch.zeros(2))
+
+    def plateau() -> tuple[torch.optim.Optimizer, object]:
+        optimizer = torch.optim.SGD([weights], lr=0.1)
+        return optimizer, build_schedule(0.1, 10, optimizer, milestones=[8], scheduler_fn="ReduceLROnPlateau",
+                                         metric="valid_loss", factor=0.5, patience=1)
+
+    optimizer, schedule = plateau()
+    assert schedule.num_epochs == 8 and schedule.lr(0) == 0.1
+    for loss in (1.0, 0.9, 0.9, 0.9):  # no improvement for two epochs (patience 1): halved once
+        schedule.observe({"valid_loss": loss})
+    assert schedule.lr(123) == pytest.approx(0.05)
+    saved = (optimizer.state_dict(), schedule.state_dict())
+    optimizer2, resumed = plateau()
+    optimizer2.load_state_dict(saved[0])
+    resumed.load_state_dict(saved[1])
+    for run in (schedule, resumed):
+        run.observe({"valid_loss": 0.9})
+        run.observe({"valid_loss": 0.9})
+    assert resumed.lr(0) == schedule.lr(0) == pytest.approx(0.025)
+    with pytest.raises(UserError, match="scheduler.metric 'valid_loss' is not among this run's metrics"):
+        schedule.observe({"train_loss": 1.0})
+    with pytest.raises(UserError, match="scheduler.patience is a ReduceLROnPlateau setting"):
+        build_schedule(0.1, 10, milestones=[8], patience=3)
+
+
+def test_fused_adam_is_torch_adamw() -> None:
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    adam = build_optimizer(params, optim_fn="FusedAdam", lr=0.01, weight_decay=0.1, betas=(0.8, 0.999))
+    assert type(adam) is torch.optim.AdamW and adam.defaults["weight_decay"] == 0.1
+    assert type(build_optimizer(params, optim_fn="FusedAdam", adam_w_mode=False)) is torch.optim.Adam
+
+
+def test_finetune_classifier_and_finetune_selfsup_have_their_2020_sense() -> None:
+    """finetune_classifier: the labels train the backbone (True), or a probe on frozen features
+    (False); unset, supervised runs train it. finetune_selfsup = False: the backbone stays frozen."""
+    for setting, backbone_learns in ((None, True), (True, True), (False, False)):
+        model = Wrapper(ResNet("resnet9", width=4), num_classes=3, finetune_classifier=setting)
+        model.train()
+        model.set_step(0)
+        model(torch.randn(4, 3, 16, 16)).logits.sum().backward()
+        assert (model.backbone.prep[0].weight.grad is not None) == backbone_learns, setting
+    pretrain = Wrapper(ResNet("resnet9", width=4), num_classes=3, run_selfsup=True)
+    assert not pretrain.labels_train_backbone and not pretrain.always_frozen
+    joint = Wrapper(ResNet("resnet9", width=4), num_classes=3, run_selfsup=True, finetune_classifier=True)
+    assert joint.labels_train_backbone
+    measured = Wrapper(ResNet("resnet9", width=4), num_classes=3, run_selfsup=True, finetune_selfsup=False)
+    assert measured.always_frozen and not any(p.requires_grad for p in measured.backbone.parameters())
+    with pytest.raises(UserError, match="run_classifier = False leaves a supervised task nothing to train"):
+        Wrapper(ResNet("resnet9", width=4), num_classes=3, run_classifier=False)
+    with pytest.raises(UserError, match="unknown Wrapper.model_choice 'vgg'"):
+        Wrapper(ResNet("resnet9", width=4), num_classes=3, model_choice="vgg")
+
+
+def test_colour_operations_on_cielab_images_run_in_rgb() -> None:
+    """A CIELAB batch (as the 2020 syn files store) under grayscale with probability 1 comes back
+    grey: a and b are 0, L keeps its range."""
+    rgb = torch.rand(4, 3, 8, 8)
+    lab = kornia.color.rgb_to_lab(rgb)
+    augment = for_resolution(Augment(grayscale=1.0, flip=False, crop=0), 8, "lab")
+    zero, one = torch.zeros(3), torch.ones(3)
+    out = augment(lab, zero, one).images
+    assert out[:, 1:].abs().max() < 0.05 and 0 <= out[:, 0].min() and out[:, 0].max() <= 100
+    with pytest.raises(UserError, match="need RGB or CIELAB images"):
+        Augment(color_jitter=0.4).check("hsv")

@@ -76,13 +76,14 @@ def SynDataset(dataset_choice: str = "0000", use_lab: bool | None = None) -> Dat
     if ours and use_lab is None:
         return DatasetFiles.open(f"SynDataset({dataset_choice})", folder / "train.h5", folder / "test.h5")
     lab = True if use_lab is None else bool(use_lab)
-    path = file_2020(folder, data_options().input_res, lab)
+    res = data_options().input_res
+    path = file_2020(folder, res, lab)
     if path is not None:
         return DatasetFiles.open_2020(f"SynDataset({dataset_choice})", path, lab)
     if use_lab is not None:
-        raise UserError(f"SynDataset.use_lab = {use_lab} reads the 2020 file {folder}/data_<res>{'_lab' * lab}.h5 "
-                        f"(res: BaseDataset.input_res), which is not there: put it there, or remove SynDataset.use_lab "
-                        "to read train.h5 and test.h5")
+        raise UserError(f"SynDataset.use_lab = {use_lab} reads the 2020 file {folder}/data_{res or '<res>'}"
+                        f"{'_lab' * lab}.h5 (res: BaseDataset.input_res), which is not there: put it there, or remove "
+                        "SynDataset.use_lab to read train.h5 and test.h5")
     code = dataset_choice if len(str(dataset_choice)) == 4 else "<TCVL digits>"
     raise UserError(f"synthetic set '{dataset_choice}' is not rendered in {folder}: run "
                     f"python misc/render_syn.py --code {code} --n 20000 --res 32 -o {dataset_choice} (20000 images is the "
