@@ -135,8 +135,8 @@ def test_augment_draws_fresh_randomness_and_checks_its_dataset() -> None:
     generator = torch.Generator().manual_seed(0)
     first, second = augment(images, mean, std, generator).images, augment(images, mean, std, generator).images
     assert first.shape == images.shape and torch.isfinite(first).all() and not torch.equal(first, second)
-    with pytest.raises(UserError, match="need RGB"):
-        augment.check("lab")
+    with pytest.raises(UserError, match="need RGB or CIELAB"):
+        augment.check("hsv")
     with pytest.raises(UserError, match="transform_targets = True needs dense targets"):
         augment_options(transform_targets=True).check("rgb")
     assert not augment_options(do_augment=False).applies_to("train")

@@ -161,7 +161,12 @@ def test_skip_init_pool_and_dilation_keep_their_torchvision_meaning() -> None:
         assert dilated.feature_map(images).shape[-1] == 8
     with pytest.raises(UserError, match="replace_stride_with_dilation applies to resnet18/50"):
         ResNet("resnet9", replace_stride_with_dilation=[False, True, True])
-    assert ResNet("resnet9", freeze_at_k=None).freeze_at_k == 0  # 2020's None: nothing frozen
+    assert all(p.requires_grad for p in ResNet("resnet9", freeze_at_k=None).parameters())  # 2020's None
+    one = ResNet("resnet9", freeze_at_k=1)  # 2020: gradients stop after layer 2
+    assert not any(p.requires_grad for m in (one.prep, one.layer1, one.layer2) for p in m.parameters())
+    assert all(p.requires_grad for p in one.layer3.parameters())
+    with pytest.raises(UserError, match="freeze_at_k = 2 freezes the stem and layers 1 to 3, but resnet9 up to layer2"):
+        ResNet("resnet9", feat_layer=2, freeze_at_k=2)
 
 
 def test_exp_factor_and_a_single_target_lr_keep_their_2020_meaning() -> None:

@@ -55,7 +55,7 @@ def test_torchvision_resnets_keep_torchvision_names(arch: str) -> None:
 
 
 def test_resnet_options() -> None:
-    net = ResNet("resnet18", input_res=32, feat_layer="layer3", freeze_at_k=2, out_feats=24)
+    net = ResNet("resnet18", input_res=32, feat_layer="layer3", freeze_at_k=0, out_feats=24)
     assert net.out_dim == 24 and net.stage_names[-1] == "layer3"
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 24)
     assert not any(p.requires_grad for p in net.layer1.parameters()) and not net.conv1.weight.requires_grad

@@ -2,19 +2,19 @@
 
 A backbone maps images B x C x H x W to pooled features B x `out_dim`. Its stages run in
 order (stage 0 is the stem, stage k the k-th layer); `ResNet.feat_layer` names the last
-stage to run, `ResNet.freeze_at_k` freezes the first k stages (weights and batch-norm
-statistics), `ResNet.out_feats` adds a 1x1 convolution to that many channels before
-pooling. ResNet-18/50 keep torchvision's parameter names (`conv1.weight`,
-`layer1.0.bn1.running_mean`, ...), so torchvision state dicts load into them; for inputs of
-64 pixels or less their stem is a 3x3, stride-1 convolution without max-pooling (the usual
-CIFAR variant).
+stage to run, `ResNet.freeze_at_k = k` freezes the stem and layers 1 to k + 1 (weights and
+batch-norm statistics; 2020: gradients stop after layer k + 1), `ResNet.out_feats` adds a
+1x1 convolution to that many channels before pooling. ResNet-18/50 keep torchvision's
+parameter names (`conv1.weight`, `layer1.0.bn1.running_mean`, ...), so torchvision state
+dicts load into them; for inputs of 64 pixels or less their stem is a 3x3, stride-1
+convolution without max-pooling (the usual CIFAR variant).
 
 2020 settings keep their 2020 meaning: `feat_layer = -1` is the last stage and an int k the
 pooled output of stage k, without projection; `prepool_fc` (a bool) makes `out_feats` the
 2020 projection, a linear map applied per position before pooling (True) or to the pooled
 features (False); `is_half` halves every layer's channels (the stem keeps its own);
 `skip_init_pool` removes (True) or keeps (False) the stem's max-pool;
-`replace_stride_with_dilation` is torchvision's; `freeze_at_k = None` freezes nothing.
+`replace_stride_with_dilation` is torchvision's.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class ResNet(nn.Module):
     """A backbone of `ARCHITECTURES`; `forward` gives pooled features B x out_dim."""
 
     def __init__(self, arch: str, in_channels: int = 3, input_res: int = 32, feat_layer: str | int | None = None,
-                 freeze_at_k: int | None = 0, out_feats: int | None = None, width: int = 64,
+                 freeze_at_k: int | None = None, out_feats: int | None = None, width: int = 64,
                  prepool_fc: bool | None = None, is_half: bool = False, skip_init_pool: bool | None = None,
                  replace_stride_with_dilation: list[bool] | None = None):
         """`width`: resnet9's first-stage channels (64 in the original); torchvision's ResNets keep theirs."""
@@ -125,11 +125,12 @@ class ResNet(nn.Module):
                                                                                      "layer4") if hasattr(self, n)]
         last = self.stage_feature(feat_layer)
         self.stage_names = self.stage_names[: last + 1]
-        freeze_at_k = freeze_at_k or 0  # 2020: None
-        if not 0 <= freeze_at_k <= len(self.stage_names):
-            raise UserError(f"ResNet.freeze_at_k = {freeze_at_k}: {arch} up to {self.stage_names[-1]} has "
-                            f"{len(self.stage_names)} stages")
-        self.freeze_at_k = freeze_at_k
+        frozen = 0 if freeze_at_k is None else freeze_at_k + 2  # the stem, then layers 1 to k + 1
+        if not 0 <= frozen <= len(self.stage_names):
+            raise UserError(f"ResNet.freeze_at_k = {freeze_at_k} freezes the stem and layers 1 to {freeze_at_k + 1}, "
+                            f"but {arch} up to {self.stage_names[-1]} has {len(self.stage_names) - 1} layers: choose "
+                            f"0 to {len(self.stage_names) - 2}, or None")
+        self.frozen_stages = frozen
         channels = self._channels(in_channels, input_res)
         if isinstance(feat_layer, int) and feat_layer >= 0:  # 2020: a stage's pooled output, unprojected
             out_feats = None
@@ -142,7 +143,7 @@ class ResNet(nn.Module):
         else:  # the 2020 projection: linear, per position or on the pooled features (the same map)
             self.project = PerPosition(nn.Linear(channels, out_feats))
         self.out_dim = out_feats or channels
-        for module in self._stages(self.freeze_at_k):
+        for module in self._stages(self.frozen_stages):
             module.requires_grad_(False)
 
     def stage_feature(self, feat_layer: str | int | None) -> int:
@@ -172,7 +173,7 @@ class ResNet(nn.Module):
 
     def train(self, mode: bool = True) -> "ResNet":
         super().train(mode)
-        for module in self._stages(self.freeze_at_k):  # frozen stages keep their statistics
+        for module in self._stages(self.frozen_stages):  # frozen stages keep their statistics
             module.eval()
         return self
 
