@@ -129,12 +129,12 @@ class Augment:
         """Whether any operation moves pixels (and so must move per-pixel fields)."""
         return bool(self.flip or self.crop or self.resized_crop)
 
-    def check(self, color_space: str, pixel_fields: Sequence[str] = ()) -> None:
-        """Raise if these options cannot apply to a dataset with this colour space whose batches
-        carry these per-pixel fields (names of `Batch.pixel_maps`, e.g. ('targets', 'depth'))."""
-        if (self.color_jitter or self.grayscale) and color_space not in ("rgb", "lab"):
+    def check(self, pixel_fields: Sequence[str] = ()) -> None:
+        """Raise if these options cannot apply to images of `color_space` whose batches carry
+        these per-pixel fields (names of `Batch.pixel_maps`, e.g. ('targets', 'depth'))."""
+        if (self.color_jitter or self.grayscale) and self.color_space not in ("rgb", "lab"):
             raise UserError(f"augment.color_jitter/grayscale need RGB or CIELAB images, but the dataset stores "
-                            f"{color_space}: set them to 0")
+                            f"{self.color_space}: set them to 0")
         self.check_maps(pixel_fields)
         if "depth" in pixel_fields and self.resized_crop:  # moved exactly, but no longer true to the image
             raise UserError("augment.resized_crop zooms the images but cannot rescale their depth maps (a zoomed "
@@ -251,9 +251,10 @@ def augment_options(color_jitter: float = 0.0, grayscale: float = 0.0, flip: boo
 JITTER_2020, GRAYSCALE_2020 = 0.4, 0.2  # the strengths a 2020 config's `= True` switched on
 
 
-def for_resolution(augment: Augment, resolution: int, color_space: str = "rgb") -> Augment:
-    """The 2020 meaning of boolean options, at this image size: one rule, a bool is the 2020
-    default and a number our setting. `crop = True`: res // 8 pixels of padding; `cutout = True`:
+def for_images(augment: Augment, resolution: int, color_space: str = "rgb") -> Augment:
+    """The options for images of this size and colour space (colour operations on CIELAB run in
+    RGB). The 2020 meaning of boolean options: one rule, a bool is the 2020 default and a number
+    our setting. `crop = True`: res // 8 pixels of padding; `cutout = True`:
     a res // 4 square; `color_jitter = True`: strength 0.4; `grayscale = True`: probability 0.2;
     False turns each off."""
     defaults = {"crop": resolution // 8, "cutout": resolution // 4, "color_jitter": JITTER_2020,

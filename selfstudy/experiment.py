@@ -266,6 +266,7 @@ def check_unfinished(directory: Path) -> None:
                 raise
             except UserError:
                 continue
+    print_notes()
 
 
 def _trainable() -> Any:

@@ -49,6 +49,7 @@ def build_optimizer(
     if optim_fn == "FusedAdam":
         params = list(params)
         optim_fn = "AdamW" if kwargs.pop("adam_w_mode", True) else "Adam"
+        kwargs.setdefault("weight_decay", 0.0)  # apex's default; torch's AdamW would decay by 0.01
         kwargs.pop("set_grad_none", None)  # gradients are set to None anyway
         if not kwargs.pop("bias_correction", True):
             raise UserError("optimizer.bias_correction = False has no torch equivalent: remove it")
@@ -60,6 +61,12 @@ def build_optimizer(
         return cls(params, lr=lr, **kwargs)
     except (TypeError, ValueError) as err:
         raise UserError(f"optimizer {cls.__name__}: {err}; fix the optimizer.* bindings") from None
+
+
+def check_milestones(milestones: tuple[int, ...]) -> None:
+    if not milestones or any(b <= a for a, b in zip((0,) + milestones, milestones)):
+        raise UserError(f"scheduler.milestones {list(milestones)} must be positive and increasing epochs (the run "
+                        "ends at the last)")
 
 
 @dataclass(frozen=True)
@@ -79,8 +86,7 @@ class Schedule:
                 f"{list(self.target_lrs)} need the same, non-zero length (or one more learning rate, the first "
                 "being the one at epoch 0, as in 2020 configs)"
             )
-        if any(b <= a for a, b in zip((0,) + self.milestones, self.milestones)):
-            raise UserError(f"scheduler.milestones {list(self.milestones)} must be positive and increasing epochs")
+        check_milestones(self.milestones)
         if self.steps_per_epoch < 1:
             raise UserError("an epoch has no training step: raise session.train_iters or give the dataset images")
 
@@ -96,8 +102,10 @@ class Schedule:
             if epoch < end_epoch:
                 t = (epoch - start_epoch) / (end_epoch - start_epoch)
                 lr = start_lr + t * (end_lr - start_lr)
-                if end_epoch == self.milestones[-1] and self.exp_factor:
-                    lr *= (1 - t * (1 - 1e-7)) ** self.exp_factor
+                if end_epoch == self.milestones[-1] and self.exp_factor:  # e over the segment's steps, 1 to 1e-7
+                    steps = (end_epoch - start_epoch) * self.steps_per_epoch
+                    done = step - start_epoch * self.steps_per_epoch
+                    lr *= (1 - done / max(steps - 1, 1) * (1 - 1e-7)) ** self.exp_factor
                 return lr
             start_epoch, start_lr = end_epoch, end_lr
         return self.target_lrs[-1] * (1e-7 ** self.exp_factor if self.exp_factor else 1.0)
@@ -123,9 +131,7 @@ class PlateauSchedule:
         except (TypeError, ValueError) as err:
             raise UserError(f"scheduler.scheduler_fn = 'ReduceLROnPlateau': {err}; fix the scheduler.* bindings "
                             "(factor, patience, mode, threshold, cooldown, min_lr, eps)") from None
-        if not milestones or any(b <= a for a, b in zip((0,) + tuple(milestones), milestones)):
-            raise UserError(f"scheduler.milestones {list(milestones)} must be positive and increasing epochs (the run "
-                            "ends at the last)")
+        check_milestones(tuple(milestones))
         self.optimizer, self.metric, self.num_epochs = optimizer, metric, milestones[-1]
 
     def lr(self, step: int) -> float:
@@ -146,6 +152,7 @@ class PlateauSchedule:
 
 
 SCHEDULERS = ("LambdaLR", "ReduceLROnPlateau")
+PLATEAU_SETTINGS = {"mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps"}
 
 
 @gin.configurable("scheduler", denylist=["base_lr", "steps_per_epoch", "optimizer"])
@@ -171,6 +178,10 @@ def build_schedule(
         raise UserError(f"scheduler.scale must be positive, got {scale}")
     if scheduler_fn not in SCHEDULERS:
         raise UserError(f"unknown scheduler.scheduler_fn {scheduler_fn!r}; choose from: {', '.join(SCHEDULERS)}")
+    unknown = sorted(set(plateau) - PLATEAU_SETTINGS)
+    if unknown:
+        raise UserError(f"unknown scheduler.{unknown[0]}; choose from: milestones, target_lrs, exp_factor, scale, "
+                        f"scheduler_fn, metric, final_lr, and with ReduceLROnPlateau {', '.join(sorted(PLATEAU_SETTINGS))}")
     if scheduler_fn == "ReduceLROnPlateau":
         if optimizer is None:
             optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
@@ -181,6 +192,10 @@ def build_schedule(
         raise UserError(f"scheduler.{sorted(plateau)[0]} is a ReduceLROnPlateau setting: set scheduler.scheduler_fn = "
                         "'ReduceLROnPlateau' or remove it")
     if isinstance(target_lrs, (int, float)):  # 2020: a peak between 0 and final_lr
+        if len(milestones) != 2:
+            raise UserError(f"scheduler.target_lrs = {target_lrs} (one number, 2020) rises from 0 to it at the first of "
+                            f"two milestones and falls to final_lr at the second, but scheduler.milestones = "
+                            f"{list(milestones)}: give two milestones or a list of learning rates")
         target_lrs = [0.0, target_lrs, final_lr or 0.0]
     elif final_lr is not None:
         target_lrs = [*target_lrs[:-1], final_lr]

@@ -179,14 +179,17 @@ def make_ray_config(name: str, values: dict[str, Any], where: str) -> RayConfig:
                         "exp_args = {'config': {...}, ...}")
     config = RayConfig(name=name, **values)
     check_keys(config.search_space)
+    given = {key: (values[key], "the config") for key in ("metric", "mode") if key in values}
     for part in ("scheduler", "search_alg"):  # one made with its own metric (as 2020 configs did) decides it
-        owned = {key: getattr(getattr(config, part), key, None) for key in ("metric", "mode")}
-        for key, value in owned.items():
-            if value is not None and key in values and values[key] != value:
-                raise UserError(f"{where}: {key} = {values[key]!r} but the {part} was made with {key}={value!r}: "
-                                "give it once, in one of the two places")
-            if value is not None:
-                setattr(config, key, value)
+        for key in ("metric", "mode"):
+            value = getattr(getattr(config, part), key, None)
+            if value is None:
+                continue
+            if key in given and given[key][0] != value:
+                raise UserError(f"{where}: {key} is {given[key][0]!r} in {given[key][1]} but {value!r} in the {part}: "
+                                "give it once, or the same in both")
+            given[key] = (value, f"the {part}")
+            setattr(config, key, value)
     counts = {"num_samples": 1, "checkpoint_frequency": 0, "keep_checkpoints": 1, "max_failures": 0,
               "max_concurrent_trials": 0}
     for key, least in counts.items():

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import paths
-from selfstudy.augment import Augment, augment_options, for_resolution
+from selfstudy.augment import Augment, augment_options, for_images
 from selfstudy.checkpoint import load_snapshot, resolve_snapshot, rng_state, save_snapshot, set_rng_state
 from selfstudy.config import bind_trial
 from selfstudy.data import (Batch, DatasetFiles, DividedSplit, ResidentSplit, batch_size_option, build_dataset,
@@ -30,6 +30,7 @@ from selfstudy.data.splits import PIXEL_FIELDS, num_batches
 from selfstudy.errors import UserError
 from selfstudy.folders import SNAPSHOT, write_json
 from selfstudy.models import Wrapper, build_model
+from selfstudy.legacy import print_notes
 from selfstudy.optim import PlateauSchedule, Schedule, build_optimizer, build_schedule
 from selfstudy.precision import autocast_dtype
 from selfstudy.selection import Selection, copy_weights
@@ -60,7 +61,7 @@ def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
     settings = session_settings()
     dataset = build_dataset(settings.dataset)
     options = data_options()
-    augment = for_resolution(augment_options(), dataset.resolution(options), dataset.train.color_space)
+    augment = for_images(augment_options(), dataset.resolution(options), dataset.train.color_space)
     task = build_task(settings.task)
     with torch.device(device):
         classes = dataset.num_classes + (1 if dataset.train.target_shape else 0)  # dense maps: 0 is background
@@ -68,7 +69,7 @@ def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
         check_heads(model, task)
         task.setup(model, dataset, options)
     pixel_fields = ("targets",) * bool(dataset.train.target_shape) + tuple(n for n in task.needs if n in PIXEL_FIELDS)
-    augment.check(dataset.train.color_space, pixel_fields)
+    augment.check(pixel_fields)
     if options.double_sample and augment.transform_targets:
         raise UserError("BaseDataset.double_sample and augment.transform_targets cannot be combined: two views "
                         "would need two target maps; turn one of them off")
@@ -101,7 +102,10 @@ def check_trial(config: dict[str, Any]) -> None:
         raise UserError(f"{parts.dataset.name} has no validation images (BaseDataset.num_valid = "
                         f"{parts.options.num_valid}), but session.valid_iters = {settings.valid_iters} evaluates them: "
                         "set BaseDataset.num_valid > 0, or session.valid_iters = 0 to select on training accuracy")
-    build_schedule(1.0, num_batches(len(rows["train"]), parts.batch_size, settings.train_iters, train=True))
+    schedule = build_schedule(1.0, num_batches(len(rows["train"]), parts.batch_size, settings.train_iters, train=True))
+    if isinstance(schedule, PlateauSchedule) and schedule.metric.startswith("valid_") and not settings.valid_iters:
+        raise UserError(f"scheduler.metric = {schedule.metric!r} needs the validation split, but session.valid_iters = "
+                        "0: evaluate it, or set scheduler.metric to a train_* metric")
     autocast_dtype(parts.settings.precision, default_device())
     if parts.settings.restore_session:
         resolve_snapshot(parts.settings.restore_session, "session.restore_session")
@@ -190,6 +194,7 @@ class Trial:
         self.trial_dir: Path | None = None
         if trial_dir is not None:
             self.describe(trial_dir)
+        print_notes()
 
     def describe(self, trial_dir: Path) -> None:
         """Write the operative gin config and the trial's provenance into its directory."""

@@ -3,6 +3,8 @@ pose labels mirrored with a flip, two views, kornia operations."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -105,10 +107,10 @@ def test_every_per_pixel_field_moves_with_its_image(options: dict) -> None:
 def test_geometry_that_cannot_move_a_field_is_refused() -> None:
     with pytest.raises(UserError, match="transform_targets = False would flip or shift the images but not their "
                                         "targets and depth maps: leave it out"):
-        augment_options(transform_targets=False).check("rgb", ("targets", "depth"))
-    augment_options(transform_targets=False, flip=False, crop=0, color_jitter=0.4).check("rgb", ("targets",))
+        augment_options(transform_targets=False).check(("targets", "depth"))
+    augment_options(transform_targets=False, flip=False, crop=0, color_jitter=0.4).check(("targets",))
     with pytest.raises(UserError, match="resized_crop zooms the images but cannot rescale their depth maps"):
-        augment_options(resized_crop=0.5).check("rgb", ("targets", "depth"))
+        augment_options(resized_crop=0.5).check(("targets", "depth"))
     images, mask = quadrant_scene(4)
     with pytest.raises(UserError, match="transform_targets = False"):  # also for a batch built by hand
         Augment(transform_targets=False).batch(Batch(images, mask, torch.arange(4)), MEAN, STD, None)
@@ -136,9 +138,9 @@ def test_augment_draws_fresh_randomness_and_checks_its_dataset() -> None:
     first, second = augment(images, mean, std, generator).images, augment(images, mean, std, generator).images
     assert first.shape == images.shape and torch.isfinite(first).all() and not torch.equal(first, second)
     with pytest.raises(UserError, match="need RGB or CIELAB"):
-        augment.check("hsv")
+        dataclasses.replace(augment, color_space="hsv").check()
     with pytest.raises(UserError, match="transform_targets = True needs dense targets"):
-        augment_options(transform_targets=True).check("rgb")
+        augment_options(transform_targets=True).check()
     assert not augment_options(do_augment=False).applies_to("train")
     with pytest.raises(UserError, match="unknown splits"):
         augment_options(do_augment=["train", "tset"])

@@ -3,6 +3,7 @@ names and meanings) builds and trains on tiny data; 2020-layout dataset files lo
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import h5py
@@ -108,9 +109,26 @@ def test_the_one_file_layout_splits_by_index(in_2020_data: Path) -> None:
     for split, first in (("train", 0), ("valid", n_train), ("test", n_train + gap)):
         assert loaded[split].targets[0].item() == first % 10
     assert len(loaded["test"].targets) == 16
-    with pytest.raises(UserError, match="num_valid = 21: the 2020 layout .* 1 to 20 fit without overlap"):
-        build_parts(config_of("syn_r9_classify_stage.gin", "BaseDataset.num_valid = 21"), torch.device("meta"))\
-            .dataset.split_rows(parts.options.__class__(**{**parts.options.__dict__, "num_valid": 21}))
+    with pytest.raises(UserError, match="num_valid = 21: the 2020 layout .* 0 to 20 fit without overlap"):
+        parts.dataset.split_rows(dataclasses.replace(parts.options, num_valid=21))
+
+
+def test_a_one_file_set_serves_divisions_and_label_budgets(in_2020_data: Path) -> None:
+    """max_images below the split's size: the one file's train rows are read in divisions; a
+    label budget picks balanced rows among them."""
+    parts = build_parts(config_of("syn_r9_classify_stage.gin", "BaseDataset.max_images = 64",
+                                  "BaseDataset.semisupervised = 100"), torch.device("cpu"))
+    rows = parts.dataset.split_rows(parts.options)
+    assert len(rows["train"]) == 100 and rows["train"].max() < N * 5 // 6
+    assert np.bincount(np.asarray(rows["train"]) % 10).tolist() == [10] * 10  # targets are row % 10
+    loaded = parts.dataset.load(parts.options, torch.device("cpu"), ("train",))
+    try:
+        seen = torch.cat([batch.targets for batch in loaded["train"].batches(20, -1, shuffle=(0, 1))])
+    finally:
+        loaded["train"].close()
+    assert sorted(seen.tolist()) == sorted((np.asarray(rows["train"]) % 10).tolist())
+    with pytest.raises(UserError, match="semisupervised = 300 exceeds the 200 training images .*: lower the budget$"):
+        parts.dataset.split_rows(dataclasses.replace(parts.options, semisupervised=300))
 
 
 def test_use_lab_names_the_file(in_2020_data: Path) -> None:
@@ -120,8 +138,16 @@ def test_use_lab_names_the_file(in_2020_data: Path) -> None:
     assert SynDataset("TCVL").train.path.name == "data_32_lab.h5"  # the 2020 default: CIELAB
     assert SynDataset("TCVL").train.color_space == "lab"
     assert SynDataset("TCVL", use_lab=False).train.path.name == "data_32.h5"
-    with pytest.raises(UserError, match="SynDataset.use_lab = False reads the 2020 file .*data_32.h5"):
+    with pytest.raises(UserError, match="holds the 2020 file data_32_lab.h5, not its RGB twin: set SynDataset.use_lab "
+                                        "= True"):
         SynDataset("TCVL-multi", use_lab=False)
+    with pytest.raises(UserError, match="SynDataset.use_lab = False reads the 2020 file .*Empty/data_32.h5"):
+        SynDataset("Empty", use_lab=False)
+    (in_2020_data / "syn" / "RGB").mkdir(exist_ok=True)
+    (in_2020_data / "syn" / "RGB" / "data_32.h5").write_bytes((in_2020_data / "syn" / "TCVL" / "data_32.h5").read_bytes())
+    with pytest.raises(UserError, match="holds the 2020 file data_32.h5, not its CIELAB twin: set SynDataset.use_lab = "
+                                        "False"):
+        SynDataset("RGB")
 
 
 def test_the_2020_grid_config_runs_unchanged(workspace: Workspace) -> None:

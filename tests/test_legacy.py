@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from conftest import TINY, Workspace, write_ray_config
-from selfstudy.augment import Augment, for_resolution
+from selfstudy.augment import Augment, for_images
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 from selfstudy.models.resnet import ResNet
 from selfstudy.optim import build_optimizer, build_schedule
 from selfstudy.rayconfig import load_ray_config
-from selfstudy.trial import build_parts
+from selfstudy.trial import Trial, build_parts
 from util import vis
 
 
@@ -34,13 +34,13 @@ def test_target_lrs_one_longer_than_milestones_starts_at_its_first_entry() -> No
 
 
 def test_a_bool_means_the_2020_default_and_a_number_our_setting() -> None:
-    on = for_resolution(Augment(color_jitter=True, grayscale=True, crop=True, cutout=True), 32)
+    on = for_images(Augment(color_jitter=True, grayscale=True, crop=True, cutout=True), 32)
     assert (on.crop, on.cutout, on.color_jitter, on.grayscale) == (4, 8, 0.4, 0.2)
-    off = for_resolution(Augment(color_jitter=False, grayscale=False, crop=False, cutout=False), 32)
+    off = for_images(Augment(color_jitter=False, grayscale=False, crop=False, cutout=False), 32)
     assert (off.crop, off.cutout, off.color_jitter, off.grayscale) == (0, 0, 0, 0)
-    numbers = for_resolution(Augment(color_jitter=0.8, grayscale=0.5, crop=1, cutout=3), 64)
+    numbers = for_images(Augment(color_jitter=0.8, grayscale=0.5, crop=1, cutout=3), 64)
     assert (numbers.crop, numbers.cutout, numbers.color_jitter, numbers.grayscale) == (1, 3, 0.8, 0.5)
-    assert for_resolution(Augment(crop=True), 64).crop == 8  # res // 8 of the images the trial sees
+    assert for_images(Augment(crop=True), 64).crop == 8  # res // 8 of the images the trial sees
 
 
 def test_2020_augment_booleans_through_gin() -> None:
@@ -161,6 +161,15 @@ def test_skip_init_pool_and_dilation_keep_their_torchvision_meaning() -> None:
         assert dilated.feature_map(images).shape[-1] == 8
     with pytest.raises(UserError, match="replace_stride_with_dilation applies to resnet18/50"):
         ResNet("resnet9", replace_stride_with_dilation=[False, True, True])
+    with pytest.raises(UserError, match="needs resnet50's bottleneck blocks"):
+        ResNet("resnet18", replace_stride_with_dilation=[False, False, True])
+    with pytest.raises(UserError, match="needs one bool per layer after the first"):
+        ResNet("resnet50", replace_stride_with_dilation=True)
+    for bad in (True, -2, 1.5):
+        with pytest.raises(UserError, match="freeze_at_k = .* must be None"):
+            ResNet("resnet9", freeze_at_k=bad)
+    stem = ResNet("resnet9", freeze_at_k=-1)
+    assert not any(p.requires_grad for p in stem.prep.parameters()) and all(p.requires_grad for p in stem.layer1.parameters())
     assert all(p.requires_grad for p in ResNet("resnet9", freeze_at_k=None).parameters())  # 2020's None
     one = ResNet("resnet9", freeze_at_k=1)  # 2020: gradients stop after layer 2
     assert not any(p.requires_grad for m in (one.prep, one.layer1, one.layer2) for p in m.parameters())
@@ -178,9 +187,16 @@ def test_exp_factor_and_a_single_target_lr_keep_their_2020_meaning() -> None:
     for factor in (2.0, -0.5):
         curved = build_schedule(1.0, 10, milestones=[2, 6], target_lrs=0.1, final_lr=1e-3, exp_factor=factor)
         assert curved.lr(10) == pytest.approx(plain.lr(10))  # the first segment stays linear
-        assert curved.lr(40) == pytest.approx(plain.lr(40) * (1 - 0.5 * (1 - 1e-7)) ** factor)
+        # step 40 is step 20 of the last segment's 40: e = 1 - 20 / 39 * (1 - 1e-7), as 2020's linspace
+        assert curved.lr(40) == pytest.approx(plain.lr(40) * (1 - 20 / 39 * (1 - 1e-7)) ** factor)
     listed = build_schedule(1.0, 10, milestones=[2, 6], target_lrs=[0, 0.1, 0.5], final_lr=1e-3)
     assert listed.lr(60) == pytest.approx(1e-3)  # final_lr replaces the last entry
+    last_step = build_schedule(1.0, 10, milestones=[2, 6], target_lrs=0.1, final_lr=1e-3, exp_factor=1.0)
+    assert last_step.lr(59) == pytest.approx(plain.lr(59) * 1e-7)  # as 2020's linspace: e is 1e-7 at the last step
+    with pytest.raises(UserError, match="target_lrs = 0.1 .* needs|give two milestones or a list"):
+        build_schedule(1.0, 10, milestones=[2, 4, 6], target_lrs=0.1)
+    with pytest.raises(UserError, match="unknown scheduler.milestone; choose from"):
+        build_schedule(1.0, 10, milestone=[2, 6])
 
 
 def test_reduce_lr_on_plateau_lowers_the_rate_on_the_metric_and_resumes_exactly() -> None:
@@ -214,6 +230,7 @@ def test_fused_adam_is_torch_adamw() -> None:
     params = [torch.nn.Parameter(torch.zeros(2))]
     adam = build_optimizer(params, optim_fn="FusedAdam", lr=0.01, weight_decay=0.1, betas=(0.8, 0.999))
     assert type(adam) is torch.optim.AdamW and adam.defaults["weight_decay"] == 0.1
+    assert build_optimizer(params, optim_fn="FusedAdam").defaults["weight_decay"] == 0.0  # apex's default, not 0.01
     assert type(build_optimizer(params, optim_fn="FusedAdam", adam_w_mode=False)) is torch.optim.Adam
 
 
@@ -232,10 +249,34 @@ def test_finetune_classifier_and_finetune_selfsup_have_their_2020_sense() -> Non
     assert joint.labels_train_backbone
     measured = Wrapper(ResNet("resnet9", width=4), num_classes=3, run_selfsup=True, finetune_selfsup=False)
     assert measured.always_frozen and not any(p.requires_grad for p in measured.backbone.parameters())
-    with pytest.raises(UserError, match="run_classifier = False leaves a supervised task nothing to train"):
-        Wrapper(ResNet("resnet9", width=4), num_classes=3, run_classifier=False)
+    no_classifier = Wrapper(ResNet("resnet9", width=4), num_classes=3, run_selfsup=True, run_classifier=False,
+                            finetune_classifier=True)
+    assert not no_classifier.labels_train_backbone  # without a classifier the labels train nothing
     with pytest.raises(UserError, match="unknown Wrapper.model_choice 'vgg'"):
         Wrapper(ResNet("resnet9", width=4), num_classes=3, model_choice="vgg")
+
+
+def test_with_finetune_classifier_only_the_classifier_trains_the_backbone_beside_the_method() -> None:
+    """2020 had no MLP probe: with run_selfsup and finetune_classifier = True the linear classifier's
+    gradients reach the backbone, the MLP probe's do not."""
+    torch.manual_seed(0)
+    features_of = ResNet("resnet9", width=4)
+    joint = Wrapper(features_of, num_classes=3, run_selfsup=True, finetune_classifier=True).train()
+    targets = torch.tensor([0, 1, 2, 0])
+    for probe, reaches in (("classifier", True), ("mlp_probe", False)):
+        joint.zero_grad()
+        features = features_of(torch.randn(4, 3, 16, 16))
+        normed = joint.feature_norm(features if probe == "classifier" else features.detach())
+        torch.nn.functional.cross_entropy(getattr(joint, probe)(normed), targets).backward()
+        assert (features_of.prep[0].weight.grad is not None) == reaches, probe
+    joint.zero_grad()
+    loss, _ = joint.probe_loss(features_of(torch.randn(4, 3, 16, 16)), targets)
+    loss.backward()
+    assert features_of.prep[0].weight.grad is not None and joint.mlp_probe[0].weight.grad is not None
+    probe_only = Wrapper(ResNet("resnet9", width=4), num_classes=3, run_selfsup=True).train()
+    loss, _ = probe_only.probe_loss(probe_only.backbone(torch.randn(4, 3, 16, 16)), targets)
+    loss.backward()
+    assert probe_only.backbone.prep[0].weight.grad is None  # the default: probes on detached features
 
 
 def test_colour_operations_on_cielab_images_run_in_rgb() -> None:
@@ -243,9 +284,32 @@ def test_colour_operations_on_cielab_images_run_in_rgb() -> None:
     grey: a and b are 0, L keeps its range."""
     rgb = torch.rand(4, 3, 8, 8)
     lab = kornia.color.rgb_to_lab(rgb)
-    augment = for_resolution(Augment(grayscale=1.0, flip=False, crop=0), 8, "lab")
+    augment = for_images(Augment(grayscale=1.0, flip=False, crop=0), 8, "lab")
     zero, one = torch.zeros(3), torch.ones(3)
     out = augment(lab, zero, one).images
     assert out[:, 1:].abs().max() < 0.05 and 0 <= out[:, 0].min() and out[:, 0].max() <= 100
     with pytest.raises(UserError, match="need RGB or CIELAB images"):
-        Augment(color_jitter=0.4).check("hsv")
+        Augment(color_jitter=0.4, color_space="hsv").check()
+
+
+def test_a_plateau_schedule_resumes_as_if_never_interrupted(workspace: Workspace, tmp_path: Path) -> None:
+    """ReduceLROnPlateau's state lives in the checkpoint: epoch 3 after a restore at epoch 2 equals
+    epoch 3 of an uninterrupted run. (threshold 10 in 'abs' mode: no epoch after the first
+    improves, so with patience 0 the rate halves every epoch from the second on.)"""
+    plateau = {"scheduler.scheduler_fn": "'ReduceLROnPlateau'", "scheduler.threshold": "10.0",
+               "scheduler.threshold_mode": "'abs'", "scheduler.patience": "0", "scheduler.factor": "0.5",
+               "scheduler.milestones": "[3]", "optimizer.lr": "0.05", "ResNet.width": "4",
+               "BaseDataset.num_valid": "64", "dataloader.batch_size": "32", "session.train_iters": "3"}
+    config = {"gin_config": ["digits/r9/classify"], "seed": 0, "gin_params": plateau}
+    straight = Trial(config)
+    lrs = [straight.run_epoch()["lr"] for _ in range(2)]
+    assert lrs == pytest.approx([0.05, 0.05]) and straight.schedule.lr(0) == pytest.approx(0.025)
+    straight.save(tmp_path / "ckpt")
+    third = straight.run_epoch()
+    straight.close()
+    resumed = Trial(config)
+    resumed.restore(tmp_path / "ckpt")
+    again = resumed.run_epoch()
+    resumed.close()
+    assert again["lr"] == third["lr"] == pytest.approx(0.025) and again["train_loss"] == third["train_loss"]
+    assert resumed.schedule.lr(0) == straight.schedule.lr(0) == pytest.approx(0.0125)

@@ -27,8 +27,8 @@ def test_schedule_is_piecewise_linear_through_milestones() -> None:
     assert schedule.lr(40) == pytest.approx(0.2)
     assert schedule.lr(60) == schedule.lr(99) == 0.0
     assert schedule.num_epochs == 6
-    curved = Schedule(1.0, (2,), (2.0,), 10, exp_factor=2.0)  # the last segment times e ** 2, e from 1 to 1e-7
-    assert curved.lr(10) == pytest.approx(1.5 * (1 - 0.5 * (1 - 1e-7)) ** 2)
+    curved = Schedule(1.0, (2,), (2.0,), 10, exp_factor=2.0)  # the last segment times e ** 2, e 1 to 1e-7 by step
+    assert curved.lr(10) == pytest.approx(1.5 * (1 - 10 / 19 * (1 - 1e-7)) ** 2)  # step 10 of 20
 
 
 @pytest.mark.parametrize("milestones, lrs", [((5, 2), (0.1, 0.0)), ((5,), (0.1, 0.0)), ((), ())])

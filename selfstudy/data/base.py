@@ -119,9 +119,9 @@ class DatasetFiles:
         if self.one_file:
             n_train, gap = n * 5 // 6, n // 12
             num_valid = gap if options.num_valid is None else options.num_valid
-            if not 0 < num_valid <= min(gap, n - n_train - gap):
+            if not 0 <= num_valid <= min(gap, n - n_train - gap):
                 raise UserError(f"BaseDataset.num_valid = {num_valid}: the 2020 layout of {self.name} ({n} images) "
-                                f"takes the valid and test images (as many each) from its last sixth, so 1 to "
+                                f"takes the valid and test images (as many each) from its last sixth, so 0 to "
                                 f"{min(gap, n - n_train - gap)} fit without overlap; set it in that range")
             rows = {"train": np.arange(n_train), "valid": n_train + np.arange(num_valid),
                     "test": n_train + gap + np.arange(num_valid)}
@@ -133,7 +133,8 @@ class DatasetFiles:
             rows = {"train": np.sort(order[: n - num_valid]), "valid": np.sort(order[n - num_valid:])}
         if options.semisupervised:
             keys = budget_keys(self.train.path, rows["train"], options.chunk_size)
-            rows["train"] = rows["train"][balanced_subset(keys, options.semisupervised, self.name)]
+            held_out = "" if self.one_file else " (or BaseDataset.num_valid, which holds images out of training)"
+            rows["train"] = rows["train"][balanced_subset(keys, options.semisupervised, self.name, held_out)]
         return rows
 
     def verify(self) -> None:
@@ -211,11 +212,12 @@ def budget_keys(path: Path, rows: np.ndarray, chunk_size: int) -> np.ndarray:
     return np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
 
 
-def balanced_subset(targets: np.ndarray, budget: int, name: str) -> np.ndarray:
-    """Positions of `budget` images, as equal per class as possible (sorted)."""
+def balanced_subset(targets: np.ndarray, budget: int, name: str, held_out: str = "") -> np.ndarray:
+    """Positions of `budget` images, as equal per class as possible (sorted). `held_out`: what
+    else the error may suggest lowering."""
     if budget > len(targets):
         raise UserError(f"BaseDataset.semisupervised = {budget} exceeds the {len(targets)} training images of {name}: "
-                        "lower the budget (or BaseDataset.num_valid, which holds images out of training)")
+                        f"lower the budget{held_out}")
     rng = np.random.default_rng(SPLIT_SEED)
     by_class = [rng.permutation(np.flatnonzero(targets == c)) for c in np.unique(targets)]
     picked: list[int] = []

@@ -124,9 +124,21 @@ def read_info(path: Path) -> SplitInfo:
         raise UserError(f"corrupt dataset file {path} ({err}): delete it and rebuild it") from None
 
 
+_infos_2020: dict[tuple[str, int, int, bool], SplitInfo] = {}
+
+
 def read_info_2020(path: Path, lab: bool) -> SplitInfo:
     """A file of the 2020 layout (keys data, targets, rot_mat; no attributes): its images are used
-    as stored (mean 0, std 1), its classes are the target values."""
+    as stored (mean 0, std 1), its classes are the target values (read once per file version
+    and process)."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns, lab)
+    if key not in _infos_2020:
+        _infos_2020[key] = _read_info_2020(path, lab)
+    return _infos_2020[key]
+
+
+def _read_info_2020(path: Path, lab: bool) -> SplitInfo:
     try:
         with h5py.File(path, "r") as f:
             if "data" not in f or "targets" not in f:

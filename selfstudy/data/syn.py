@@ -80,6 +80,10 @@ def SynDataset(dataset_choice: str = "0000", use_lab: bool | None = None) -> Dat
     path = file_2020(folder, res, lab)
     if path is not None:
         return DatasetFiles.open_2020(f"SynDataset({dataset_choice})", path, lab)
+    other = file_2020(folder, res, not lab)
+    if other is not None:
+        raise UserError(f"{folder} holds the 2020 file {other.name}, not its {'CIELAB' if lab else 'RGB'} twin: set "
+                        f"SynDataset.use_lab = {not lab}")
     if use_lab is not None:
         raise UserError(f"SynDataset.use_lab = {use_lab} reads the 2020 file {folder}/data_{res or '<res>'}"
                         f"{'_lab' * lab}.h5 (res: BaseDataset.input_res), which is not there: put it there, or remove "

@@ -12,7 +12,7 @@ convolution without max-pooling (the usual CIFAR variant).
 2020 settings keep their 2020 meaning: `feat_layer = -1` is the last stage and an int k the
 pooled output of stage k, without projection; `prepool_fc` (a bool) makes `out_feats` the
 2020 projection, a linear map applied per position before pooling (True) or to the pooled
-features (False); `is_half` halves every layer's channels (the stem keeps its own);
+features (False; the same features, as a linear map commutes with the mean); `is_half` halves every layer's channels (the stem keeps its own);
 `skip_init_pool` removes (True) or keeps (False) the stem's max-pool;
 `replace_stride_with_dilation` is torchvision's.
 """
@@ -42,7 +42,7 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
-class Shape(NamedTuple):
+class StageSpec(NamedTuple):
     """How a backbone is built: what the architecture's stages depend on."""
 
     in_channels: int
@@ -53,15 +53,16 @@ class Shape(NamedTuple):
     dilate: tuple[bool, bool, bool]  # ResNet.replace_stride_with_dilation
 
 
-def resnet9_stages(shape: Shape) -> dict[str, nn.Module]:
+def resnet9_stages(spec: StageSpec) -> dict[str, nn.Module]:
     """ResNet-9 of the 'how to train your ResNet' series; channels width, 2w, 4w, 8w (layers
     halved with is_half)."""
-    if any(shape.dilate):
+    if any(spec.dilate):
         raise UserError("ResNet.replace_stride_with_dilation applies to resnet18/50; resnet9 pools instead of "
                         "striding: leave it None")
-    w, s = shape.width, shape.width // 2 if shape.half else shape.width
+    w = spec.width
+    s = w // 2 if spec.half else w  # the layers' base width
     return {
-        "prep": conv_bn(shape.in_channels, w),
+        "prep": conv_bn(spec.in_channels, w),
         "layer1": nn.Sequential(conv_bn(w, 2 * s), nn.MaxPool2d(2), Residual(2 * s)),
         "layer2": nn.Sequential(conv_bn(2 * s, 4 * s), nn.MaxPool2d(2)),
         "layer3": nn.Sequential(conv_bn(4 * s, 8 * s), nn.MaxPool2d(2), Residual(8 * s)),
@@ -75,14 +76,14 @@ class HalfWidthResNet(torchvision.models.ResNet):
         return super()._make_layer(block, planes // 2, blocks, stride, dilate)
 
 
-def torchvision_stages(block: type, layers: list[int], shape: Shape) -> dict[str, nn.Module]:
+def torchvision_stages(block: type, layers: list[int], spec: StageSpec) -> dict[str, nn.Module]:
     """torchvision's stages under their own names; the stem's modules stay top-level."""
-    net = (HalfWidthResNet if shape.half else torchvision.models.ResNet)(
-        block, layers, replace_stride_with_dilation=list(shape.dilate))
-    if shape.small_input or shape.in_channels != 3:
-        kernel, stride = (3, 1) if shape.small_input else (7, 2)
-        net.conv1 = nn.Conv2d(shape.in_channels, 64, kernel, stride, padding=kernel // 2, bias=False)
-    if not shape.init_pool:
+    net = (HalfWidthResNet if spec.half else torchvision.models.ResNet)(
+        block, layers, replace_stride_with_dilation=list(spec.dilate))
+    if spec.small_input or spec.in_channels != 3:
+        kernel, stride = (3, 1) if spec.small_input else (7, 2)
+        net.conv1 = nn.Conv2d(spec.in_channels, 64, kernel, stride, padding=kernel // 2, bias=False)
+    if not spec.init_pool:
         net.maxpool = nn.Identity()
     return {"stem": nn.Sequential(), "conv1": net.conv1, "bn1": net.bn1, "relu": net.relu, "maxpool": net.maxpool,
             "layer1": net.layer1, "layer2": net.layer2, "layer3": net.layer3, "layer4": net.layer4}
@@ -90,8 +91,8 @@ def torchvision_stages(block: type, layers: list[int], shape: Shape) -> dict[str
 
 ARCHITECTURES = {
     "resnet9": resnet9_stages,
-    "resnet18": lambda shape: torchvision_stages(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2], shape),
-    "resnet50": lambda shape: torchvision_stages(torchvision.models.resnet.Bottleneck, [3, 4, 6, 3], shape),
+    "resnet18": lambda spec: torchvision_stages(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2], spec),
+    "resnet50": lambda spec: torchvision_stages(torchvision.models.resnet.Bottleneck, [3, 4, 6, 3], spec),
 }
 STEM = ("conv1", "bn1", "relu", "maxpool")
 
@@ -111,14 +112,21 @@ class ResNet(nn.Module):
         if skip_init_pool is False and arch == "resnet9":
             raise UserError("ResNet.skip_init_pool = False keeps the stem's max-pool of resnet18/50; resnet9 has none: "
                             "leave it unset")
-        dilate = tuple(bool(d) for d in (replace_stride_with_dilation or (False,) * 3))
-        if len(dilate) != 3:
+        dilate = replace_stride_with_dilation or [False] * 3
+        if not isinstance(dilate, (list, tuple)) or len(dilate) != 3 or not all(isinstance(d, bool) for d in dilate):
             raise UserError(f"ResNet.replace_stride_with_dilation = {replace_stride_with_dilation!r} needs one bool per "
                             "layer after the first, e.g. [False, False, True]")
+        if any(dilate) and arch == "resnet18":
+            raise UserError("ResNet.replace_stride_with_dilation needs resnet50's bottleneck blocks (torchvision's "
+                            "resnet18 blocks cannot dilate): use init_resnet.choice = 'resnet50' or leave it None")
+        if freeze_at_k is not None and (isinstance(freeze_at_k, bool) or not isinstance(freeze_at_k, int)
+                                        or freeze_at_k < -1):
+            raise UserError(f"ResNet.freeze_at_k = {freeze_at_k!r} must be None (nothing frozen), -1 (the stem) or k "
+                            ">= 0 (the stem and layers 1 to k + 1)")
         small = input_res <= 64
-        shape = Shape(in_channels, width, small, bool(is_half), not small if skip_init_pool is None else not skip_init_pool,
-                      dilate)
-        for name, module in ARCHITECTURES[arch](shape).items():
+        spec = StageSpec(in_channels, width, small, bool(is_half),
+                         not small if skip_init_pool is None else not skip_init_pool, tuple(dilate))
+        for name, module in ARCHITECTURES[arch](spec).items():
             if name != "stem":
                 self.add_module(name, module)
         self.stage_names = ["stem" if arch != "resnet9" else "prep"] + [n for n in ("layer1", "layer2", "layer3",
@@ -129,18 +137,17 @@ class ResNet(nn.Module):
         if not 0 <= frozen <= len(self.stage_names):
             raise UserError(f"ResNet.freeze_at_k = {freeze_at_k} freezes the stem and layers 1 to {freeze_at_k + 1}, "
                             f"but {arch} up to {self.stage_names[-1]} has {len(self.stage_names) - 1} layers: choose "
-                            f"0 to {len(self.stage_names) - 2}, or None")
-        self.frozen_stages = frozen
+                            f"-1 to {len(self.stage_names) - 2}, or None")
+        self.frozen_stages = frozen  # -1: the stem alone
         channels = self._channels(in_channels, input_res)
         if isinstance(feat_layer, int) and feat_layer >= 0:  # 2020: a stage's pooled output, unprojected
             out_feats = None
-        self.postpool = prepool_fc is False and bool(out_feats)
         if not out_feats:
             self.project: nn.Module = nn.Identity()
         elif prepool_fc is None:
             self.project = nn.Sequential(nn.Conv2d(channels, out_feats, 1, bias=False), nn.BatchNorm2d(out_feats),
                                          nn.ReLU(inplace=True))
-        else:  # the 2020 projection: linear, per position or on the pooled features (the same map)
+        else:  # the 2020 projection, before or after pooling: a linear map commutes with the mean, so one path
             self.project = PerPosition(nn.Linear(channels, out_feats))
         self.out_dim = out_feats or channels
         for module in self._stages(self.frozen_stages):
@@ -198,21 +205,17 @@ class ResNet(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.postpool:  # 2020's prepool_fc = False: project the pooled features
-            return self.project(self.unprojected_map(x).mean(dim=(2, 3)))
         return self.feature_map(x).mean(dim=(2, 3))  # global average pool; deterministic on GPUs
 
 
 class PerPosition(nn.Module):
-    """A linear map over channels: of a feature map B x C x H x W at every position, or of B x C."""
+    """A linear map over the channels of a feature map B x C x H x W, at every position."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.linear = linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:
-            return self.linear(x)
         return torch.nn.functional.conv2d(x, self.linear.weight[:, :, None, None], self.linear.bias)
 
 

@@ -56,10 +56,7 @@ def check_2020_settings(model_choice: str | None, run_classifier: bool, run_self
                             "(or leave it out: the task brings its heads)")
         legacy.note(f"Wrapper.model_choice = {model_choice!r}: every task's backbone is init_resnet.choice and the task "
                     "(session.task) adds its own heads, so the setting is not needed")
-    if not run_classifier:
-        if not run_selfsup:
-            raise UserError("Wrapper.run_classifier = False leaves a supervised task nothing to train: remove it, or "
-                            "set Wrapper.run_selfsup = True with a self-supervised session.task")
+    if not run_classifier and run_selfsup:
         legacy.note("Wrapper.run_classifier = False: the linear and MLP probes still train, on detached features, "
                     "so they report accuracy without changing the backbone")
 
@@ -99,12 +96,14 @@ class Wrapper(nn.Module):
                  model_choice: str | None = None, run_classifier: bool = True):
         super().__init__()
         check_2020_settings(model_choice, run_classifier, run_selfsup)
-        if not finetune_selfsup and not run_selfsup:
-            raise UserError("Wrapper.finetune_selfsup = False freezes the backbone under a self-supervised task's loss: "
-                            "it needs Wrapper.run_selfsup = True and a self-supervised session.task")
+        if not finetune_selfsup and not run_selfsup:  # harmless in 2020 too: there is no self-supervised loss
+            legacy.note("Wrapper.finetune_selfsup = False has no job without Wrapper.run_selfsup (no self-supervised "
+                        "loss to keep from the backbone)")
+            finetune_selfsup = True
         if not finetune_selfsup and finetune_classifier:
-            raise UserError("Wrapper.finetune_selfsup = False with Wrapper.finetune_classifier = True would train the "
-                            "backbone with the labels only: drop run_selfsup for that, or one of the two settings")
+            raise UserError("Wrapper.finetune_selfsup = False with Wrapper.finetune_classifier = True (labels train the "
+                            "backbone, the method's loss only measured) is not supported: train with the labels alone "
+                            "(Wrapper.run_selfsup = False) or drop one of the two settings")
         sizes = head_sizes(out_classes, num_classes)
         if len(sizes) > 1 and (dense_pred or run_selfsup):  # 2020 configs: [11, 1] dense, [10, 5] pretraining
             legacy.note(f"Wrapper.out_classes = {list(sizes)} with Wrapper.{'dense_pred' if dense_pred else 'run_selfsup'}"
@@ -125,7 +124,9 @@ class Wrapper(nn.Module):
         self.run_selfsup = run_selfsup
         # the backbone never trains: a probe of frozen features, or a method's heads on them
         self.always_frozen = (finetune_classifier is False and not run_selfsup) or not finetune_selfsup
-        self.labels_train_backbone = bool(finetune_classifier) if run_selfsup else not self.always_frozen
+        self.run_classifier = run_classifier
+        self.labels_train_backbone = (run_classifier and bool(finetune_classifier) if run_selfsup
+                                      else not self.always_frozen)
         # Probes on frozen or detached features see them standardised (a fixed affine map at
         # evaluation, so a linear probe stays linear): untrained and self-supervised features
         # come at any scale, which plain SGD on a linear head does not recover from.
@@ -162,15 +163,21 @@ class Wrapper(nn.Module):
         self.load_state_dict({k: weights[k] for k in wanted if k in weights}, strict=False)
 
     def probe_loss(self, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Cross-entropy of the linear (classifier) and MLP probes on features B x D (detached by
-        the caller); metrics 'accuracy' (linear) and 'mlp_accuracy'."""
+        """Cross-entropy of the linear (classifier) and MLP probes on features B x D; metrics
+        'accuracy' (linear) and 'mlp_accuracy'. Only the classifier's gradients reach the
+        backbone, and only with `labels_train_backbone` (2020's finetune_classifier = True)."""
         if self.mlp_probe is None:
             raise UserError("probes exist only with Wrapper.run_selfsup = True")
-        features = self.feature_norm(features)
-        linear, mlp = self.classifier(features), self.mlp_probe(features)
+        features = self.feature_norm(features if self.labels_train_backbone else features.detach())
+        linear, mlp = self.classifier(features), self.mlp_probe(features.detach())
         loss = F.cross_entropy(linear.float(), targets) + F.cross_entropy(mlp.float(), targets)
         return loss, {"accuracy": (linear.argmax(1) == targets).float().mean(),
                       "mlp_accuracy": (mlp.argmax(1) == targets).float().mean(), "probe_loss": loss.detach()}
+
+    def drop_more_heads(self) -> None:
+        """Keep only the class head (for a task that has no labels for the others)."""
+        self.more_heads = nn.ModuleList()
+        self.head_sizes = self.head_sizes[:1]
 
     def set_step(self, step: int) -> None:
         """Freeze the backbone while `step < warmup_fc` (or always, see `always_frozen`):

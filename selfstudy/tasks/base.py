@@ -60,8 +60,7 @@ class SelfSupervisedTask(Task):
 
     def loss(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, metrics, features = self.objective(model, batch)
-        probe_loss, probe_metrics = model.probe_loss(
-            features if model.labels_train_backbone else features.detach(), batch.targets)
+        probe_loss, probe_metrics = model.probe_loss(features, batch.targets)
         return loss + probe_loss, {"loss": loss.detach(), **metrics, **probe_metrics}
 
 

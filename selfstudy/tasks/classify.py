@@ -69,17 +69,21 @@ class ClassifyTask(Task):
         if model.dense_pred and not dense:
             raise UserError(f"Wrapper.dense_pred = True predicts a class per pixel, but {dataset.name} has one class "
                             "per image (a classification set): use a --multi synthetic set or set it to False")
+        if not model.run_classifier and not self.is_pose:
+            raise UserError("Wrapper.run_classifier = False leaves ClassifyTask nothing to train: remove it, or set "
+                            "Wrapper.run_selfsup = True with a self-supervised session.task")
         if model.more_heads and self.is_pose:  # 2020 pose configs give [10, 5]
             legacy.note(f"Wrapper.out_classes = {list(model.head_sizes)} with ClassifyTask.is_pose: the pose is learnt "
                         "alone, by a head of the task's own; the classifier's heads are not trained")
+            model.drop_more_heads()
         elif model.more_heads:
             if options.predict_pose and model.head_sizes[1] < NUM_POSES:
                 raise UserError(f"Wrapper.out_classes' second head learns the {NUM_POSES}-way pose: give it at least "
                                 f"{NUM_POSES} outputs")
             if not options.predict_pose:  # as in 2020 configs, e.g. [10, 5] on CIFAR
                 legacy.note(f"Wrapper.out_classes = {list(model.head_sizes)}: the second head would learn the pose, "
-                            "but BaseDataset.predict_pose is False, so only the first (the class) trains")
-        self.pose_labels = options.predict_pose
+                            "but BaseDataset.predict_pose is False, so only the first (the class) is built")
+                model.drop_more_heads()
         if self.is_pose:
             if not options.predict_pose:
                 raise UserError(f"ClassifyTask.is_pose = True needs pose labels, but BaseDataset.predict_pose is "
@@ -96,7 +100,7 @@ class ClassifyTask(Task):
         elif model.dense_pred:
             loss, metrics = segmentation_loss(model(batch.images).logits, batch.targets)
             return loss, {"loss": loss.detach(), "accuracy": metrics["pixel_accuracy"], **metrics}
-        elif model.more_heads and self.pose_labels:
+        elif model.more_heads:
             output = model(batch.images)
             loss, accuracy = classify_loss(output.logits, batch.targets)
             pose_loss, pose_accuracy = classify_loss(output.more_logits[0], batch.pose)
