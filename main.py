@@ -28,7 +28,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("-r", "--ray_config", default="single_run",
                         help="Ray config or study: a module of config/ (e.g. grid_search) or a path to a .py file")
     parser.add_argument("-g", "--gin_config", nargs="+", default=[],
-                        help="gin configs relative to config/, .gin optional (default: digits/r9/classify)")
+                        help="gin configs relative to config/ (or paths to .gin files), .gin optional (default: "
+                             "digits/r9/classify)")
     parser.add_argument("-p", "--gin_param", nargs="+", default=[], metavar="BINDING",
                         help="gin bindings, e.g. 'dataloader.batch_size = 128'")
     parser.add_argument("-l", "--local_mode", action="store_true", help="run trials in this process, without Ray")
@@ -48,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     from selfstudy.report import EXIT_INTERRUPTED, interrupted_hint
     from selfstudy.folders import exp_dir
 
-    request = Request(exp_id=args.exp_id, ray_config=args.ray_config, gin_config=args.gin_config,
+    from selfstudy.config import portable_gin_name
+
+    request = Request(exp_id=args.exp_id, ray_config=args.ray_config,
+                      gin_config=[portable_gin_name(name) for name in args.gin_config],
                       gin_params=args.gin_param, local=args.local_mode, address=args.address, quiet=args.quiet,
                       checkpoint_at_end=args.checkpoint_at_end, resume=args.resume)
     try:

@@ -119,10 +119,13 @@ class Augment:
     _tables: dict = field(default_factory=dict, repr=False, compare=False)  # Tables per size and device
 
     def __post_init__(self) -> None:
-        if not (0 <= self.grayscale <= 1 and 0 <= self.blur <= 1 and 0 <= self.resized_crop <= 1):
-            raise UserError(f"augment probabilities and resized_crop must lie in [0, 1]: {self}")
-        if self.color_jitter < 0 or self.crop < 0 or self.cutout < 0:
-            raise UserError(f"augment sizes must be >= 0: {self}")
+        for name in ("color_jitter", "grayscale", "crop", "cutout", "resized_crop", "blur"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)):  # bools are ints: the 2020 form
+                raise UserError(f"augment.{name} = {value!r} must be a number or a bool (True: the 2020 default)")
+            upper = 1 if name in ("grayscale", "blur", "resized_crop") else float("inf")
+            if not 0 <= value <= upper:
+                raise UserError(f"augment.{name} = {value!r} must lie in [0, {upper:g}]")
 
     @property
     def geometric(self) -> bool:

@@ -61,6 +61,15 @@ def resolve_gin_file(name: str) -> Path:
     raise UserError(f"unknown gin config '{name}': no file {path}; {hint}")
 
 
+def portable_gin_name(name: str) -> str:
+    """A -g name as every trial process can read it: a config of CONFIG_DIR as given, a file
+    found from the working directory (trials run elsewhere) as its absolute path."""
+    candidate = Path(name if name.endswith(GIN_SUFFIX) else name + GIN_SUFFIX)
+    if candidate.is_absolute() or (paths.CONFIG_DIR / candidate).is_file() or not candidate.is_file():
+        return name
+    return str(candidate.resolve())
+
+
 def split_binding(text: str) -> tuple[str, str]:
     """Split a `-p` binding 'Name.param = value' into its name and gin value text."""
     match = _BINDING.match(text)
@@ -112,8 +121,16 @@ def bind_trial(config: dict[str, Any]) -> None:
         raise UserError(f"gin config: a value is cut short (an unclosed bracket or quote?); check the bindings in "
                         f"{', '.join(names)} and -p, e.g. -p 'dataloader.batch_size = 128'") from None
     except (ValueError, SyntaxError, OSError, TypeError) as err:
+        model_2020 = next((name for name in MODELS_2020 if f"'{name}'" in str(err)), None)
+        if model_2020:
+            raise UserError(f"gin config: {model_2020}.* was a 2020 model class's setting; here the method's settings "
+                            f"are {MODELS_2020[model_2020]}.* (see selfstudy/tasks/): rename or drop the binding") from None
         raise UserError(f"gin config: {first_line(err).rstrip('.')}; check the binding names in {', '.join(names)}, "
                         "the Ray config's search space and -p") from None
+
+
+MODELS_2020 = {"CMCModel": "CMCTask", "AMDIMModel": "AMDIMTask", "AMDIMRefModel": "AMDIMTask", "VAEModel": "VAETask",
+               "RotateModel": "RotateTask", "ResnetModel": "ResNet"}  # 2020's backbone classes -> our settings
 
 
 def first_line(err: BaseException) -> str:

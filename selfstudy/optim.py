@@ -132,6 +132,9 @@ class PlateauSchedule:
             raise UserError(f"scheduler.scheduler_fn = 'ReduceLROnPlateau': {err}; fix the scheduler.* bindings "
                             "(factor, patience, mode, threshold, cooldown, min_lr, eps)") from None
         check_milestones(tuple(milestones))
+        if not isinstance(metric, str) or not metric.startswith(("train_", "valid_")):
+            raise UserError(f"scheduler.metric = {metric!r} must name a train_* or valid_* metric, e.g. 'valid_loss' "
+                            "(a test_* metric would tune the schedule on the test split)")
         self.optimizer, self.metric, self.num_epochs = optimizer, metric, milestones[-1]
 
     def lr(self, step: int) -> float:
@@ -140,8 +143,8 @@ class PlateauSchedule:
     def observe(self, metrics: dict[str, Any]) -> None:
         if self.metric not in metrics:
             raise UserError(f"scheduler.metric {self.metric!r} is not among this run's metrics ("
-                            f"{', '.join(sorted(k for k in metrics if k.endswith(('loss', 'accuracy'))))}): name one "
-                            "of them, or set session.valid_iters for valid_* metrics")
+                            f"{', '.join(sorted(k for k in metrics if k.startswith(('train_', 'valid_'))))}): name "
+                            "one of them")
         self.plateau.step(metrics[self.metric])
 
     def state_dict(self) -> dict[str, Any]:

@@ -128,7 +128,9 @@ def ray_config_of(path: Path, module: ModuleType) -> RayConfig:
     if hasattr(module, "stages"):
         raise UserError(f"{path} is a study (it defines stages): load it with selfstudy.study.load_study")
     values = {f.name: getattr(module, f.name) for f in fields(RayConfig) if hasattr(module, f.name)}
-    if isinstance(getattr(module, "exp_args", None), dict) and "search_space" not in values:
+    if isinstance(getattr(module, "exp_args", None), dict):
+        if "search_space" in values:
+            raise UserError(f"Ray config {path} defines both search_space and a 2020 exp_args: keep one")
         values.update(from_exp_args(module.exp_args, path))
     return make_ray_config(path.stem, values, f"Ray config {path}")
 
@@ -143,7 +145,16 @@ EXP_ARGS_DONE_ELSEWHERE = {
     "resume": "python main.py -e <exp> --resume continues an experiment",
     "verbose": "-q prints only the final results",
     "local_dir": "results go to EXP_DIR (SELFSTUDY_EXP_DIR)",
+    "upload_dir": "results go to EXP_DIR (SELFSTUDY_EXP_DIR)",
     "name": "-e names the experiment",
+    "trial_name_creator": "trials are named trial_<id>",
+    "checkpoint_score_attr": "keep_checkpoints keeps the newest",
+    "reuse_actors": "each trial gets its own process",
+    "queue_trials": "trials wait for resources anyway",
+    "sync_to_driver": "trials write to EXP_DIR directly",
+    "global_checkpoint_period": "Ray Tune saves its state by itself",
+    "ray_auto_init": "selfstudy starts Ray (or joins -a)",
+    "return_trials": "results are read with util.vis",
 }
 
 

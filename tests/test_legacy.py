@@ -313,3 +313,21 @@ def test_a_plateau_schedule_resumes_as_if_never_interrupted(workspace: Workspace
     resumed.close()
     assert again["lr"] == third["lr"] == pytest.approx(0.025) and again["train_loss"] == third["train_loss"]
     assert resumed.schedule.lr(0) == straight.schedule.lr(0) == pytest.approx(0.0125)
+
+
+def test_2020_mistakes_get_one_line(tmp_path: Path) -> None:
+    """Values a 2020 config may carry that have no meaning here: one line naming the setting."""
+    with pytest.raises(UserError, match="augment.crop = 'yes' must be a number or a bool"):
+        Augment(crop="yes")
+    with pytest.raises(UserError, match=r"augment.crop = -2 must lie in \[0, inf\]"):
+        Augment(crop=-2)
+    with pytest.raises(UserError, match="ResNet.out_feats = -5 must be a number of channels"):
+        ResNet("resnet9", out_feats=-5)
+    with pytest.raises(UserError, match="scheduler.metric = 'test_loss' must name a train_\\* or valid_\\* metric"):
+        build_schedule(0.1, 10, milestones=[3], scheduler_fn="ReduceLROnPlateau", metric="test_loss")
+    both = write_ray_config(tmp_path, 'search_space = {}\nexp_args = {"config": {}}\n')
+    with pytest.raises(UserError, match="defines both search_space and a 2020 exp_args: keep one"):
+        load_ray_config(str(both))
+    with pytest.raises(UserError, match="CMCModel.\\* was a 2020 model class's setting; here the method's settings are "
+                                        "CMCTask"):
+        build_parts({"gin_config": ["digits/r9/cmc"], "gin_params": {"CMCModel.nce_k": "8192"}}, torch.device("meta"))

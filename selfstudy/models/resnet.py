@@ -26,6 +26,7 @@ import torch
 import torchvision
 from torch import nn
 
+from selfstudy import legacy
 from selfstudy.errors import UserError
 
 
@@ -140,7 +141,11 @@ class ResNet(nn.Module):
                             f"-1 to {len(self.stage_names) - 2}, or None")
         self.frozen_stages = frozen  # -1: the stem alone
         channels = self._channels(in_channels, input_res)
-        if isinstance(feat_layer, int) and feat_layer >= 0:  # 2020: a stage's pooled output, unprojected
+        if out_feats is not None and (isinstance(out_feats, bool) or not isinstance(out_feats, int) or out_feats < 0):
+            raise UserError(f"ResNet.out_feats = {out_feats!r} must be a number of channels, or None (no projection)")
+        if isinstance(feat_layer, int) and feat_layer >= 0 and out_feats:  # 2020: a stage's pooled output
+            legacy.note(f"ResNet.out_feats = {out_feats} is not used with ResNet.feat_layer = {feat_layer}: as in 2020, "
+                        "features are that stage's pooled output, unprojected")
             out_feats = None
         if not out_feats:
             self.project: nn.Module = nn.Identity()
