@@ -2,7 +2,9 @@
 
 Every operation draws fresh randomness per image. Flip, translate and cutout are plain
 tensor operations, flip and translate fused into one gather; random resized crop, colour
-jitter, grayscale and blur use kornia.
+jitter, grayscale, blur and solarize are the batched operations of `selfstudy.views`, one
+random draw per batch for all images' parameters (kornia is their reference in the tests,
+and converts CIELAB images to RGB and back for the colour operations).
 
 Geometric operations (flip, translate, resized crop) move every per-pixel field of a batch
 (`Batch.pixel_maps`: dense class maps, depth maps) with its image, with the same sampled
@@ -19,6 +21,7 @@ from typing import NamedTuple, Sequence
 import gin
 import torch
 
+from selfstudy import views
 from selfstudy.data.splits import MIRRORED_LABELS, Batch
 from selfstudy.errors import UserError
 
@@ -112,18 +115,18 @@ class Augment:
     cutout: int = 0  # side of the erased square in pixels; 0 = off
     resized_crop: float = 0.0  # smallest area fraction of a random resized crop; 0 = off
     blur: float = 0.0  # probability of a Gaussian blur (sigma 0.1..2 pixels)
+    solarize: float = 0.0  # probability of inverting values at or above 0.5 (BYOL's second view)
     transform_targets: bool | None = None  # None/True: per-pixel fields move; False: refused with geometry
     splits: tuple[str, ...] = ("train",)
     color_space: str = "rgb"  # of the images: colour operations on 'lab' run in RGB, converted both ways
-    _kornia: dict = field(default_factory=dict, repr=False, compare=False)  # modules per image size
     _tables: dict = field(default_factory=dict, repr=False, compare=False)  # Tables per size and device
 
     def __post_init__(self) -> None:
-        for name in ("color_jitter", "grayscale", "crop", "cutout", "resized_crop", "blur"):
+        for name in ("color_jitter", "grayscale", "crop", "cutout", "resized_crop", "blur", "solarize"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)):  # bools are ints: the 2020 form
                 raise UserError(f"augment.{name} = {value!r} must be a number or a bool (True: the 2020 default)")
-            upper = 1 if name in ("grayscale", "blur", "resized_crop") else float("inf")
+            upper = 1 if name in ("grayscale", "blur", "resized_crop", "solarize") else float("inf")
             if not 0 <= value <= upper:
                 raise UserError(f"augment.{name} = {value!r} must lie in [0, {upper:g}]")
 
@@ -156,27 +159,30 @@ class Augment:
     def applies_to(self, split: str) -> bool:
         return split in self.splits
 
-    def modules(self, h: int, w: int) -> dict[str, torch.nn.Module]:
-        """The kornia operations for h x w images, built once."""
-        if (h, w) not in self._kornia:
-            import kornia.augmentation as K
-
-            ops: dict[str, torch.nn.Module] = {}
-            if self.resized_crop:
-                ops["crop"] = K.RandomResizedCrop((h, w), scale=(self.resized_crop, 1.0))
-                ops["crop_maps"] = K.RandomResizedCrop((h, w), scale=(self.resized_crop, 1.0), resample="nearest")
-            color = []
-            if self.color_jitter:
-                s = self.color_jitter
-                color.append(K.ColorJitter(s, s, s, min(s / 4, 0.5), p=0.8))
-            if self.grayscale:
-                color.append(K.RandomGrayscale(p=self.grayscale))
-            if color:
-                ops["color"] = torch.nn.Sequential(*color)
-            if self.blur:
-                ops["blur"] = K.RandomGaussianBlur(max(3, (min(h, w) // 10) | 1), (0.1, 2.0), p=self.blur)
-            self._kornia[(h, w)] = ops
-        return self._kornia[(h, w)]
+    def colour(self, raw: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Colour jitter (probability 0.8; brightness, contrast and saturation factors in
+        [1 - s, 1 + s], hue in [-s / 4, s / 4] turns, in a random order per batch), grayscale and
+        solarize (threshold 0.5) on RGB values in [0, 1], with fresh parameters per image."""
+        b, device = len(raw), raw.device
+        u = torch.rand(b, 7, generator=generator, device=device)
+        x = raw.clamp(0, 1)
+        if self.color_jitter:
+            s = self.color_jitter
+            on = u[:, 0] < 0.8
+            spread = 2 * u[:, 1:5] - 1
+            factors = (1 + s * spread[:, :3]).clamp(min=0)
+            turns = min(s / 4, 0.5) * spread[:, 3]
+            steps = (lambda y: views.brightness(y, torch.where(on, factors[:, 0], 1.0)),
+                     lambda y: views.contrast(y, torch.where(on, factors[:, 1], 1.0)),
+                     lambda y: views.saturation(y, torch.where(on, factors[:, 2], 1.0)),
+                     lambda y: views.hue(y, torch.where(on, turns, 0.0)))
+            for step in torch.randperm(4, generator=generator, device=device).tolist():
+                x = steps[step](x)
+        if self.grayscale:
+            x = views.grayscale(x, u[:, 5] < self.grayscale)
+        if self.solarize:
+            x = views.solarize(x, u[:, 6] < self.solarize)
+        return x
 
     def tables(self, h: int, w: int, device: torch.device) -> Tables:
         if (h, w, device) not in self._tables:
@@ -188,24 +194,27 @@ class Augment:
         """Augment a normalised batch B x C x H x W (mean/std: C, to undo the normalisation for
         colour operations) and move its per-pixel maps (each B x H x W) with the same parameters."""
         b, _, h, w = images.shape
-        ops = self.modules(h, w)
         stack = stack_maps(maps)
-        if "crop" in ops:
-            images = ops["crop"](images)
+        if self.resized_crop:
+            boxes = views.crop_boxes(b, h, w, self.resized_crop, generator, images.device)
+            grid = views.crop_grid(boxes, h, w, (h, w))
+            images = views.resized_crop(images, grid)
             if stack is not None:
-                stack = ops["crop_maps"](stack, params=ops["crop"]._params)
-        if "color" in ops:
+                stack = views.resized_crop(stack, grid, mode="nearest")
+        if self.color_jitter or self.grayscale or self.solarize:
             scale, shift = std[:, None, None], mean[:, None, None]
             raw = images * scale + shift
             if self.color_space == "lab":  # L in [0, 100], a/b about [-128, 127]
                 import kornia
 
-                raw = kornia.color.rgb_to_lab(ops["color"](kornia.color.lab_to_rgb(raw.float(), clip=True)))
+                raw = kornia.color.rgb_to_lab(self.colour(kornia.color.lab_to_rgb(raw.float(), clip=True), generator))
             else:
-                raw = ops["color"](raw.clamp(0, 1))
+                raw = self.colour(raw, generator)
             images = ((raw - shift) / scale).to(images.dtype)
-        if "blur" in ops:
-            images = ops["blur"](images)
+        if self.blur:
+            u = torch.rand(b, 2, generator=generator, device=images.device)
+            blurred = views.gaussian_blur(images, 0.1 + 1.9 * u[:, 0], max(3, (min(h, w) // 10) | 1))
+            images = torch.where((u[:, 1] < self.blur).view(-1, 1, 1, 1), blurred, images)
         tables = self.tables(h, w, images.device)
         mirrored = torch.zeros(b, dtype=torch.bool, device=images.device)
         if self.flip or self.crop:
@@ -236,7 +245,7 @@ class Augment:
 
 @gin.configurable("augment")
 def augment_options(color_jitter: float = 0.0, grayscale: float = 0.0, flip: bool = True, crop: int = 4,
-                    cutout: int = 0, resized_crop: float = 0.0, blur: float = 0.0,
+                    cutout: int = 0, resized_crop: float = 0.0, blur: float = 0.0, solarize: float = 0.0,
                     transform_targets: bool | None = None, do_augment: bool | list[str] = True) -> Augment:
     """`augment.*`. `do_augment`: True = the train split, False = none, or a list of split names.
     `transform_targets`: per-pixel fields (class maps, depth maps) always move with their images;
@@ -248,7 +257,9 @@ def augment_options(color_jitter: float = 0.0, grayscale: float = 0.0, flip: boo
         unknown = set(splits) - {"train", "valid", "test"}
         if unknown:
             raise UserError(f"augment.do_augment names unknown splits {sorted(unknown)}; use train, valid, test")
-    return Augment(color_jitter, grayscale, flip, crop, cutout, resized_crop, blur, transform_targets, splits)
+    return Augment(color_jitter=color_jitter, grayscale=grayscale, flip=flip, crop=crop, cutout=cutout,
+                   resized_crop=resized_crop, blur=blur, solarize=solarize, transform_targets=transform_targets,
+                   splits=splits)
 
 
 JITTER_2020, GRAYSCALE_2020 = 0.4, 0.2  # the strengths a 2020 config's `= True` switched on

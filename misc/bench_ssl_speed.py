@@ -1,0 +1,119 @@
+"""Speed of a self-supervised step: the two-view augmentation's share of a SimCLR step, and
+SimCLR throughput with augmentation against the bare step (same model, same run). Prints
+one JSON line.
+
+    python misc/bench_ssl_speed.py                                   # digits/r9/simclr as configured
+    python misc/bench_ssl_speed.py -p 'ResNet.width = 64' 'dataloader.batch_size = 512' \
+        'BaseDataset.input_res = 32'                                 # the GPU figure's setting
+
+The model, task, optimizer, precision and augmentation are the gin config's (built as a trial
+builds them); the images are random, of the dataset's size and resolution. Figures:
+    aug_share_of_step     two views' augmentation / (augmentation + training step)
+    throughput_vs_bare    images/s with augmentation / images/s of the bare step (views = the images)
+    kornia_aug_ms         the same two views with kornia's augmentation modules (the reference
+                          the batched operations are tested against), for comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from selfstudy.config import split_binding  # noqa: E402
+from selfstudy.data import Batch  # noqa: E402
+from selfstudy.optim import build_optimizer  # noqa: E402
+from selfstudy.precision import autocast_dtype  # noqa: E402
+from selfstudy.trial import build_parts, trainable  # noqa: E402
+
+
+def timed(fn: Callable[[], object], steps: int, device: torch.device) -> float:
+    """Seconds per call of `fn`, after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def kornia_views(augment, images: torch.Tensor) -> Callable[[], object]:
+    """The two views with kornia's modules and the same options."""
+    import kornia.augmentation as K
+
+    h, w = images.shape[-2:]
+    ops = []
+    if augment.resized_crop:
+        ops.append(K.RandomResizedCrop((h, w), scale=(augment.resized_crop, 1.0)))
+    if augment.color_jitter:
+        s = augment.color_jitter
+        ops.append(K.ColorJitter(s, s, s, min(s / 4, 0.5), p=0.8))
+    if augment.grayscale:
+        ops.append(K.RandomGrayscale(p=augment.grayscale))
+    pipeline = torch.nn.Sequential(*ops).to(images.device)
+    return lambda: (pipeline(images.clamp(0, 1)), pipeline(images.clamp(0, 1)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-g", "--gin", default="digits/r9/simclr")
+    parser.add_argument("-p", "--params", nargs="*", default=[])
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = True
+    config = {"gin_config": [args.gin], "gin_params": dict(split_binding(b) for b in args.params)}
+    parts = build_parts(config, device)
+    model, task = parts.model.to(memory_format=torch.channels_last), parts.task
+    optimizer = build_optimizer(trainable(model, task))
+    dtype = autocast_dtype(parts.settings.precision, device)
+    res, b = parts.dataset.resolution(parts.options), parts.batch_size
+    images = torch.rand(b, parts.dataset.channels, res, res, device=device)
+    targets = torch.randint(0, parts.dataset.num_classes, (b,), device=device)
+    mean, std = torch.zeros(parts.dataset.channels, device=device), torch.ones(parts.dataset.channels, device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    batch = Batch(images, targets, torch.arange(b, device=device))
+    model.train()
+    task.train()
+
+    def step(views: Batch) -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss, _ = task.loss(model, views)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def augment() -> Batch:
+        return parts.augment.batch(batch, mean, std, generator, double=parts.options.double_sample)
+
+    bare_views = batch._replace(view2=images) if parts.options.double_sample else batch
+    augmented = augment()
+    bare = timed(lambda: step(bare_views), args.steps, device)
+    aug = timed(augment, args.steps, device)
+    full = timed(lambda: step(augment()), args.steps, device)
+    reference = timed(kornia_views(parts.augment, images), args.steps, device)
+    assert augmented.images.shape == images.shape
+    print(json.dumps({
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
+        "config": args.gin, "params": args.params, "batch": b, "resolution": res,
+        "feature_dim": model.backbone.out_dim, "precision": str(dtype).replace("torch.", ""),
+        "aug_ms": round(aug * 1e3, 2), "step_ms": round(bare * 1e3, 2), "kornia_aug_ms": round(reference * 1e3, 2),
+        "aug_share_of_step": round(aug / (aug + bare), 4),
+        "throughput_vs_bare": round(bare / full, 3),
+        "images_per_s": round(b / full), "bare_images_per_s": round(b / bare),
+    }))
+
+
+if __name__ == "__main__":
+    main()
