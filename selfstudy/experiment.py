@@ -86,9 +86,12 @@ def check_variants(variants: list[dict[str, Any]]) -> None:
     print_notes()
 
 
-def per_trial(cpus: int, gpus: int) -> dict[str, float]:
-    """One GPU per trial where GPUs exist (with an equal share of the CPUs), else all CPUs."""
-    return {"cpu": max(1, cpus // gpus), "gpu": 1} if gpus else {"cpu": max(1, cpus)}
+def per_trial(cpus: int, gpus: int, trials_per_gpu: int = 1) -> dict[str, float]:
+    """`trials_per_gpu` trials share each GPU where GPUs exist (with an equal share of the CPUs),
+    else a trial takes all CPUs."""
+    if not gpus:
+        return {"cpu": max(1, cpus)}
+    return {"cpu": max(1, cpus // (gpus * trials_per_gpu)), "gpu": 1 / trials_per_gpu}
 
 
 def trial_resources(ray_config: RayConfig, cluster: dict[str, float] | None = None) -> dict[str, float]:
@@ -98,7 +101,8 @@ def trial_resources(ray_config: RayConfig, cluster: dict[str, float] | None = No
 
         cluster = {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
     have_gpu = int(cluster.get("GPU", 0))
-    wanted = ray_config.resources_per_trial or per_trial(int(cluster.get("CPU", 1)), have_gpu)
+    wanted = ray_config.resources_per_trial or per_trial(int(cluster.get("CPU", 1)), have_gpu,
+                                                         ray_config.trials_per_gpu)
     if wanted.get("gpu", 0) > have_gpu:
         raise UserError(f"Ray config '{ray_config.name}' asks {wanted['gpu']} GPU per trial but there are "
                         f"{have_gpu}: lower resources_per_trial or run where GPUs exist")
@@ -159,7 +163,7 @@ def launch(request: Request, directory: Path, ray_config: RayConfig, space: dict
         tune_config=tune.TuneConfig(
             num_samples=ray_config.num_samples, **tune_selection(ray_config),
             scheduler=ray_config.scheduler, search_alg=ray_config.search_alg,
-            max_concurrent_trials=ray_config.max_concurrent_trials or None,
+            max_concurrent_trials=ray_config.max_concurrent_trials or None, reuse_actors=ray_config.reuse_actors,
             trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=directory.name, storage_path=str(directory.parent), verbose=0 if request.quiet else 1,

@@ -13,6 +13,8 @@ reserved keys `gin_config` and `seed`) to values or Ray Tune search spaces, and 
     scheduler = None             # a ray.tune scheduler, e.g. ASHAScheduler()
     search_alg = None            # a ray.tune.search searcher, e.g. OptunaSearch() (-l samples at random)
     resources_per_trial = None   # e.g. {"cpu": 4, "gpu": 1}; None = derived from the machine
+    trials_per_gpu = 1           # with derived resources: trials sharing one GPU (small trials pack)
+    reuse_actors = True          # a worker process runs the next trial itself (no process start)
 
 A study module instead defines `stages`, a list of dicts run in order, each a Ray config of
 its own (`name`, `search_space` and any of the settings above); settings at the top of the
@@ -51,6 +53,8 @@ class RayConfig:
     scheduler: Any = None
     search_alg: Any = None
     resources_per_trial: dict[str, float] | None = None
+    trials_per_gpu: int = 1
+    reuse_actors: bool = True
 
 
 def available_ray_configs() -> list[str]:
@@ -139,7 +143,7 @@ def ray_config_of(path: Path, module: ModuleType) -> RayConfig:
 EXP_ARGS = {"config": "search_space", "num_samples": "num_samples", "checkpoint_freq": "checkpoint_frequency",
             "checkpoint_at_end": "checkpoint_at_end", "keep_checkpoints_num": "keep_checkpoints",
             "max_failures": "max_failures", "resources_per_trial": "resources_per_trial", "search_alg": "search_alg",
-            "scheduler": "scheduler", "metric": "metric", "mode": "mode"}
+            "scheduler": "scheduler", "metric": "metric", "mode": "mode", "reuse_actors": "reuse_actors"}
 EXP_ARGS_DONE_ELSEWHERE = {
     "stop": "a trial ends at the last of scheduler.milestones",
     "resume": "python main.py -e <exp> --resume continues an experiment",
@@ -149,7 +153,6 @@ EXP_ARGS_DONE_ELSEWHERE = {
     "name": "-e names the experiment",
     "trial_name_creator": "trials are named trial_<id>",
     "checkpoint_score_attr": "keep_checkpoints keeps the newest",
-    "reuse_actors": "each trial gets its own process",
     "queue_trials": "trials wait for resources anyway",
     "sync_to_driver": "trials write to EXP_DIR directly",
     "global_checkpoint_period": "Ray Tune saves its state by itself",
@@ -202,7 +205,7 @@ def make_ray_config(name: str, values: dict[str, Any], where: str) -> RayConfig:
             given[key] = (value, f"the {part}")
             setattr(config, key, value)
     counts = {"num_samples": 1, "checkpoint_frequency": 0, "keep_checkpoints": 1, "max_failures": 0,
-              "max_concurrent_trials": 0}
+              "max_concurrent_trials": 0, "trials_per_gpu": 1}
     for key, least in counts.items():
         value = getattr(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:

@@ -1,6 +1,7 @@
 """The Ray Tune Trainable: a thin adapter around `Trial`.
 
-One `step()` is one epoch. Checkpoints are directories holding one `snapshot` file.
+One `step()` is one epoch. Checkpoints are directories holding one `snapshot` file. A worker
+process may run several trials of a sweep one after another (`reset_config`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ class Session(tune.Trainable):
         cpus = self.trial_resources.required_resources.get("CPU") if self.trial_resources else None
         node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         self.trial = Trial(config, trial_dir, num_threads=int(cpus) if cpus else None, node_id=node_id)
+
+    def reset_config(self, new_config: dict[str, Any]) -> bool:
+        """A reused worker takes the sweep's next trial (RayConfig.reuse_actors): the last trial's
+        parts go, gin is parsed afresh from the new config alone (bind_trial clears it first) and
+        the parts are built anew; the process, its imports and its cached splits stay."""
+        self.trial.close()
+        self.trial = None
+        self.setup(new_config)
+        return True
 
     def step(self) -> dict[str, Any]:
         return self.trial.run_epoch()

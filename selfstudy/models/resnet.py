@@ -23,7 +23,6 @@ from typing import NamedTuple
 
 import gin
 import torch
-import torchvision
 from torch import nn
 
 from selfstudy import legacy
@@ -70,17 +69,20 @@ def resnet9_stages(spec: StageSpec) -> dict[str, nn.Module]:
     }
 
 
-class HalfWidthResNet(torchvision.models.ResNet):
-    """torchvision's ResNet with every layer's channels halved (the stem keeps 64)."""
+def torchvision_stages(block: str, layers: list[int], spec: StageSpec) -> dict[str, nn.Module]:
+    """torchvision's stages under their own names; the stem's modules stay top-level. torchvision
+    is imported here, when first needed: it takes a second to import (it loads torch._dynamo)."""
+    from torchvision.models import resnet
 
-    def _make_layer(self, block: type, planes: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
-        return super()._make_layer(block, planes // 2, blocks, stride, dilate)
+    class HalfWidthResNet(resnet.ResNet):
+        """Every layer's channels halved (the stem keeps 64)."""
 
+        def _make_layer(self, *args: object, **kwargs: object) -> nn.Sequential:
+            block, planes, *rest = args
+            return super()._make_layer(block, planes // 2, *rest, **kwargs)
 
-def torchvision_stages(block: type, layers: list[int], spec: StageSpec) -> dict[str, nn.Module]:
-    """torchvision's stages under their own names; the stem's modules stay top-level."""
-    net = (HalfWidthResNet if spec.half else torchvision.models.ResNet)(
-        block, layers, replace_stride_with_dilation=list(spec.dilate))
+    net = (HalfWidthResNet if spec.half else resnet.ResNet)(
+        getattr(resnet, block), layers, replace_stride_with_dilation=list(spec.dilate))
     if spec.small_input or spec.in_channels != 3:
         kernel, stride = (3, 1) if spec.small_input else (7, 2)
         net.conv1 = nn.Conv2d(spec.in_channels, 64, kernel, stride, padding=kernel // 2, bias=False)
@@ -92,8 +94,8 @@ def torchvision_stages(block: type, layers: list[int], spec: StageSpec) -> dict[
 
 ARCHITECTURES = {
     "resnet9": resnet9_stages,
-    "resnet18": lambda spec: torchvision_stages(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2], spec),
-    "resnet50": lambda spec: torchvision_stages(torchvision.models.resnet.Bottleneck, [3, 4, 6, 3], spec),
+    "resnet18": lambda spec: torchvision_stages("BasicBlock", [2, 2, 2, 2], spec),
+    "resnet50": lambda spec: torchvision_stages("Bottleneck", [3, 4, 6, 3], spec),
 }
 STEM = ("conv1", "bn1", "relu", "maxpool")
 
