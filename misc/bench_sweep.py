@@ -7,8 +7,9 @@ digits/r9/classify, two short epochs) twice: with one trial and with n. The per-
 overhead is the n-trial sweep's wall time minus the 1-trial sweep's, less the extra trials'
 training time (their reported time_total_s, divided by the trials that run at once), per extra
 trial: what starting, building and finishing a trial costs beyond its epochs, with Ray's own
-start and stop taken out. `warm` reuses worker processes (RayConfig.reuse_actors, the default),
-`cold` starts one per trial. Everything lives in a temporary folder, removed at the end.
+start and stop taken out (checkpoints as by default). `warm` reuses worker processes
+(RayConfig.reuse_actors, the default), `cold` starts one per trial; `warm_vs_cold_wall` compares
+the n-trial sweeps' wall times. Everything lives in a temporary folder, removed at the end.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def sweep(folder: Path, name: str, trials: int, reuse: bool, params: list[str], 
     config = folder / f"{name}.py"
     config.write_text("from ray import tune\n"
                       f"search_space = {{'seed': tune.grid_search(list(range({trials})))}}\n"
-                      f"reuse_actors = {reuse}\ncheckpoint_at_end = False\ncheckpoint_frequency = 0\n")
+                      f"reuse_actors = {reuse}\n")  # checkpoints as by default: every epoch and at the end
     start = time.perf_counter()
     done = subprocess.run([sys.executable, str(ROOT / "main.py"), "-q", "-e", name, "-r", str(config), "-p",
                            *TINY, *params], env=env, capture_output=True, text=True)

@@ -115,7 +115,7 @@ class Augment:
     cutout: int = 0  # side of the erased square in pixels; 0 = off
     resized_crop: float = 0.0  # smallest area fraction of a random resized crop; 0 = off
     blur: float = 0.0  # probability of a Gaussian blur (sigma 0.1..2 pixels)
-    solarize: float = 0.0  # probability of inverting values at or above 0.5 (BYOL's second view)
+    solarize: float = 0.0  # probability of inverting values at or above 0.5 (in every view)
     transform_targets: bool | None = None  # None/True: per-pixel fields move; False: refused with geometry
     splits: tuple[str, ...] = ("train",)
     color_space: str = "rgb"  # of the images: colour operations on 'lab' run in RGB, converted both ways
@@ -138,9 +138,9 @@ class Augment:
     def check(self, pixel_fields: Sequence[str] = ()) -> None:
         """Raise if these options cannot apply to images of `color_space` whose batches carry
         these per-pixel fields (names of `Batch.pixel_maps`, e.g. ('targets', 'depth'))."""
-        if (self.color_jitter or self.grayscale) and self.color_space not in ("rgb", "lab"):
-            raise UserError(f"augment.color_jitter/grayscale need RGB or CIELAB images, but the dataset stores "
-                            f"{self.color_space}: set them to 0")
+        if (self.color_jitter or self.grayscale or self.solarize) and self.color_space not in ("rgb", "lab"):
+            raise UserError(f"augment.color_jitter/grayscale/solarize need RGB or CIELAB images, but the dataset "
+                            f"stores {self.color_space}: set them to 0")
         self.check_maps(pixel_fields)
         if "depth" in pixel_fields and self.resized_crop:  # moved exactly, but no longer true to the image
             raise UserError("augment.resized_crop zooms the images but cannot rescale their depth maps (a zoomed "
@@ -160,29 +160,40 @@ class Augment:
         return split in self.splits
 
     def colour(self, raw: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Colour jitter (probability 0.8; brightness, contrast and saturation factors in
-        [1 - s, 1 + s], hue in [-s / 4, s / 4] turns, in a random order per batch), grayscale and
-        solarize (threshold 0.5) on RGB values in [0, 1], with fresh parameters per image."""
+        """Colour jitter (probability 0.8; brightness, contrast and saturation factors uniform in
+        [max(0, 1 - s), 1 + s], hue in [-s / 4, s / 4] turns (at most half a turn), in a random
+        order per batch, as torchvision's ColorJitter), grayscale and solarize (threshold 0.5)
+        on RGB values in [0, 1], with fresh parameters per image. The order comes from the
+        host's generator (seeded per trial): no device round trip."""
         b, device = len(raw), raw.device
         u = torch.rand(b, 7, generator=generator, device=device)
         x = raw.clamp(0, 1)
         if self.color_jitter:
             s = self.color_jitter
             on = u[:, 0] < 0.8
-            spread = 2 * u[:, 1:5] - 1
-            factors = (1 + s * spread[:, :3]).clamp(min=0)
-            turns = min(s / 4, 0.5) * spread[:, 3]
+            low = max(0.0, 1 - s)
+            factors = low + (1 + s - low) * u[:, 1:4]
+            turns = min(s / 4, 0.5) * (2 * u[:, 4] - 1)
             steps = (lambda y: views.brightness(y, torch.where(on, factors[:, 0], 1.0)),
                      lambda y: views.contrast(y, torch.where(on, factors[:, 1], 1.0)),
                      lambda y: views.saturation(y, torch.where(on, factors[:, 2], 1.0)),
                      lambda y: views.hue(y, torch.where(on, turns, 0.0)))
-            for step in torch.randperm(4, generator=generator, device=device).tolist():
+            for step in torch.randperm(4).tolist():
                 x = steps[step](x)
         if self.grayscale:
             x = views.grayscale(x, u[:, 5] < self.grayscale)
         if self.solarize:
             x = views.solarize(x, u[:, 6] < self.solarize)
         return x
+
+    def blurred(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """With probability `blur` per image, a Gaussian blur of sigma uniform in [0.1, 2] pixels
+        (kernel about a tenth of the image, at least 3 taps)."""
+        b, _, h, w = images.shape
+        u = torch.rand(b, 2, generator=generator, device=images.device)
+        kernel = min(max(3, (min(h, w) // 10) | 1), 2 * min(h, w) - 1)
+        blurred = views.gaussian_blur(images, 0.1 + 1.9 * u[:, 0], kernel)
+        return torch.where((u[:, 1] < self.blur).view(-1, 1, 1, 1), blurred, images)
 
     def tables(self, h: int, w: int, device: torch.device) -> Tables:
         if (h, w, device) not in self._tables:
@@ -212,9 +223,7 @@ class Augment:
                 raw = self.colour(raw, generator)
             images = ((raw - shift) / scale).to(images.dtype)
         if self.blur:
-            u = torch.rand(b, 2, generator=generator, device=images.device)
-            blurred = views.gaussian_blur(images, 0.1 + 1.9 * u[:, 0], max(3, (min(h, w) // 10) | 1))
-            images = torch.where((u[:, 1] < self.blur).view(-1, 1, 1, 1), blurred, images)
+            images = self.blurred(images, generator)
         tables = self.tables(h, w, images.device)
         mirrored = torch.zeros(b, dtype=torch.bool, device=images.device)
         if self.flip or self.crop:

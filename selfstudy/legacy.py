@@ -29,3 +29,8 @@ def print_notes() -> None:
 def seen() -> set[str]:
     """Every note made in this process, printed or not."""
     return _PRINTED | set(_NOTES)
+
+
+def forget_printed() -> None:
+    """A reused worker's next trial prints its notes again."""
+    _PRINTED.clear()

@@ -13,7 +13,8 @@ reserved keys `gin_config` and `seed`) to values or Ray Tune search spaces, and 
     scheduler = None             # a ray.tune scheduler, e.g. ASHAScheduler()
     search_alg = None            # a ray.tune.search searcher, e.g. OptunaSearch() (-l samples at random)
     resources_per_trial = None   # e.g. {"cpu": 4, "gpu": 1}; None = derived from the machine
-    trials_per_gpu = 1           # with derived resources: trials sharing one GPU (small trials pack)
+    trials_per_gpu = 1           # with derived resources: trials sharing one GPU, each with that share
+                                 # of the GPU's CPUs (at least one: few CPUs limit the packing)
     reuse_actors = True          # a worker process runs the next trial itself (no process start)
 
 A study module instead defines `stages`, a list of dicts run in order, each a Ray config of
@@ -210,6 +211,8 @@ def make_ray_config(name: str, values: dict[str, Any], where: str) -> RayConfig:
         value = getattr(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise UserError(f"{where}: {key} = {value!r} must be a whole number >= {least}")
+    if not isinstance(config.reuse_actors, bool):
+        raise UserError(f"{where}: reuse_actors = {config.reuse_actors!r} must be True or False")
     if config.mode not in ("max", "min"):
         raise UserError(f"{where}: mode = {config.mode!r} must be 'max' or 'min'")
     if not isinstance(config.metric, str) or not config.metric:

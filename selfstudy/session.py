@@ -6,13 +6,16 @@ process may run several trials of a sweep one after another (`reset_config`).
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray import tune
 
+from selfstudy import legacy
 from selfstudy.trial import Trial
 
 
@@ -31,6 +34,10 @@ class Session(tune.Trainable):
         the parts are built anew; the process, its imports and its cached splits stay."""
         self.trial.close()
         self.trial = None
+        gc.collect()  # the last trial's tensors, before the next one's are made
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        legacy.forget_printed()  # the next trial's output says its own notes
         self.setup(new_config)
         return True
 
@@ -44,4 +51,5 @@ class Session(tune.Trainable):
         self.trial.restore(Path(checkpoint_dir))
 
     def cleanup(self) -> None:
-        self.trial.close()
+        if self.trial is not None:  # None after a reset whose setup failed
+            self.trial.close()

@@ -76,8 +76,9 @@ def solarize(x: torch.Tensor, chosen: torch.Tensor, threshold: float = 0.5) -> t
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Blur each image with its own sigma (pixels): a separable Gaussian of `kernel_size` taps,
-    reflect padding, as kornia's gaussian_blur2d with a per-image sigma."""
+    """Blur each image with its own sigma (pixels, > 0): a separable Gaussian of `kernel_size`
+    taps (odd, at most twice the image's smaller side less one, for the reflect padding), as
+    kornia's gaussian_blur2d with a per-image sigma."""
     b, c, h, w = x.shape
     half = kernel_size // 2
     taps = torch.arange(kernel_size, device=x.device, dtype=torch.float32) - half
@@ -91,18 +92,28 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
 
 
 def crop_boxes(n: int, h: int, w: int, min_scale: float, generator: torch.Generator | None,
-               device: torch.device, ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
-    """Random resized-crop boxes, one per image, drawn in one call: area a fraction in
-    [min_scale, 1] of the image, aspect ratio log-uniform in `ratio`, clipped to the image;
-    n x 4 (x0, y0, x1, y1) in pixel coordinates, corners inclusive."""
-    u = torch.rand(n, 4, generator=generator, device=device)
-    area = (min_scale + (1 - min_scale) * u[:, 0]) * h * w
+               device: torch.device, ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10) -> torch.Tensor:
+    """Random resized-crop boxes, one per image, drawn in one call, as torchvision samples them:
+    area a fraction in [min_scale, 1] of the image and aspect ratio log-uniform in `ratio`,
+    the first of `tries` candidates that fits the image, else a centre crop of the whole image
+    with its ratio clamped into `ratio`; n x 4 (x0, y0, x1, y1) in pixels, corners inclusive."""
+    u = torch.rand(n, tries, 4, generator=generator, device=device)
+    area = (min_scale + (1 - min_scale) * u[..., 0]) * h * w
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, 1])
-    cw = torch.sqrt(area * aspect).round().clamp(1, w)
-    ch = torch.sqrt(area / aspect).round().clamp(1, h)
-    x0 = torch.floor(u[:, 2] * (w - cw + 1)).clamp(max=w - cw)
-    y0 = torch.floor(u[:, 3] * (h - ch + 1)).clamp(max=h - ch)
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+    cw, ch = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()
+    fits = (cw >= 1) & (cw <= w) & (ch >= 1) & (ch <= h)  # n x tries
+    first = fits.float().argmax(dim=1, keepdim=True)  # the first that fits (0 when none does)
+    pick = lambda t: t.gather(1, first).squeeze(1)  # noqa: E731
+    cw, ch, ux, uy = pick(cw), pick(ch), pick(u[..., 2]), pick(u[..., 3])
+    fallback = ~fits.any(dim=1)
+    whole = w / h
+    fall_w = w if ratio[0] <= whole <= ratio[1] or whole < ratio[0] else round(h * ratio[1])
+    fall_h = round(w / ratio[0]) if whole < ratio[0] else h
+    cw = torch.where(fallback, torch.full_like(cw, fall_w), cw)
+    ch = torch.where(fallback, torch.full_like(ch, fall_h), ch)
+    x0 = torch.where(fallback, (w - cw) // 2, torch.floor(ux * (w - cw + 1)).clamp(max=w - cw))
+    y0 = torch.where(fallback, (h - ch) // 2, torch.floor(uy * (h - ch + 1)).clamp(max=h - ch))
     return torch.stack([x0, y0, x0 + cw - 1, y0 + ch - 1], dim=1)
 
 
@@ -121,5 +132,6 @@ def crop_grid(boxes: torch.Tensor, h: int, w: int, size: tuple[int, int]) -> tor
 
 
 def resized_crop(x: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """Each image's box (see `crop_grid`) resized to the grid's size: one sampling call."""
-    return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode="border", align_corners=True)
+    """Each image's box (see `crop_grid`) resized to the grid's size: one sampling call, in
+    float32 whatever the images' dtype (so images and their maps land on the same points)."""
+    return F.grid_sample(x.float(), grid.float(), mode=mode, padding_mode="border", align_corners=True).to(x.dtype)

@@ -59,14 +59,46 @@ def test_resized_crop_matches_kornia_and_draws_valid_boxes() -> None:
     assert torch.allclose(ours, reference, atol=1e-5)
 
 
-def test_the_augmentation_is_reproducible_from_its_generator() -> None:
+def test_the_augmentation_is_reproducible_from_the_trials_seeds() -> None:
     augment = Augment(color_jitter=0.4, grayscale=0.2, resized_crop=0.3, blur=0.5, solarize=0.2, flip=True, crop=0)
     mean, std = torch.full((3,), 0.5), torch.full((3,), 0.25)
     normalised = (IMAGES - 0.5) / 0.25
 
-    def run(seed: int) -> torch.Tensor:
+    def run(seed: int) -> torch.Tensor:  # a trial seeds its generator and torch's (the colour steps' order)
+        torch.manual_seed(seed)
         return augment(normalised, mean, std, torch.Generator().manual_seed(seed)).images
 
     assert torch.equal(run(0), run(0)) and not torch.equal(run(0), run(1))
     raw = run(0) * 0.25 + 0.5
     assert raw.min() >= -1e-5 and raw.max() <= 1 + 1e-5  # colour steps clamp to [0, 1]
+
+
+def test_crop_boxes_follow_torchvisions_sampling() -> None:
+    """Rejection sampling as torchvision's RandomResizedCrop: the same distribution of areas and
+    of full-width crops (clipping instead would inflate both)."""
+    from torchvision.transforms import RandomResizedCrop
+
+    torch.manual_seed(0)
+    image = torch.zeros(1, 224, 224)
+    theirs = torch.tensor([RandomResizedCrop.get_params(image, (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(4000)],
+                          dtype=torch.float32)  # top, left, height, width
+    boxes = views.crop_boxes(4000, 224, 224, 0.08, torch.Generator().manual_seed(0), torch.device("cpu"))
+    ours_w, ours_h = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
+    assert abs((ours_w * ours_h).mean() / 224 ** 2 - (theirs[:, 2] * theirs[:, 3]).mean() / 224 ** 2) < 0.02
+    assert abs((ours_w == 224).float().mean() - (theirs[:, 3] == 224).float().mean()) < 0.02
+    tall = views.crop_boxes(64, 40, 10, 0.99, torch.Generator().manual_seed(0), torch.device("cpu"), tries=1)
+    assert ((tall[:, 2] - tall[:, 0] + 1) <= 10).all() and ((tall[:, 3] - tall[:, 1] + 1) <= 40).all()
+
+
+def test_colour_jitter_draws_torchvisions_ranges() -> None:
+    """Strength s: 80% of images jittered, factors uniform in [max(0, 1 - s), 1 + s]; at s = 2 no
+    factor piles up at 0 (a black image)."""
+    flat = torch.full((2000, 3, 4, 4), 0.5)
+    flat[:, 0] = 0.4  # a colour, so brightness changes it
+    out = Augment(color_jitter=0.4, flip=False, crop=0)(flat, torch.zeros(3), torch.ones(3),
+                                                        torch.Generator().manual_seed(0)).images
+    changed = (out - flat).abs().amax(dim=(1, 2, 3)) > 1e-6
+    assert 0.77 < changed.float().mean() < 0.83
+    strong = Augment(color_jitter=2.0, flip=False, crop=0)(flat, torch.zeros(3), torch.ones(3),
+                                                           torch.Generator().manual_seed(0)).images
+    assert (strong.amax(dim=(1, 2, 3)) == 0).float().mean() < 0.01

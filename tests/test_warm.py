@@ -48,3 +48,35 @@ def test_warm_trials_give_the_numbers_of_cold_ones_and_forget_the_last_config(
     assert warm.loc[with_mlp, "timestamp"].max() <= warm.loc[~with_mlp, "timestamp"].min()  # it ran first
     for text in warm.loc[~with_mlp, "operative"]:  # the trials after it in the same process: no MLP head
         assert "Wrapper.classifier = 'linear'" in text and "Wrapper.mlp_hidden = 16" not in text
+
+
+def test_packed_trials_share_a_gpu_and_its_cpus() -> None:
+    from selfstudy.experiment import per_trial
+
+    assert per_trial(16, 2, 4) == {"cpu": 2, "gpu": 0.25}
+    assert per_trial(16, 2) == {"cpu": 8, "gpu": 1}
+    assert per_trial(2, 1, 4) == {"cpu": 1, "gpu": 0.25}  # few CPUs: each trial still has one
+    assert per_trial(2, 0, 4) == {"cpu": 2}
+
+
+def test_a_rewritten_file_is_read_again(tmp_path: Path) -> None:
+    """The per-process split cache serves a file's rows until the file changes."""
+    import numpy as np
+    import torch
+
+    from selfstudy.data import cache, hdf5
+    from selfstudy.data.base import DatasetFiles, data_options
+
+    def write(value: float) -> DatasetFiles:
+        for name in ("train", "test"):
+            hdf5.write_split(tmp_path / f"{name}.h5", np.full((20, 3, 4, 4), value, np.float32), np.arange(20) % 2,
+                             ["a", "b"], np.full(3, 0.5), np.full(3, 0.25))
+        return DatasetFiles.open("tiny", tmp_path / "train.h5", tmp_path / "test.h5")
+
+    options = data_options(num_valid=4)
+    dataset = write(0.5)
+    first = dataset.load(options, torch.device("cpu"), ("train",))["train"]
+    assert dataset.load(options, torch.device("cpu"), ("train",))["train"] is first  # kept
+    assert not (write(0.75).load(options, torch.device("cpu"), ("train",))["train"].images == first.images).all()
+    other_rows = write(0.75).load(data_options(num_valid=5), torch.device("cpu"), ("train",))["train"]
+    assert len(other_rows) == 15 and cache.get(next(iter(cache._kept))) is other_rows  # only this trial's kept

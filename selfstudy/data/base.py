@@ -10,8 +10,6 @@ labelled images of the rest (on a dense set, balanced by each map's most frequen
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import numpy as np
 import torch
 
 import paths
-from selfstudy.data import hdf5
+from selfstudy.data import cache, hdf5
 from selfstudy.data.splits import DividedSplit, Placement, ResidentSplit
 from selfstudy.errors import UserError
 from selfstudy.legacy import note
@@ -168,51 +166,41 @@ class DatasetFiles:
         rows = self.split_rows(options)
         rows.setdefault("test", np.arange(self.test.num_images))
         placement = self.placement(options, device)
+        divided = {split for split in splits if options.max_images is not None and len(rows[split]) > options.max_images}
+        keys = {split: cache.key(self.test.path if split == "test" else self.train.path, rows[split], placement,
+                                 (self.train.mean, self.train.std, extras, options.predict_pose))
+                for split in splits if split not in divided}
+        cache.keep_only(keys.values())  # free what this trial does not use before loading
         loaded: dict[str, ResidentSplit | DividedSplit] = {}
         for split in splits:
             info = self.test if split == "test" else self.train
-            if options.max_images is not None and len(rows[split]) > options.max_images:
+            if split in divided:
                 loaded[split] = DividedSplit(info.path, rows[split], info.image_shape, placement,
                                              options.max_images, options.chunk_size, maps=extras)
                 if options.predict_pose:
                     loaded[split].extra["pose"] = read_pose(info.path, rows[split], options.chunk_size, device)
             else:
-                loaded[split] = resident(info.path, rows[split], placement, options, extras)
+                loaded[split] = cache.get(keys[split]) or cache.put(
+                    keys[split], self.resident(info.path, rows[split], placement, options, extras))
         return loaded
+
+    @staticmethod
+    def resident(path: Path, rows: np.ndarray, placement: Placement, options: DataOptions,
+                 extras: tuple[str, ...]) -> ResidentSplit:
+        """The `rows` of a split file on the device, with the per-image maps `extras` (and the
+        pose label with predict_pose)."""
+        images, targets = hdf5.read_rows(path, rows, options.chunk_size)
+        split = ResidentSplit(placement.images(torch.from_numpy(images)), placement.targets(targets))
+        for name in extras:
+            split.extra[name] = placement.targets(hdf5.read_column(path, name, rows, options.chunk_size))
+        if options.predict_pose:
+            split.extra["pose"] = read_pose(path, rows, options.chunk_size, placement.device)
+        return split
 
 
 def read_pose(path: Path, rows: np.ndarray, chunk_size: int, device: torch.device) -> torch.Tensor:
     rotations = torch.from_numpy(hdf5.read_column(path, "rot_mat", rows, chunk_size))
     return pose_label(rotations.reshape(len(rotations), -1, 3, 3)[:, 0]).to(device)
-
-
-RESIDENT_CACHE_SIZE = 4  # splits kept per process
-_resident: OrderedDict[tuple, ResidentSplit] = OrderedDict()
-
-
-def resident(path: Path, rows: np.ndarray, placement: Placement, options: DataOptions,
-             extras: tuple[str, ...]) -> ResidentSplit:
-    """The `rows` of a split file on the device, with the per-image maps `extras` (and the pose
-    label with predict_pose). Kept per process, keyed by the file's version, the rows and how
-    they are placed: a trial that a reused worker runs next on the same data (a sweep's usual
-    case) finds them there. Training reads splits and never writes them."""
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns, hashlib.sha1(np.ascontiguousarray(rows)).hexdigest(),
-           str(placement.device), placement.res, str(placement.dtype), bool(placement.normalise),
-           tuple(extras), options.predict_pose, options.chunk_size)
-    if key in _resident:
-        _resident.move_to_end(key)
-        return _resident[key]
-    images, targets = hdf5.read_rows(path, rows, options.chunk_size)
-    split = ResidentSplit(placement.images(torch.from_numpy(images)), placement.targets(targets))
-    for name in extras:
-        split.extra[name] = placement.targets(hdf5.read_column(path, name, rows, options.chunk_size))
-    if options.predict_pose:
-        split.extra["pose"] = read_pose(path, rows, options.chunk_size, placement.device)
-    _resident[key] = split
-    while len(_resident) > RESIDENT_CACHE_SIZE:
-        _resident.popitem(last=False)
-    return split
 
 
 @gin.configurable

@@ -19,6 +19,7 @@ features (False; the same features, as a linear map commutes with the mean); `is
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import gin
@@ -69,20 +70,28 @@ def resnet9_stages(spec: StageSpec) -> dict[str, nn.Module]:
     }
 
 
-def torchvision_stages(block: str, layers: list[int], spec: StageSpec) -> dict[str, nn.Module]:
-    """torchvision's stages under their own names; the stem's modules stay top-level. torchvision
-    is imported here, when first needed: it takes a second to import (it loads torch._dynamo)."""
+@functools.cache
+def torchvision_resnet(half: bool) -> type:
+    """torchvision's ResNet class, or one with every layer's channels halved (the stem keeps 64).
+    torchvision is imported here, when first needed: it takes a second (it loads torch._dynamo)."""
     from torchvision.models import resnet
 
+    if not half:
+        return resnet.ResNet
+
     class HalfWidthResNet(resnet.ResNet):
-        """Every layer's channels halved (the stem keeps 64)."""
+        def _make_layer(self, block: type, planes: int, blocks: int, stride: int = 1,
+                        dilate: bool = False) -> nn.Sequential:
+            return super()._make_layer(block, planes // 2, blocks, stride, dilate)
 
-        def _make_layer(self, *args: object, **kwargs: object) -> nn.Sequential:
-            block, planes, *rest = args
-            return super()._make_layer(block, planes // 2, *rest, **kwargs)
+    return HalfWidthResNet
 
-    net = (HalfWidthResNet if spec.half else resnet.ResNet)(
-        getattr(resnet, block), layers, replace_stride_with_dilation=list(spec.dilate))
+
+def torchvision_stages(block: str, layers: list[int], spec: StageSpec) -> dict[str, nn.Module]:
+    """torchvision's stages under their own names; the stem's modules stay top-level."""
+    from torchvision.models import resnet
+
+    net = torchvision_resnet(spec.half)(getattr(resnet, block), layers, replace_stride_with_dilation=list(spec.dilate))
     if spec.small_input or spec.in_channels != 3:
         kernel, stride = (3, 1) if spec.small_input else (7, 2)
         net.conv1 = nn.Conv2d(spec.in_channels, 64, kernel, stride, padding=kernel // 2, bias=False)
