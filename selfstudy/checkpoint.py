@@ -58,6 +58,15 @@ def resolve_snapshot(name: str, setting: str) -> Path:
 
 def load_snapshot(path: Path, setting: str) -> dict[str, Any]:
     """Read a snapshot onto the CPU; an unreadable file is a `UserError`."""
+    state = read_data(path, setting)
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"{setting}: {path} is not a selfstudy snapshot (no 'model' entry)")
+    return state
+
+
+def read_data(path: Path, setting: str) -> Any:
+    """Read a checkpoint file (ours or another project's) onto the CPU, as data only: one that
+    needs code to unpickle is refused (`UnsafeSnapshot`), an unreadable one is a `UserError`."""
     try:
         with warnings.catch_warnings():  # a file of plain pickle draws a protocol warning before it is refused
             warnings.simplefilter("ignore")
@@ -66,13 +75,10 @@ def load_snapshot(path: Path, setting: str) -> dict[str, Any]:
         if "weights only" not in str(err).lower():
             raise UserError(f"{setting}: cannot read snapshot {path} (UnpicklingError); it is damaged") from None
         raise UnsafeSnapshot(f"{setting}: refusing {path}: it holds Python objects that need code to load, and "
-                             "snapshots are read as data only (tensors and plain values); use a snapshot written by "
-                             "selfstudy (format 2; earlier formats must be rewritten by the version that wrote them)") \
-            from None
+                             "checkpoints are read as data only (tensors and plain values); use a snapshot written by "
+                             "selfstudy (format 2), or save the other project's state_dict alone") from None
     except Exception as err:  # torch raises many types for a damaged file
         raise UserError(f"{setting}: cannot read snapshot {path} ({type(err).__name__}); it is damaged") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise UserError(f"{setting}: {path} is not a selfstudy snapshot (no 'model' entry)")
     return state
 
 

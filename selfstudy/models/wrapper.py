@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfstudy.checkpoint import load_snapshot, resolve_snapshot
+from selfstudy import weights as weights_io
+from selfstudy.checkpoint import read_data, resolve_snapshot
 from selfstudy import legacy
 from selfstudy.errors import UserError
 from selfstudy.models.resnet import ResNet
@@ -75,7 +76,9 @@ class Wrapper(nn.Module):
         True with run_selfsup: the labels train the backbone alongside the method's loss.
     warmup_fc: training steps at the start during which the backbone stays frozen (weights and
         BatchNorm statistics) and only the classifier and the task's own heads train.
-    pretrained: "<exp>/<name>" of a snapshot whose weights initialise the model.
+    pretrained: "<exp>/<name>" of a snapshot whose weights initialise the model, or a path to
+        another project's checkpoint (torchvision, MoCo, OpenSelfSup/MMSelfSup, a plain encoder;
+        `pretrained_format`, default 'auto': see `selfstudy.weights`) for the backbone alone.
     ignore_pretrained_fc: take only the backbone from `pretrained`.
     run_selfsup: pretraining with a self-supervised task: the classifier becomes a linear
         probe and an MLP probe joins it, both trained on detached features.
@@ -93,7 +96,7 @@ class Wrapper(nn.Module):
                  classifier: str = "linear", mlp_hidden: int = 512, finetune_classifier: bool | None = None,
                  warmup_fc: int = 0, pretrained: str | None = None, ignore_pretrained_fc: bool = False,
                  run_selfsup: bool = False, dense_pred: bool = False, finetune_selfsup: bool = True,
-                 model_choice: str | None = None, run_classifier: bool = True):
+                 model_choice: str | None = None, run_classifier: bool = True, pretrained_format: str = "auto"):
         super().__init__()
         check_2020_settings(model_choice, run_classifier, run_selfsup)
         if not finetune_selfsup and not run_selfsup:  # harmless in 2020 too: there is no self-supervised loss
@@ -140,12 +143,27 @@ class Wrapper(nn.Module):
         if self.always_frozen:
             backbone.requires_grad_(False)
         if pretrained:
-            self.load_pretrained(pretrained, ignore_pretrained_fc)
+            self.load_pretrained(pretrained, ignore_pretrained_fc, pretrained_format)
 
-    def load_pretrained(self, name: str, ignore_fc: bool) -> None:
-        """Copy a snapshot's weights in; every tensor taken must fit exactly."""
+    def load_pretrained(self, name: str, ignore_fc: bool, layout: str = "auto") -> None:
+        """Copy a snapshot's weights in, or another project's encoder (see `selfstudy.weights`);
+        every tensor taken must fit exactly."""
         setting = f"Wrapper.pretrained = {name!r}"
-        weights = load_snapshot(resolve_snapshot(name, "Wrapper.pretrained"), setting)["model"]
+        if layout not in weights_io.LAYOUTS:
+            raise UserError(f"unknown Wrapper.pretrained_format {layout!r}; choose from: {', '.join(weights_io.LAYOUTS)}")
+        path = resolve_snapshot(name, "Wrapper.pretrained")
+        data = read_data(path, setting)
+        found = weights_io.detect(data) if layout == "auto" else layout
+        if found != "selfstudy":
+            if layout == "auto":
+                legacy.note(f"{setting}: a checkpoint in the {found} layout (told by its keys); its encoder initialises "
+                            "the backbone")
+            self.load_encoder(weights_io.encoder_state(data, found), setting)
+            return
+        if not isinstance(data, dict) or "model" not in data:
+            raise UserError(f"{setting}: {path} is not a selfstudy snapshot (no 'model' entry): set "
+                            "Wrapper.pretrained_format to its layout, or 'auto'")
+        weights = data["model"]
         own = self.state_dict()
         wanted = [k for k in own if k.startswith("backbone.") or not ignore_fc]
         missing = [k for k in wanted if k.startswith("backbone.") and k not in weights]
@@ -161,6 +179,14 @@ class Wrapper(nn.Module):
         if own[wanted[0]].is_meta:  # a config check builds the model without memory: shapes suffice
             return
         self.load_state_dict({k: weights[k] for k in wanted if k in weights}, strict=False)
+
+    def load_encoder(self, weights: dict[str, torch.Tensor], setting: str) -> None:
+        """An encoder in torchvision's names into the backbone, strictly (a projection of
+        ResNet.out_feats keeps its own initialisation)."""
+        own = {k: v for k, v in self.backbone.state_dict().items() if not k.startswith("project.")}
+        weights_io.check_fit(weights, own, setting)
+        if not next(iter(own.values())).is_meta:  # a config check builds the model without memory
+            self.backbone.load_state_dict(weights, strict=False)
 
     def probe_loss(self, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Cross-entropy of the linear (classifier) and MLP probes on features B x D; metrics

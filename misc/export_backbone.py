@@ -1,0 +1,86 @@
+"""Write a trial's ResNet-18/50 backbone as a torchvision state dict, with its provenance.
+
+    python misc/export_backbone.py -e EXP/TRIAL [-o backbone.pth]    # the trial's newest checkpoint
+    python misc/export_backbone.py -e EXP/NAME                       # a moved snapshot (move_snapshots.py)
+
+The state dict loads strictly into `torchvision.models.resnet18/50(num_classes=K)` (K: the
+trial's classes; its linear classifier becomes fc). A backbone trained on images of 64 pixels
+or less has the CIFAR stem, which torchvision builds with `model.conv1 = nn.Conv2d(C, 64, 3,
+1, 1, bias=False)` and `model.maxpool = nn.Identity()`; the JSON beside the file says which
+stem it has, with the trial's config, commit and metrics. Default output:
+EXP_DIR/EXP/TRIAL/backbone_torchvision.pth (and .json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import paths  # noqa: E402
+from selfstudy import folders  # noqa: E402
+from selfstudy.checkpoint import load_snapshot  # noqa: E402
+from selfstudy.config import first_line  # noqa: E402
+from selfstudy.errors import UserError  # noqa: E402
+from selfstudy.weights import torchvision_state  # noqa: E402
+
+
+def source_of(name: str) -> tuple[Path, dict[str, Any]]:
+    """The snapshot that -e names and what is known of the trial that wrote it."""
+    folder = paths.EXP_DIR / name
+    if (folder / folders.SNAPSHOT).is_file():  # a moved snapshot
+        record = json.loads((folder / "snapshot.json").read_text()) if (folder / "snapshot.json").is_file() else {}
+        trial = record.get("trial")  # a folder of the experiment (or study stage) above the snapshot
+        trial_dir = next((p / trial for p in folder.parents if trial and (p / trial).is_dir()), None)
+        return folder / folders.SNAPSHOT, provenance(trial_dir, record.get("config"))
+    if folder.is_dir():
+        snapshot = folders.latest_snapshot(folder)
+        if snapshot is None:
+            raise UserError(f"-e {name}: trial folder {folder} has no checkpoint; run it with checkpoints "
+                            "(checkpoint_frequency or -c)")
+        return snapshot, provenance(folder, None)
+    raise UserError(f"-e {name}: no trial folder or moved snapshot at {folder}; give EXP/TRIAL or EXP/NAME")
+
+
+def provenance(trial_dir: Path | None, config: dict[str, Any] | None) -> dict[str, Any]:
+    if trial_dir is None or not trial_dir.is_dir():
+        return {"config": config}
+    info = json.loads((trial_dir / "trial.json").read_text()) if (trial_dir / "trial.json").is_file() else {}
+    results = folders.read_results(trial_dir)
+    return {"trial": str(trial_dir), "config": config or folders.read_params(trial_dir),
+            "git_commit": info.get("git_commit"), "metrics": results[-1] if results else None}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-e", "--exp", required=True, help="EXP/TRIAL or EXP/NAME under EXP_DIR")
+    parser.add_argument("-o", "--output", help="the .pth to write (default: beside the source)")
+    args = parser.parse_args()
+    try:
+        snapshot, record = source_of(args.exp)
+        state = torchvision_state(load_snapshot(snapshot, f"-e {args.exp}")["model"])
+        out = Path(args.output) if args.output else paths.EXP_DIR / args.exp / "backbone_torchvision.pth"
+        if out.suffix != ".pth":
+            raise UserError(f"-o {out}: name a .pth file")
+        conv1 = state["conv1.weight"]
+        record.update(source=str(snapshot), architecture="resnet50" if "layer4.0.conv3.weight" in state else "resnet18",
+                      stem="imagenet" if conv1.shape[-1] == 7 else "cifar", in_channels=int(conv1.shape[1]),
+                      num_classes=int(state["fc.weight"].shape[0]) if "fc.weight" in state else None)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, out)
+        out.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))
+    except UserError as err:
+        print(f"error: {first_line(err)}", file=sys.stderr)
+        return 2
+    print(f"{out} ({record['architecture']}, {record['stem']} stem, fc of {record['num_classes']} classes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
