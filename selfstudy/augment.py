@@ -124,8 +124,10 @@ class Augment:
     def __post_init__(self) -> None:
         for name in ("color_jitter", "grayscale", "crop", "cutout", "resized_crop", "blur", "solarize"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)):  # bools are ints: the 2020 form
-                raise UserError(f"augment.{name} = {value!r} must be a number or a bool (True: the 2020 default)")
+            has_2020_form = name in ("color_jitter", "grayscale", "crop", "cutout")  # a bool: the 2020 default
+            if isinstance(value, bool) and not has_2020_form or not isinstance(value, (int, float)):
+                form = "a number or a bool (True: the 2020 default)" if has_2020_form else "a number (0: off)"
+                raise UserError(f"augment.{name} = {value!r} must be {form}")
             upper = 1 if name in ("grayscale", "blur", "resized_crop", "solarize") else float("inf")
             if not 0 <= value <= upper:
                 raise UserError(f"augment.{name} = {value!r} must lie in [0, {upper:g}]")

@@ -321,6 +321,8 @@ def test_2020_mistakes_get_one_line(tmp_path: Path) -> None:
         Augment(crop="yes")
     with pytest.raises(UserError, match=r"augment.crop = -2 must lie in \[0, inf\]"):
         Augment(crop=-2)
+    with pytest.raises(UserError, match=r"augment.solarize = True must be a number \(0: off\)"):
+        Augment(solarize=True)  # no 2020 form: a bool would silently mean probability 1
     with pytest.raises(UserError, match="ResNet.out_feats = -5 must be a number of channels"):
         ResNet("resnet9", out_feats=-5)
     with pytest.raises(UserError, match="scheduler.metric = 'test_loss' must name a train_\\* or valid_\\* metric"):
