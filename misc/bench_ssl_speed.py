@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -28,25 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from misc.bench_train import timed  # noqa: E402
 from selfstudy.config import split_binding  # noqa: E402
 from selfstudy.data import Batch  # noqa: E402
 from selfstudy.optim import build_optimizer  # noqa: E402
 from selfstudy.precision import autocast_dtype  # noqa: E402
 from selfstudy.trial import build_parts, trainable  # noqa: E402
-
-
-def timed(fn: Callable[[], object], steps: int, device: torch.device) -> float:
-    """Seconds per call of `fn`, after two warm-up calls."""
-    for _ in range(2):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
 
 
 def kornia_views(augment, images: torch.Tensor) -> Callable[[], object]:
