@@ -37,7 +37,7 @@ def source_of(name: str) -> tuple[Path, dict[str, Any]]:
     if (folder / folders.SNAPSHOT).is_file():  # a moved snapshot
         record = json.loads((folder / "snapshot.json").read_text()) if (folder / "snapshot.json").is_file() else {}
         trial = record.get("trial")  # a folder of the experiment (or study stage) above the snapshot
-        trial_dir = next((p / trial for p in folder.parents if trial and (p / trial).is_dir()), None)
+        trial_dir = next((p / trial for p in (folder, *folder.parents) if trial and (p / trial).is_dir()), None)
         return folder / folders.SNAPSHOT, provenance(trial_dir, record.get("config"))
     if folder.is_dir():
         snapshot = folders.latest_snapshot(folder)
@@ -57,6 +57,21 @@ def provenance(trial_dir: Path | None, config: dict[str, Any] | None) -> dict[st
             "git_commit": info.get("git_commit"), "metrics": results[-1] if results else None}
 
 
+def check_loads(state: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
+    """The state dict loads strictly into torchvision's ResNet of the recorded architecture and stem."""
+    import torchvision
+
+    model = getattr(torchvision.models, record["architecture"])(num_classes=record["num_classes"] or 1000)
+    if record["stem"] == "cifar" or record["in_channels"] != 3:
+        kernel, stride = (3, 1) if record["stem"] == "cifar" else (7, 2)
+        model.conv1 = torch.nn.Conv2d(record["in_channels"], 64, kernel, stride, kernel // 2, bias=False)
+    wanted = {k: v for k, v in model.state_dict().items() if "fc." not in k or record["num_classes"]}
+    bad = sorted(set(wanted) ^ set(state)) or [k for k in state if state[k].shape != wanted[k].shape]
+    if bad:
+        raise UserError(f"this backbone does not fit torchvision's {record['architecture']} (e.g. '{bad[0]}'): "
+                        "ResNet.is_half and a ResNet.feat_layer short of the last layer have no torchvision counterpart")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-e", "--exp", required=True, help="EXP/TRIAL or EXP/NAME under EXP_DIR")
@@ -72,6 +87,7 @@ def main() -> int:
         record.update(source=str(snapshot), architecture="resnet50" if "layer4.0.conv3.weight" in state else "resnet18",
                       stem="imagenet" if conv1.shape[-1] == 7 else "cifar", in_channels=int(conv1.shape[1]),
                       num_classes=int(state["fc.weight"].shape[0]) if "fc.weight" in state else None)
+        check_loads(state, record)
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, out)
         out.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))

@@ -25,12 +25,15 @@ import torch
 from selfstudy.errors import UserError
 
 LAYOUTS = ("auto", "selfstudy", "torchvision", "moco", "mmselfsup", "encoder")
-PREFIXES = {"moco": "module.encoder_q.", "mmselfsup": "backbone."}
+PREFIXES = {"moco": ("module.encoder_q.", "encoder_q.", "module.base_encoder.", "base_encoder."),  # v1/v2, v3
+            "mmselfsup": ("backbone.",)}
 
 
 def state_of(data: Any) -> dict[str, Any]:
-    """The state dict inside a checkpoint (under "state_dict" when there is one)."""
-    inner = data.get("state_dict", data) if isinstance(data, dict) else data
+    """The state dict inside a checkpoint (under "state_dict" or "model" when there is one)."""
+    inner = data
+    if isinstance(data, dict):
+        inner = data.get("state_dict", data.get("model", data) if isinstance(data.get("model"), dict) else data)
     if not isinstance(inner, dict) or not all(isinstance(k, str) for k in inner):
         raise UserError("the checkpoint holds no state dict (a dict of tensors by name)")
     return inner
@@ -41,13 +44,13 @@ def detect(data: Any) -> str:
     if isinstance(data, dict) and "model" in data and "format" in data:
         return "selfstudy"
     keys = list(state_of(data))
-    for layout, prefix in PREFIXES.items():
-        if any(k.startswith(prefix) for k in keys):
+    for layout, prefixes in PREFIXES.items():
+        if any(k.startswith(prefixes) for k in keys):
             return layout
     plain = {k.removeprefix("module.") for k in keys}
     if "conv1.weight" in plain:
         return "torchvision" if "fc.weight" in plain else "encoder"
-    shown = ", ".join(sorted({k.split(".")[0] for k in keys})[:6])
+    shown = ", ".join(sorted({".".join(k.split(".")[:2]) for k in keys})[:6])
     raise UserError(f"cannot tell the layout of the checkpoint (its keys start with: {shown}): set "
                     f"Wrapper.pretrained_format to one of {', '.join(LAYOUTS[1:])}")
 
@@ -56,7 +59,7 @@ def encoder_state(data: Any, layout: str) -> dict[str, torch.Tensor]:
     """The encoder's weights in torchvision's names, without the classifier (fc)."""
     state = state_of(data)
     if layout in PREFIXES:
-        prefix = PREFIXES[layout]
+        prefix = next((p for p in PREFIXES[layout] if any(k.startswith(p) for k in state)), PREFIXES[layout][0])
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
             raise UserError(f"the checkpoint has no '{prefix}*' keys, so it is not in the {layout} layout: set "
@@ -70,17 +73,22 @@ def encoder_state(data: Any, layout: str) -> dict[str, torch.Tensor]:
 
 def check_fit(weights: dict[str, torch.Tensor], own: dict[str, torch.Tensor], setting: str) -> None:
     """Strict over the backbone: the same keys, the same shapes; the error names what differs."""
-    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
+    missing = sorted(k for k in set(own) - set(weights) if not k.endswith("num_batches_tracked"))  # older files
+    unexpected = sorted(set(weights) - set(own))
     if missing or unexpected:
         parts = [f"{len(found)} {what} ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''})"
                  for what, found in (("missing", missing), ("unexpected", unexpected)) if found]
         raise UserError(f"{setting} does not fit this backbone: {'; '.join(parts)} keys; set init_resnet.choice to the "
-                        "checkpoint's architecture (resnet18 or resnet50) and leave ResNet.feat_layer/out_feats unset")
+                        "checkpoint's architecture (resnet18 or resnet50) and leave ResNet.is_half unset, or set "
+                        "Wrapper.pretrained_format to its layout")
     for key, tensor in weights.items():
         if tensor.shape != own[key].shape:
-            hint = ("images of 64 pixels or less get a 3x3 stride-1 stem here: set BaseDataset.input_res above 64 for "
-                    "an ImageNet stem" if key == "conv1.weight" else "set init_resnet.choice to the checkpoint's "
-                    "architecture")
+            if key == "conv1.weight" and tensor.shape[1] != own[key].shape[1]:
+                hint = f"the checkpoint takes {tensor.shape[1]}-channel images, the dataset has {own[key].shape[1]}"
+            elif key == "conv1.weight":
+                hint = "images of 64 pixels or less get a 3x3 stride-1 stem here: set BaseDataset.input_res above 64"
+            else:
+                hint = "set init_resnet.choice to the checkpoint's architecture and leave ResNet.is_half unset"
             raise UserError(f"{setting} does not fit this backbone: '{key}' is {tuple(tensor.shape)} in the checkpoint "
                             f"but {tuple(own[key].shape)} here; {hint}")
 
@@ -98,5 +106,9 @@ def torchvision_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.T
     state = dict(backbone)
     weight, bias = model_state.get("classifier.weight"), model_state.get("classifier.bias")
     if weight is not None and bias is not None and weight.dim() == 2:
+        mean, var = model_state.get("feature_norm.running_mean"), model_state.get("feature_norm.running_var")
+        if mean is not None and var is not None:  # a probe's standardisation, folded into the linear map
+            weight = weight * (var + 1e-5).rsqrt()
+            bias = bias - weight @ mean
         state.update({"fc.weight": weight, "fc.bias": bias})
     return state

@@ -84,7 +84,7 @@ def test_checkpoints_that_do_not_fit_are_named(tmp_path: Path) -> None:
                                         "set init_resnet.choice"):
         backbone(tmp_path / "r50.pth", "resnet18")
     torch.save(reference().state_dict(), tmp_path / "r18.pth")
-    with pytest.raises(UserError, match="does not fit this backbone: 198 missing .* keys; set init_resnet.choice"):
+    with pytest.raises(UserError, match="does not fit this backbone: 165 missing .* keys; set init_resnet.choice"):
         backbone(tmp_path / "r18.pth", "resnet50")
     torch.save({"weights": {"w": torch.zeros(1)}}, tmp_path / "odd.pth")
     with pytest.raises(UserError, match="cannot tell the layout of the checkpoint .* Wrapper.pretrained_format"):
@@ -132,3 +132,31 @@ def test_export_loads_into_torchvision_and_imports_back(workspace: Workspace) ->
         trained = ours.backbone(IMAGES)
     assert torch.equal(features(theirs.eval()), trained)
     assert torch.equal(backbone(path), trained)  # and back in, as a torchvision checkpoint
+
+
+def test_other_real_world_layouts_load(tmp_path: Path) -> None:
+    """timm-style {"model": ...}, MoCo v3 (base_encoder) and files without num_batches_tracked."""
+    source = reference()
+    encoder = {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}
+    want = features(source)
+    for name, data in {"timm": {"model": source.state_dict(), "epoch": 3},
+                       "mocov3": {"state_dict": {f"module.base_encoder.{k}": v for k, v in encoder.items()}},
+                       "old": {k: v for k, v in encoder.items() if not k.endswith("num_batches_tracked")}}.items():
+        torch.save(data, tmp_path / f"{name}.pth")
+        assert torch.equal(backbone(tmp_path / f"{name}.pth"), want), name
+
+
+def test_a_probes_export_keeps_its_logits(tmp_path: Path) -> None:
+    """A linear probe sees standardised features: the export folds that into fc."""
+    from selfstudy.weights import torchvision_state
+
+    torch.manual_seed(0)
+    probe = Wrapper(ResNet("resnet18", input_res=96), num_classes=10, finetune_classifier=False)
+    probe.train()
+    with torch.no_grad():
+        probe(torch.randn(8, 3, 96, 96) * 2 + 1)  # running statistics of the features move
+    probe.eval()
+    theirs = torchvision.models.resnet18(num_classes=10).eval()
+    theirs.load_state_dict(torchvision_state(probe.state_dict()))
+    with torch.no_grad():
+        assert torch.allclose(theirs(IMAGES), probe(IMAGES).logits, atol=1e-4)
