@@ -125,7 +125,7 @@ class Augment:
         for name in ("color_jitter", "grayscale", "crop", "cutout", "resized_crop", "blur", "solarize"):
             value = getattr(self, name)
             has_2020_form = name in ("color_jitter", "grayscale", "crop", "cutout")  # a bool: the 2020 default
-            if isinstance(value, bool) and not has_2020_form or not isinstance(value, (int, float)):
+            if (isinstance(value, bool) and not has_2020_form) or not isinstance(value, (int, float)):
                 form = "a number or a bool (True: the 2020 default)" if has_2020_form else "a number (0: off)"
                 raise UserError(f"augment.{name} = {value!r} must be {form}")
             upper = 1 if name in ("grayscale", "blur", "resized_crop", "solarize") else float("inf")

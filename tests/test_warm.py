@@ -77,6 +77,9 @@ def test_a_rewritten_file_is_read_again(tmp_path: Path) -> None:
     dataset = write(0.5)
     first = dataset.load(options, torch.device("cpu"), ("train",))["train"]
     assert dataset.load(options, torch.device("cpu"), ("train",))["train"] is first  # kept
+    no_valid = data_options(num_valid=0)
+    empty = dataset.load(no_valid, torch.device("cpu"), ("train", "valid"))["valid"]
+    assert len(empty) == 0 and dataset.load(no_valid, torch.device("cpu"), ("train", "valid"))["valid"] is empty
     assert not (write(0.75).load(options, torch.device("cpu"), ("train",))["train"].images == first.images).all()
     other_rows = write(0.75).load(data_options(num_valid=5), torch.device("cpu"), ("train",))["train"]
     assert len(other_rows) == 15 and cache.get(next(iter(cache._kept))) is other_rows  # only this trial's kept

@@ -180,7 +180,8 @@ class DatasetFiles:
                 if options.predict_pose:
                     loaded[split].extra["pose"] = read_pose(info.path, rows[split], options.chunk_size, device)
             else:
-                loaded[split] = cache.get(keys[split]) or cache.put(
+                kept = cache.get(keys[split])  # (an empty split is falsy: compare with None)
+                loaded[split] = kept if kept is not None else cache.put(
                     keys[split], self.resident(info.path, rows[split], placement, options, extras))
         return loaded
 
