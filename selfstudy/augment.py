@@ -161,6 +161,11 @@ class Augment:
     def applies_to(self, split: str) -> bool:
         return split in self.splits
 
+    @property
+    def changes_images(self) -> bool:
+        """Whether any operation is on (else a batch comes out as it went in)."""
+        return bool(self.geometric or self.color_jitter or self.grayscale or self.cutout or self.blur or self.solarize)
+
     def colour(self, raw: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Colour jitter (probability 0.8; brightness, contrast and saturation factors uniform in
         [max(0, 1 - s), 1 + s], hue in [-s / 4, s / 4] turns (at most half a turn), in a random

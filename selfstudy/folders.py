@@ -9,6 +9,7 @@
             operative_config.gin     every gin value the trial used
             error.txt                why the trial failed, if it did (Ray's, or -l's)
             stopped.json             a scheduler (e.g. ASHA) ended it before its last epoch
+            probe_grid.json          a probe grid's heads and the settings of each (selfstudy.probe)
             events.out.tfevents.*    the epochs' metrics for TensorBoard (Ray's logger, or -l's)
             checkpoint_NNNNNN/snapshot
         <name>/snapshot, snapshot.json   snapshots moved by misc/move_snapshots.py
@@ -40,6 +41,7 @@ PARAMS_FILE = "params.json"
 RESULTS_FILE = "result.json"
 ERROR_FILE = "error.txt"
 STOPPED_FILE = "stopped.json"
+PROBE_GRID_FILE = "probe_grid.json"
 SNAPSHOT = "snapshot"
 CHECKPOINT_PREFIX = "checkpoint_"
 _EXP_ID = re.compile(r"^\w[\w.+-]*$")  # no leading dot: '.', '..' and hidden folders are refused
@@ -114,6 +116,12 @@ def write_json(path: Path, value: Any) -> None:
 def read_params(trial_dir: Path) -> dict[str, Any]:
     """The trial's config (see `selfstudy.config`)."""
     return json.loads((trial_dir / PARAMS_FILE).read_text())
+
+
+def read_probe_grid(trial_dir: Path) -> list[dict[str, Any]] | None:
+    """A probe grid trial's heads (`head`, `bindings`, `peak_lr`), or None for another trial."""
+    path = trial_dir / PROBE_GRID_FILE
+    return json.loads(path.read_text())["heads"] if path.exists() else None
 
 
 def read_results(trial_dir: Path) -> list[dict[str, Any]]:

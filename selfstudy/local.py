@@ -21,7 +21,7 @@ from typing import Any
 from selfstudy import folders
 from selfstudy.errors import UserError
 from selfstudy.rayconfig import RayConfig
-from selfstudy.trial import Trial
+from selfstudy.trial import open_trial
 
 
 def local_trial_dir(exp_dir: Path, index: int) -> Path:
@@ -80,7 +80,7 @@ class Events:
 
     def add(self, metrics: dict[str, Any]) -> None:
         step = metrics["training_iteration"]
-        for name, value in metrics.items():
+        for name, value in flat(metrics).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
                     name not in ("training_iteration", "timestamp", "time_total_s"):
                 self.writer.add_scalar(f"ray/tune/{name}", value, global_step=step)
@@ -90,9 +90,20 @@ class Events:
         self.writer.close()
 
 
+def flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested reports (a probe grid's `heads`) as Ray's logger names them: 'heads/0/valid_accuracy'."""
+    found: dict[str, Any] = {}
+    for name, value in metrics.items():
+        if isinstance(value, dict) and name != "config":
+            found.update(flat(value, f"{prefix}{name}/"))
+        else:
+            found[f"{prefix}{name}"] = value
+    return found
+
+
 def run_trial(trial_dir: Path, config: dict[str, Any], ray_config: RayConfig, threads: int, quiet: bool) -> None:
     """Run one trial to its end, continuing from its newest checkpoint if it has one."""
-    trial = Trial(config, trial_dir, num_threads=threads)
+    trial = open_trial(config, trial_dir, num_threads=threads)
     events = None
     try:
         snapshot = folders.latest_snapshot(trial_dir)

@@ -9,6 +9,7 @@ import paths
 from selfstudy import folders
 
 EXIT_INTERRUPTED = 130
+HEAD_COLUMNS = ("head", "BaseDataset.semisupervised", "optimizer.weight_decay", "peak_lr")  # what tells heads apart
 
 
 def finish(directory: Path, exp_id: str) -> int:
@@ -19,11 +20,14 @@ def finish(directory: Path, exp_id: str) -> int:
     from util.vis import load_experiment
 
     frame = load_experiment(directory)
-    print(f"experiment {directory.relative_to(paths.EXP_DIR)}: {len(frame)} trial(s) in {directory}")
+    heads = int(frame["head"].notna().sum()) if "head" in frame else 0  # rows of probe grid heads
+    trials = frame["trial"].nunique() if len(frame) else 0
+    print(f"experiment {directory.relative_to(paths.EXP_DIR)}: {trials} trial(s)"
+          f"{f' ({heads} probe heads)' if heads else ''} in {directory}")
     shown = [c for c in ("status", "epoch", "train_accuracy", "valid_accuracy", "test_accuracy", "best_accuracy",
                          "best_epoch", "test_at_best") if c in frame.columns]
     settings = {key for trial_dir in folders.trial_dirs(directory)
-                for key in config_columns(folders.read_params(trial_dir))}
+                for key in config_columns(folders.read_params(trial_dir))} | set(HEAD_COLUMNS)
     swept = [c for c in frame.columns if c in settings and frame[c].astype(str).nunique() > 1]
     if len(frame):
         print(frame[["trial"] + swept + shown].to_string(index=False, float_format=lambda v: f"{v:.4f}",

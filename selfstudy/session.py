@@ -16,7 +16,7 @@ import torch
 from ray import tune
 
 from selfstudy import legacy
-from selfstudy.trial import Trial
+from selfstudy.trial import open_trial
 
 
 class Session(tune.Trainable):
@@ -26,7 +26,7 @@ class Session(tune.Trainable):
         trial_dir = Path(self._storage.trial_fs_path) if self._storage else Path(self.logdir)
         cpus = self.trial_resources.required_resources.get("CPU") if self.trial_resources else None
         node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-        self.trial = Trial(config, trial_dir, num_threads=int(cpus) if cpus else None, node_id=node_id)
+        self.trial = open_trial(config, trial_dir, num_threads=int(cpus) if cpus else None, node_id=node_id)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         """A reused worker takes the sweep's next trial (RayConfig.reuse_actors): the last trial's

@@ -109,6 +109,19 @@ def check_trial(config: dict[str, Any]) -> None:
     autocast_dtype(parts.settings.precision, default_device())
     if parts.settings.restore_session:
         resolve_snapshot(parts.settings.restore_session, "session.restore_session")
+    from selfstudy.probe import check_grid
+
+    check_grid(parts)
+
+
+def open_trial(config: dict[str, Any], trial_dir: Path | None = None, num_threads: int | None = None,
+               node_id: str | None = None) -> "Trial":
+    """The trial `config` describes: a `Trial`, or a probe grid's (`selfstudy.probe`) when it binds probe_grid.*."""
+    from selfstudy.probe import GridTrial, grid_options
+
+    bind_trial(config)
+    kind = GridTrial if grid_options() is not None else Trial
+    return kind(config, trial_dir, num_threads=num_threads, node_id=node_id)
 
 
 def trainable(model: Wrapper, task: Task) -> list[torch.nn.Parameter]:
@@ -172,22 +185,14 @@ class Trial:
         self.model = parts.model.to(memory_format=torch.channels_last)
         parts.task.to(memory_format=torch.channels_last)  # its own encoders, if any
         self.amp_dtype = autocast_dtype(self.settings.precision, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        wanted = ("train", "valid") + (("test",) if self.settings.test_iters else ())
-        self.splits: dict[str, ResidentSplit | DividedSplit]
-        self.splits = parts.dataset.load(parts.options, self.device, wanted, extras=parts.task.needs)
         self.mean = torch.tensor(parts.dataset.train.mean, device=self.device)
         self.std = torch.tensor(parts.dataset.train.std, device=self.device)
-        self.optimizer = build_optimizer(trainable(self.model, self.task))
-        steps = self.splits["train"].num_batches(self.batch_size, self.settings.train_iters, train=True)
-        self.schedule: Schedule | PlateauSchedule = build_schedule(self.optimizer.defaults["lr"], steps, self.optimizer)
-        self.total_steps = steps * self.schedule.num_epochs
         self.device_generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.step = 0
         self.epoch = 0
         self.best_accuracy = 0.0
         self.selection = Selection(config.get("metric", "mean_accuracy"), config.get("mode", "max"))
-        self.test_at_end = bool(self.settings.test_iters) and self.settings.test_when == "best"
+        self.setup_training(parts)
         if self.settings.restore_session:
             path = resolve_snapshot(self.settings.restore_session, "session.restore_session")
             self.load_state_dict(load_snapshot(path, "session.restore_session"))
@@ -206,9 +211,22 @@ class Trial:
         self.trial_dir = trial_dir
         write_json(trial_dir / "trial.json", self.provenance)
 
+    def setup_training(self, parts: Parts) -> None:
+        """Load the splits onto the device; build the optimizer and the schedule."""
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        wanted = ("train", "valid") + (("test",) if self.settings.test_iters else ())
+        self.splits: dict[str, ResidentSplit | DividedSplit]
+        self.splits = parts.dataset.load(parts.options, self.device, wanted, extras=parts.task.needs)
+        self.optimizer = build_optimizer(trainable(self.model, self.task))
+        steps = self.splits["train"].num_batches(self.batch_size, self.settings.train_iters, train=True)
+        self.schedule: Schedule | PlateauSchedule = build_schedule(self.optimizer.defaults["lr"], steps, self.optimizer)
+        self.total_steps = steps * self.schedule.num_epochs
+        self.num_epochs = self.schedule.num_epochs
+        self.test_at_end = bool(self.settings.test_iters) and self.settings.test_when == "best"
+
     @property
     def done(self) -> bool:
-        return self.epoch >= self.schedule.num_epochs
+        return self.epoch >= self.num_epochs
 
     def run_epoch(self) -> dict[str, Any]:
         """Train one epoch, evaluate valid (and test); returns the epoch's metrics."""

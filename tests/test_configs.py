@@ -19,7 +19,7 @@ from selfstudy.rayconfig import available_ray_configs, config_path, import_confi
 from selfstudy.study import is_study, load_study
 from selfstudy.render import STANDARD_CODES
 from selfstudy.tasks import TASKS
-from selfstudy.trial import Trial, check_trial
+from selfstudy.trial import check_trial, open_trial
 
 QUICK = [*TINY, "session.train_iters = 2", "session.valid_iters = 1", "session.test_iters = 1",
          "init_resnet.choice = 'resnet9'", "MoCoTask.queue_size = 32"]  # below the tiny sets' images
@@ -79,7 +79,7 @@ def test_gin_config_builds_and_trains_three_epochs(name: str, with_cifar: Path, 
     own_schedule = [b for b in QUICK if not b.startswith("scheduler.")]  # each config's learning rates
     config = {"gin_config": [name], "seed": 0, "gin_params": dict(split_binding(b) for b in own_schedule)}
     check_trial(config)
-    trial = Trial(config, tmp_path / "trial")
+    trial = open_trial(config, tmp_path / "trial")  # a probe grid's config builds a grid trial
     metrics = trial.run_epoch()
     assert trial.step == 2 and metrics["epoch"] == 1
     assert {"train_loss", "valid_loss", "test_loss"} <= set(metrics)

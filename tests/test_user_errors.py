@@ -153,6 +153,15 @@ CASES = [
     Case(["-p", "scheduler.scheduler_fn = 'StepLR'"], "unknown scheduler.scheduler_fn 'StepLR'"),
     Case(["-g", "digits/r9/cmc", "-p", "DigitsDataset.to_lab = False"], "CMCTask contrasts the L and ab channels of "
                                                                         "LAB images, but DigitsDataset stores rgb"),
+    Case(["-g", "digits/r9/probe_grid", "-p", "probe_grid.budgets = [100, 5000]"],
+         "probe_grid.budgets has 5000, more than the 1200 training images of DigitsDataset: lower it"),
+    Case(["-p", "probe_grid.lrs = [0.1, 0.3]"], "probe_grid.* trains linear probes on a frozen backbone: set "
+                                                "Wrapper.finetune_classifier = False"),
+    Case(["-g", "digits/r9/probe_grid", "-p", "probe_grid.lrs = 0.1"], "probe_grid.lrs = 0.1 must be a non-empty list"),
+    Case(["-g", "digits/r9/probe_grid", "-p", "BaseDataset.semisupervised = 100"],
+         "BaseDataset.semisupervised = 100 and probe_grid.budgets both set the label budget"),
+    Case(["-g", "digits/r9/probe_grid", "-p", "probe_grid.views = 2"], "probe_grid.views = 2 encodes augmented views, "
+                                                                        "but augment.* leaves the training images"),
     Case(["-a", "127.0.0.1:1"], "no Ray cluster answers at 127.0.0.1:1"),
     Case(["-a", "nowhere"], "give the head node's HOST:PORT"),
     Case(["-l", "-a", "127.0.0.1:6379"], "drop one of them"),

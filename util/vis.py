@@ -1,8 +1,8 @@
 """Load an experiment's trials into pandas; accuracy and utility of pretraining, as tables and plots.
 
     from util import vis
-    df = vis.load_experiment("finetune")          # one row per trial
-    hist = vis.load_history("finetune")           # one row per trial and epoch
+    df = vis.load_experiment("finetune")          # one row per trial (per head of a probe grid)
+    hist = vis.load_history("finetune")           # one row per trial (head) and epoch
     vis.summary(df)                               # accuracy and utility per (source, label budget)
     vis.calc_utility(df)                          # utility per (source, label budget), CI over seeds
     vis.accuracy_plot(df, "accuracy.png")         # returns the Figure; saves it when a path is given
@@ -16,6 +16,10 @@ the -p bindings; `gin_config` and `seed` are columns too. Every trial has a row,
 that failed before its first epoch: `status` is 'finished', 'stopped' (by a scheduler),
 'errored' (`error` says why) or 'running' (not finished: `--resume` continues it). A trial
 resumed from a checkpoint reports some epochs twice: the history keeps the last report of each.
+A probe grid trial (`selfstudy.probe`) has a row per head: its settings are in the columns of
+the probe trial it stands for (`BaseDataset.semisupervised`, `optimizer.weight_decay`,
+`scheduler.scale`), with `head` (its index; empty for other trials) and `peak_lr`; a head that
+diverged is 'errored'. `calc_utility` and the plots take these rows as they take trials.
 `source` names what the trial's model started from: 'scratch', or the last path component of
 `Wrapper.pretrained`; `stage` names the stage folder of a multi-stage study ('' for a trial
 directly in the experiment folder).
@@ -28,7 +32,7 @@ Utility of pretraining (`calc_utility`, `summary`, `accuracy_plot`, `utility_plo
 from __future__ import annotations
 
 from pathlib import Path
-
+from typing import Any
 
 import pandas as pd
 
@@ -61,15 +65,47 @@ def trial_dirs(exp: str | Path) -> list[Path]:
 
 def _trial_frame(trial_dir: Path, exp_dir: Path) -> pd.DataFrame:
     """The trial's epochs (one row each; a single row without metrics if it reported none),
-    with its config columns, `trial`, `stage`, `source`, `status` and `error`."""
+    with its config columns, `trial`, `stage`, `source`, `status` and `error`; a probe grid's,
+    one row per head and epoch (see `_head_rows`)."""
     rows = [{k: v for k, v in row.items() if k != "config"} for row in folders.read_results(trial_dir)]
-    frame = pd.DataFrame(rows).drop_duplicates("training_iteration", keep="last") if rows else pd.DataFrame([{}])
     config = config_columns(folders.read_params(trial_dir))
+    status = folders.trial_status(trial_dir)
+    heads = folders.read_probe_grid(trial_dir)
+    if heads is not None:
+        return pd.concat([_head_rows(rows, head, config, status) for head in heads], ignore_index=True).assign(
+            trial=trial_dir.name, stage=trial_dir.parent.name if trial_dir.parent != exp_dir else "")
+    frame = _epochs(rows)
     for key, value in config.items():
         frame[key] = [value] * len(frame)
-    status = folders.trial_status(trial_dir)
     frame["trial"], frame["status"], frame["error"] = trial_dir.name, status.state, status.error
     frame["stage"] = trial_dir.parent.name if trial_dir.parent != exp_dir else ""
+    frame["source"] = source_label(config.get(PRETRAINED))
+    return frame
+
+
+def _epochs(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per epoch, the last report of each (a single empty row without any)."""
+    return pd.DataFrame(rows).drop_duplicates("training_iteration", keep="last") if rows else pd.DataFrame([{}])
+
+
+def _head_rows(rows: list[dict[str, Any]], head: dict[str, Any], config: dict[str, Any],
+               status: folders.TrialStatus) -> pd.DataFrame:
+    """A probe grid head's epochs: the trial's bookkeeping with the head's own metrics, its
+    settings as config columns (those of the probe trial it stands for), `head`, `peak_lr`.
+    A diverged head is 'errored', with why; the trial's failure is every head's."""
+    key = str(head["head"])
+    epochs = []
+    for row in rows:
+        reported = row.get("heads", {})
+        shared = {k: v for k, v in row.items() if k not in {"heads", "best_head"}.union(*map(set, reported.values()))}
+        epochs.append({**shared, **reported.get(key, {})})
+    frame = _epochs(epochs)
+    for name, value in {**config, **head["bindings"]}.items():
+        frame[name] = [value] * len(frame)
+    error = next((row["error"] for row in reversed(epochs) if row.get("error")), None)
+    frame["head"], frame["peak_lr"] = head["head"], head.get("peak_lr")
+    frame["status"] = "errored" if error and status.state != "errored" else status.state
+    frame["error"] = status.error or error
     frame["source"] = source_label(config.get(PRETRAINED))
     return frame
 
@@ -87,7 +123,8 @@ def load_history(exp: str | Path) -> pd.DataFrame:
     if "training_iteration" not in history:
         history["training_iteration"] = pd.NA
     ran = {stage: i for i, stage in enumerate(dict.fromkeys(history["stage"]))}  # stages in the order they ran
-    return history.sort_values(["stage", "trial", "training_iteration"], ignore_index=True,
+    order = ["stage", "trial"] + ["head"] * ("head" in history) + ["training_iteration"]
+    return history.sort_values(order, ignore_index=True,
                                key=lambda column: column.map(ran) if column.name == "stage" else column)
 
 
@@ -97,9 +134,10 @@ def load_experiment(exp: str | Path) -> pd.DataFrame:
     history = load_history(exp)
     if history.empty:
         return history
-    last = history.groupby(["stage", "trial"], sort=False).tail(1).set_index(["stage", "trial"])
+    keys = ["stage", "trial"] + ["head"] * ("head" in history)  # a probe grid's heads are rows of their own
+    last = history.groupby(keys, sort=False, dropna=False).tail(1).set_index(keys)
     if "mean_accuracy" in history:
-        last["best_accuracy"] = history.groupby(["stage", "trial"])["mean_accuracy"].max()
+        last["best_accuracy"] = history.groupby(keys, dropna=False)["mean_accuracy"].max()
     return last.reset_index()
 
 

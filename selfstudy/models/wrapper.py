@@ -133,8 +133,11 @@ class Wrapper(nn.Module):
         # Probes on frozen or detached features see them standardised (a fixed affine map at
         # evaluation, so a linear probe stays linear): untrained and self-supervised features
         # come at any scale, which plain SGD on a linear head does not recover from.
+        # Frozen features do not change: their statistics are the mean over every batch seen
+        # (momentum None), right after few steps too (a small label budget's epoch is one batch).
         probing = self.always_frozen or run_selfsup
-        self.feature_norm = nn.BatchNorm1d(backbone.out_dim, affine=False) if probing else nn.Identity()
+        self.feature_norm = (nn.BatchNorm1d(backbone.out_dim, affine=False, momentum=None if self.always_frozen else 0.1)
+                             if probing else nn.Identity())
         self.mlp_probe = make_head("mlp", backbone.out_dim, out_classes, mlp_hidden) if run_selfsup else None
         self.warmup_fc = warmup_fc
         self.backbone_frozen = self.always_frozen

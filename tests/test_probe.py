@@ -1,0 +1,94 @@
+"""Probe grids: K linear heads on features encoded once, each equal to its own probe trial."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from conftest import Workspace
+from selfstudy.probe import GridTrial
+from selfstudy.trial import Trial, open_trial
+from util import vis
+
+# A linear probe of a random ResNet-9 (width 8) on digits: 3 epochs, plain images, test split too.
+PROBE = {"seed": 3, "Wrapper.finetune_classifier": False, "augment.crop": 0, "ResNet.width": 8,
+         "dataloader.batch_size": 64, "scheduler.milestones": [1, 3], "session.test_iters": -1}
+GRID = {"probe_grid.lrs": [0.05, 0.3], "probe_grid.weight_decays": [0.0, 1e-3], "probe_grid.budgets": [60, 0]}
+COMPARED = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "test_loss", "test_accuracy", "lr",
+            "mean_accuracy", "best_accuracy")
+
+
+def run(config: dict[str, Any]) -> tuple[Trial, list[dict[str, Any]]]:
+    trial = open_trial(config)
+    history = []
+    while not trial.done:
+        history.append(trial.run_epoch())
+    return trial, history
+
+
+def test_each_head_equals_its_own_probe_trial(workspace: Workspace) -> None:
+    grid, history = run({**PROBE, **GRID})
+    assert isinstance(grid, GridTrial) and len(grid.heads) == 8 and len(history) == 3
+    assert grid.train_views.shape[:2] == (1, 1200)  # every training image encoded once
+    for k, head in enumerate(grid.heads):
+        _, alone = run({**PROBE, **head.bindings()})
+        assert type(_) is Trial and len(alone) == 3
+        for epoch, (together, separate) in enumerate(zip(history, alone), start=1):
+            mine = together["heads"][str(k)]
+            for name in COMPARED:
+                assert abs(mine[name] - separate[name]) <= 1e-5, (k, head, epoch, name, mine[name], separate[name])
+        assert (mine["best_epoch"], mine["test_at_best"]) == (separate["best_epoch"], separate["test_at_best"])
+    finals = history[-1]["heads"]
+    assert len({round(head["valid_accuracy"], 6) for head in finals.values()}) >= 3  # the settings matter
+    best = max(finals, key=lambda k: finals[k]["mean_accuracy"])
+    assert history[-1]["best_head"] == int(best)
+    assert history[-1]["mean_accuracy"] == finals[best]["mean_accuracy"]
+
+
+def test_a_grid_continues_from_its_checkpoint_as_if_uninterrupted(workspace: Workspace, tmp_path: Path) -> None:
+    config = {**PROBE, "probe_grid.lrs": [0.1, 0.3], "probe_grid.budgets": [100, 0]}
+    _, straight = run(config)
+    first = open_trial(config)
+    first.run_epoch()
+    first.save(tmp_path / "checkpoint")
+    resumed = open_trial(config)
+    resumed.restore(tmp_path / "checkpoint")
+    rest = []
+    while not resumed.done:
+        rest.append(resumed.run_epoch())
+    assert [epoch["heads"] for epoch in rest] == [epoch["heads"] for epoch in straight[1:]]
+
+
+def test_augmented_views_are_encoded_once_each(workspace: Workspace) -> None:
+    config = {**PROBE, "augment.crop": 2, "probe_grid.views": 2, "probe_grid.budgets": [200, 0]}
+    grid, history = run(config)
+    views = grid.train_views
+    assert views.shape[:2] == (2, 1200) and not torch.allclose(views[0], views[1])
+    plain, _ = run({**PROBE, "probe_grid.budgets": [200, 0]})
+    assert not torch.allclose(views[0], plain.train_views[0])  # augmented, not the plain images
+    assert all(math.isfinite(head["valid_loss"]) for epoch in history for head in epoch["heads"].values())
+
+
+def test_a_sweep_of_grids_gives_a_row_per_head_and_reports_a_diverged_one(workspace: Workspace) -> None:
+    done = workspace.run("-g", "digits/r9/probe_grid", "-e", "grid", "-q", "-p", "ResNet.width = 4",
+                         "scheduler.milestones = [1, 2]", "probe_grid.lrs = [0.1, 1e38]", "probe_grid.budgets = [50, 0]")
+    assert done.returncode == 1, done.stdout + done.stderr  # a head failed, as its own probe trial would
+    assert "1 trial(s) (8 probe heads)" in done.stdout
+    frame = vis.load_experiment("grid").sort_values("head")
+    assert list(frame["head"]) == list(range(8))
+    assert list(frame["BaseDataset.semisupervised"].fillna(0)) == [50] * 4 + [0] * 4
+    assert list(frame["optimizer.weight_decay"]) == [0.0, 0.0, 5e-4, 5e-4] * 2
+    assert list(frame["peak_lr"]) == [0.1, 1e38] * 4
+    assert list(frame["scheduler.scale"]) == [0.5, 5e38] * 4  # the schedule peaks at 0.2 (digits/r9/classify)
+    trained, diverged = frame[frame["peak_lr"] == 0.1], frame[frame["peak_lr"] == 1e38]
+    assert (trained["status"] == "finished").all() and (trained["epoch"] == 2).all()
+    assert trained["valid_accuracy"].between(0, 1).all() and trained["best_epoch"].isin([1, 2]).all()
+    assert (diverged["status"] == "errored").all()
+    assert diverged["error"].str.contains("diverged at epoch").all()  # 2 for 50 images: epoch 1 is at rate 0
+    assert diverged["error"].str.contains("lower its peak learning rate 1e+38", regex=False).all()
+    assert done.stderr.count("diverged at epoch") == 4
+    history = vis.load_history("grid")
+    assert len(history[history["peak_lr"] == 0.1]) == 4 * 2  # two epochs of each trained head
