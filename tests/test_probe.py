@@ -6,9 +6,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
-from conftest import Workspace
+from conftest import Workspace, write_ray_config
 from selfstudy.probe import GridTrial
 from selfstudy.trial import Trial, open_trial
 from util import vis
@@ -29,12 +30,14 @@ def run(config: dict[str, Any]) -> tuple[Trial, list[dict[str, Any]]]:
     return trial, history
 
 
-def test_each_head_equals_its_own_probe_trial(workspace: Workspace) -> None:
-    grid, history = run({**PROBE, **GRID})
+@pytest.mark.parametrize("train_iters", [-1, 3])  # full passes; 3 batches a budget, small ones wrapping around
+def test_each_head_equals_its_own_probe_trial(workspace: Workspace, train_iters: int) -> None:
+    probe = {**PROBE, "session.train_iters": train_iters}
+    grid, history = run({**probe, **GRID})
     assert isinstance(grid, GridTrial) and len(grid.heads) == 8 and len(history) == 3
     assert grid.train_views.shape[:2] == (1, 1200)  # every training image encoded once
     for k, head in enumerate(grid.heads):
-        _, alone = run({**PROBE, **head.bindings()})
+        _, alone = run({**probe, **head.bindings()})
         assert type(_) is Trial and len(alone) == 3
         for epoch, (together, separate) in enumerate(zip(history, alone), start=1):
             mine = together["heads"][str(k)]
@@ -72,9 +75,36 @@ def test_augmented_views_are_encoded_once_each(workspace: Workspace) -> None:
     assert all(math.isfinite(head["valid_loss"]) for epoch in history for head in epoch["heads"].values())
 
 
-def test_a_sweep_of_grids_gives_a_row_per_head_and_reports_a_diverged_one(workspace: Workspace) -> None:
-    done = workspace.run("-g", "digits/r9/probe_grid", "-e", "grid", "-q", "-p", "ResNet.width = 4",
-                         "scheduler.milestones = [1, 2]", "probe_grid.lrs = [0.1, 1e38]", "probe_grid.budgets = [50, 0]")
+def test_a_study_pretrains_then_probes_each_backbone_with_a_grid(workspace: Workspace, tmp_path: Path) -> None:
+    """Pretrain, then linear evaluation over label budgets in one declared sweep, read off as utility."""
+    study = write_ray_config(tmp_path, """from ray import tune
+stages = [{"name": "pretrain", "checkpoint_at_end": True, "search_space": {"gin_config": "digits/r9/rotate"}},
+          {"name": "probe", "pretrained_from": "pretrain",
+           "search_space": {"gin_config": "digits/r9/probe_grid", "seed": tune.grid_search([0, 1]),
+                            "probe_grid.lrs": [0.1, 0.3], "probe_grid.weight_decays": [0.0]}}]
+""")
+    done = workspace.run("-r", str(study), "-e", "linear", "-q", "-p", "ResNet.width = 4", "scheduler.milestones = [1, 2]",
+                         timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    frame = vis.load_experiment("linear")
+    probe = frame[frame["stage"] == "probe"]
+    assert len(probe) == 2 * 2 * 6 and (probe["status"] == "finished").all()  # (scratch, pretrained) x 2 seeds x 6 heads
+    assert set(probe["source"]) == {"scratch", "pretrain"}  # one pretraining trial: named after its stage
+    picked = vis.best_heads(probe)
+    assert len(picked) == 4 * 3  # each trial's best head of each budget
+    for _, row in picked.iterrows():
+        rivals = probe[(probe["trial"] == row["trial"])
+                       & (probe["BaseDataset.semisupervised"] == row["BaseDataset.semisupervised"])]
+        assert len(rivals) == 2 and row["best_accuracy"] == rivals["best_accuracy"].max()
+    table = vis.summary(probe)
+    assert set(table.index) == {(source, budget) for source in ("pretrain", "scratch") for budget in (50, 200, 1200)}
+    assert (table["seeds"] == 2).all() and table.loc["pretrain", "utility"].notna().all()
+
+
+def test_a_diverged_head_is_reported_and_the_others_finish(workspace: Workspace) -> None:
+    done = workspace.run("-g", "digits/r9/probe_grid", "-e", "grid", "-l", "-q", "-p", "ResNet.width = 4",
+                         "scheduler.milestones = [1, 2]", "probe_grid.lrs = [0.1, 1e38]", "probe_grid.budgets = [50, 0]",
+                         "session.train_iters = -1")
     assert done.returncode == 1, done.stdout + done.stderr  # a head failed, as its own probe trial would
     assert "1 trial(s) (8 probe heads)" in done.stdout
     frame = vis.load_experiment("grid").sort_values("head")

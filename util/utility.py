@@ -50,9 +50,30 @@ class _Cols(NamedTuple):
     metric: str
 
 
+def best_heads(df: pd.DataFrame, *, budget_col: str = "BaseDataset.semisupervised", by: str = "best_accuracy",
+               mode: str = "max") -> pd.DataFrame:
+    """The rows of `df` with, of each probe grid trial (`selfstudy.probe`), only the best head of each
+    label budget by `by` (default: its best validation accuracy) - the learning rate and weight decay
+    a linear evaluation would pick on the validation split. Other trials' rows stay as they are.
+    The utility functions apply it themselves (with these defaults)."""
+    if "head" not in df or df["head"].isna().all():
+        return df
+    heads = df[df["head"].notna()]
+    if by not in heads:
+        raise ValueError(f"no column {by!r} to choose the probe grid's best heads by; pass by= one of "
+                         f"{', '.join(c for c in heads if str(c).endswith('accuracy'))}")
+    keys = [key for key in ("stage", "trial") if key in heads] + [budget_col]
+    ranked = heads.sort_values(by, ascending=mode == "min", na_position="last", kind="stable")
+    picked = ranked.groupby(keys, sort=False, dropna=False).head(1)
+    return pd.concat([df[df["head"].isna()], picked]).sort_index()
+
+
 def _points(df: pd.DataFrame, cols: _Cols) -> pd.DataFrame:
     """One row per (source, budget, seed) with `accuracy`: the completed trials' metric, averaged over
-    repeated trials. Leaves out (with a warning) trials not completed, without the metric or a budget."""
+    repeated trials (of a probe grid, the best head per budget: `best_heads`). Leaves out (with a
+    warning) trials not completed, without the metric or a budget."""
+    if cols.budget in df:
+        df = best_heads(df, budget_col=cols.budget)
     if cols.source not in df and cols.source == "source":  # a frame not made by load_experiment
         df = df.assign(source=df[PRETRAINED].map(source_label) if PRETRAINED in df else SCRATCH)
     missing = [c for c in cols if c not in df]

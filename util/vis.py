@@ -19,7 +19,8 @@ resumed from a checkpoint reports some epochs twice: the history keeps the last 
 A probe grid trial (`selfstudy.probe`) has a row per head: its settings are in the columns of
 the probe trial it stands for (`BaseDataset.semisupervised`, `optimizer.weight_decay`,
 `scheduler.scale`), with `head` (its index; empty for other trials) and `peak_lr`; a head that
-diverged is 'errored'. `calc_utility` and the plots take these rows as they take trials.
+diverged is 'errored'. `calc_utility`, `summary` and the plots take of each grid trial the best
+head per budget (`best_heads`: by validation accuracy), so pass the rows as they come.
 `source` names what the trial's model started from: 'scratch', or the last path component of
 `Wrapper.pretrained`; `stage` names the stage folder of a multi-stage study ('' for a trial
 directly in the experiment folder).
@@ -40,11 +41,11 @@ import paths
 from selfstudy import folders
 from selfstudy.config import config_columns  # noqa: F401  (re-exported)
 from selfstudy.errors import UserError
-from util.utility import (COMPLETED, PRETRAINED, SCRATCH, accuracy_plot, calc_utility, labels_needed,  # noqa: F401
-                          source_label, summary, utility_per_seed, utility_plot)
+from util.utility import (COMPLETED, PRETRAINED, SCRATCH, accuracy_plot, best_heads, calc_utility,  # noqa: F401
+                          labels_needed, source_label, summary, utility_per_seed, utility_plot)
 
-__all__ = ["COMPLETED", "PRETRAINED", "SCRATCH", "accuracy_plot", "calc_utility", "config_columns", "experiment_dir",
-           "labels_needed", "load_experiment", "load_history", "source_label", "summary", "trial_dirs",
+__all__ = ["COMPLETED", "PRETRAINED", "SCRATCH", "accuracy_plot", "best_heads", "calc_utility", "config_columns",
+           "experiment_dir", "labels_needed", "load_experiment", "load_history", "source_label", "summary", "trial_dirs",
            "utility_per_seed", "utility_plot"]
 METRIC_PREFIXES = ("train_", "valid_", "test_")
 
