@@ -7,14 +7,16 @@ The state dict loads strictly into `torchvision.models.resnet18/50(num_classes=K
 trial's classes; its linear classifier becomes fc). A backbone trained on images of 64 pixels
 or less has the CIFAR stem, which torchvision builds with `model.conv1 = nn.Conv2d(C, 64, 3,
 1, 1, bias=False)` and `model.maxpool = nn.Identity()`; the JSON beside the file says which
-stem it has, with the trial's config, commit and metrics. Default output:
-EXP_DIR/EXP/TRIAL/backbone_torchvision.pth (and .json).
+stem it has, with the trial's config, commit and the metrics of the exported epoch. Default
+output: EXP_DIR/EXP/TRIAL/backbone_torchvision.pth (and .json); an existing file is replaced only
+with --force.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,30 +33,31 @@ from selfstudy.errors import UserError  # noqa: E402
 from selfstudy.weights import torchvision_state  # noqa: E402
 
 
-def source_of(name: str) -> tuple[Path, dict[str, Any]]:
-    """The snapshot that -e names and what is known of the trial that wrote it."""
+def source_of(name: str) -> tuple[Path, Path | None, dict[str, Any] | None]:
+    """The snapshot that -e names, the folder of the trial that wrote it (if known) and its config."""
     folder = paths.EXP_DIR / name
     if (folder / folders.SNAPSHOT).is_file():  # a moved snapshot
         record = json.loads((folder / "snapshot.json").read_text()) if (folder / "snapshot.json").is_file() else {}
         trial = record.get("trial")  # a folder of the experiment (or study stage) above the snapshot
         trial_dir = next((p / trial for p in (folder, *folder.parents) if trial and (p / trial).is_dir()), None)
-        return folder / folders.SNAPSHOT, provenance(trial_dir, record.get("config"))
+        return folder / folders.SNAPSHOT, trial_dir, record.get("config")
     if folder.is_dir():
         snapshot = folders.latest_snapshot(folder)
         if snapshot is None:
             raise UserError(f"-e {name}: trial folder {folder} has no checkpoint; run it with checkpoints "
                             "(checkpoint_frequency or -c)")
-        return snapshot, provenance(folder, None)
+        return snapshot, folder, None
     raise UserError(f"-e {name}: no trial folder or moved snapshot at {folder}; give EXP/TRIAL or EXP/NAME")
 
 
-def provenance(trial_dir: Path | None, config: dict[str, Any] | None) -> dict[str, Any]:
+def provenance(trial_dir: Path | None, config: dict[str, Any] | None, epoch: int | None) -> dict[str, Any]:
+    """The trial's config, commit and the metrics of the snapshot's epoch (its last report of it)."""
     if trial_dir is None or not trial_dir.is_dir():
-        return {"config": config}
+        return {"config": config, "epoch": epoch}
     info = json.loads((trial_dir / "trial.json").read_text()) if (trial_dir / "trial.json").is_file() else {}
-    results = folders.read_results(trial_dir)
+    reports = [row for row in folders.read_results(trial_dir) if row.get("training_iteration") == epoch]
     return {"trial": str(trial_dir), "config": config or folders.read_params(trial_dir),
-            "git_commit": info.get("git_commit"), "metrics": results[-1] if results else None}
+            "git_commit": info.get("git_commit"), "epoch": epoch, "metrics": reports[-1] if reports else None}
 
 
 def check_loads(state: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
@@ -76,21 +79,28 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-e", "--exp", required=True, help="EXP/TRIAL or EXP/NAME under EXP_DIR")
     parser.add_argument("-o", "--output", help="the .pth to write (default: beside the source)")
+    parser.add_argument("--force", action="store_true", help="replace the .pth (and its .json) if it exists")
     args = parser.parse_args()
     try:
-        snapshot, record = source_of(args.exp)
-        state = torchvision_state(load_snapshot(snapshot, f"-e {args.exp}")["model"])
         out = Path(args.output) if args.output else paths.EXP_DIR / args.exp / "backbone_torchvision.pth"
         if out.suffix != ".pth":
             raise UserError(f"-o {out}: name a .pth file")
+        if out.exists() and not args.force:
+            raise UserError(f"{out} exists: pass --force to replace it, or -o another file")
+        snapshot, trial_dir, config = source_of(args.exp)
+        saved = load_snapshot(snapshot, f"-e {args.exp}")
+        state = torchvision_state(saved["model"])
+        record = provenance(trial_dir, config, saved.get("epoch"))
         conv1 = state["conv1.weight"]
         record.update(source=str(snapshot), architecture="resnet50" if "layer4.0.conv3.weight" in state else "resnet18",
                       stem="imagenet" if conv1.shape[-1] == 7 else "cifar", in_channels=int(conv1.shape[1]),
                       num_classes=int(state["fc.weight"].shape[0]) if "fc.weight" in state else None)
         check_loads(state, record)
         out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, out)
-        out.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))
+        partial = out.with_name(f".{out.name}.partial")  # a crash leaves the old file or the new one
+        torch.save(state, partial)
+        folders.write_json(out.with_suffix(".json"), record)
+        os.replace(partial, out)
     except UserError as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         return 2

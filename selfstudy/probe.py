@@ -18,6 +18,10 @@ valid_accuracy` in TensorBoard) and, at the top level, those of the epoch's best
 (`best_head`); `util.vis` gives each head a row of its own, with its settings as columns.
 A head whose loss diverges stops and reports why; the others go on.
 
+With `BaseDataset.max_images` the images are read a division at a time to be encoded, but the
+features of the whole split fit: the heads' batches are drawn over all of it, not division by
+division as the probe trial draws them (the same images per epoch, in another order).
+
 `views = V > 0` encodes V augmented views of each training image once (the trial's `augment.*`)
 and trains epoch e on view (e - 1) mod V: cheaper than augmenting afresh every epoch, and
 not the same as the probe trial, which does. The valid and test splits are never augmented.

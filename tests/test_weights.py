@@ -123,6 +123,12 @@ def test_export_loads_into_torchvision_and_imports_back(workspace: Workspace) ->
     provenance = json.loads(path.with_suffix(".json").read_text())
     assert (provenance["architecture"], provenance["stem"], provenance["num_classes"]) == ("resnet18", "imagenet", 10)
     assert provenance["metrics"]["epoch"] == 1 and provenance["config"]["gin_params"]["BaseDataset.input_res"] == "72"
+    assert provenance["epoch"] == 1  # the metrics are those of the exported checkpoint's epoch
+    written = path.stat().st_mtime_ns
+    again = workspace.run("-e", f"r18/{trial.name}", script="misc/export_backbone.py")
+    assert again.returncode == 2 and again.stderr.strip().endswith("exists: pass --force to replace it, or -o another file")
+    assert path.stat().st_mtime_ns == written and "Traceback" not in again.stderr
+    assert workspace.run("-e", f"r18/{trial.name}", "--force", script="misc/export_backbone.py").returncode == 0
 
     theirs = torchvision.models.resnet18(num_classes=10)
     theirs.load_state_dict(torch.load(path, weights_only=True))  # strict
