@@ -97,10 +97,13 @@ def main() -> int:
                       num_classes=int(state["fc.weight"].shape[0]) if "fc.weight" in state else None)
         check_loads(state, record)
         out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(f".{out.name}.partial")  # a crash leaves the old file or the new one
-        torch.save(state, partial)
-        folders.write_json(out.with_suffix(".json"), record)
-        os.replace(partial, out)
+        partial = out.with_name(f".{out.name}.partial")  # the old files stay until the new ones are whole
+        try:
+            torch.save(state, partial)
+            folders.write_json(out.with_suffix(".json"), record)
+            os.replace(partial, out)
+        finally:
+            partial.unlink(missing_ok=True)
     except UserError as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""2020 settings whose job is gone or done another way: accepted, and said once, in one line each.
+"""2020 settings whose job is gone or done another way (and settings that do less than they seem
+to, such as augment.* beside a plain probe grid): accepted, and said once, in one line each.
 
 A gin function that accepts such a setting calls `note(...)`; `print_notes` prints every note
 not printed yet in this process: the driver calls it after checking the sweep, before anything

@@ -20,21 +20,23 @@ A head whose loss diverges stops and reports why; the others go on.
 
 With `BaseDataset.max_images` the images are read a division at a time to be encoded, but the
 features of the whole split fit: the heads' batches are drawn over all of it, not division by
-division as the probe trial draws them (the same images per epoch, in another order).
+division as the probe trial draws them (so in another order). The trial itself is
+`selfstudy.probe_trial.GridTrial`.
 
 `views = V > 0` encodes V augmented views of each training image once (the trial's `augment.*`)
 and trains epoch e on view (e - 1) mod V: cheaper than augmenting afresh every epoch, and
-not the same as the probe trial, which does. The valid and test splits are never augmented.
+not the same as the probe trial, which does. The valid and test splits are never augmented
+(a grid refuses `augment.do_augment` lists that name them). With `session.test_when = 'best'`
+a head reports its test metrics once, after the last epoch, those of its best epoch, as the
+probe trial does. A head that diverges is 'diverged' in `util.vis`: an outcome of its settings
+(the others go on), not a failure of the trial.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
-import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gin
@@ -43,39 +45,45 @@ import torch
 import torch.nn.functional as F
 
 from selfstudy import legacy
-from selfstudy.data import DatasetFiles, ResidentSplit, DividedSplit
+from selfstudy.config import binding_keys
+from selfstudy.data import DatasetFiles
 from selfstudy.data.base import DataOptions
-from selfstudy.data.splits import num_batches
 from selfstudy.errors import UserError
-from selfstudy.folders import PROBE_GRID_FILE, write_json
 from selfstudy.optim import PlateauSchedule, Schedule, build_optimizer, build_schedule
 from selfstudy.selection import Selection
-from selfstudy.trial import Parts, Trial
-
-EVAL_CHUNK = 4096  # feature rows per evaluation pass of all heads
+from selfstudy.tasks.classify import ClassifyTask
+from selfstudy.trial import Parts
 
 
 @dataclass(frozen=True)
 class GridOptions:
+    """`probe_grid.*`: the values of each axis (None: the trial's own setting) and the views."""
+
     lrs: tuple[float, ...] | None
     weight_decays: tuple[float, ...] | None
     budgets: tuple[int, ...] | None
     views: int
 
 
+LOWEST = {"lrs": (0.0, "learning rates must be positive"), "weight_decays": (0.0, "use values of 0 or more"),
+          "budgets": (0, "use 0 (every image) or 2 or more images")}  # (a value must exceed or equal it, the fix)
+
+
 def _axis(name: str, values: Any, integer: bool = False) -> tuple[Any, ...] | None:
+    """One axis of the grid, checked: a non-empty list of distinct numbers."""
     if values is None:
         return None
     kind = "whole numbers of images (0: all)" if integer else "numbers"
+    example = "[100, 1000, 0]" if integer else "[0.01, 0.1]"
     if not isinstance(values, (list, tuple)) or not values or not all(
             isinstance(v, int if integer else (int, float)) and not isinstance(v, bool) for v in values):
-        raise UserError(f"probe_grid.{name} = {values!r} must be a non-empty list of {kind}, e.g. "
-                        f"{'[100, 1000, 0]' if integer else '[0.01, 0.1]'}")
+        raise UserError(f"probe_grid.{name} = {values!r} must be a non-empty list of {kind}, e.g. {example}")
     if len(set(values)) < len(values):
         raise UserError(f"probe_grid.{name} = {list(values)} repeats a value: give each once")
-    negative = next((v for v in values if v < 0 or (name == "lrs" and v == 0)), None)
-    if negative is not None:
-        raise UserError(f"probe_grid.{name} has {negative}: {'learning rates must be positive' if name == 'lrs' else 'use values of 0 or more'}")
+    lowest, fix = LOWEST[name]
+    bad = next((v for v in values if v < lowest or (name == "lrs" and v == 0) or (name == "budgets" and v == 1)), None)
+    if bad is not None:  # a budget of 1 image: BatchNorm cannot standardise a batch of one
+        raise UserError(f"probe_grid.{name} has {bad}: {fix}")
     return tuple(values)
 
 
@@ -133,13 +141,15 @@ def grid_heads(grid: GridOptions, options: DataOptions) -> list[Head]:
             itertools.product(budgets, grid.weight_decays or [None], scales)]
 
 
-def check_grid(parts: Parts) -> GridOptions | None:
-    """The trial's grid, if it is a grid trial; a `UserError` if its model, task or budgets do not fit."""
+def check_grid(parts: Parts, config: dict[str, Any]) -> GridOptions | None:
+    """The trial's grid, if it is a grid trial; a `UserError` if its model, task, settings or
+    budgets do not fit. `config`: the trial's, whose own bindings (a sweep's, -p) a grid axis
+    must not silently replace (a gin file's defaults it may)."""
     grid = grid_options()
     if grid is None:
         return None
     model, task = parts.model, parts.task
-    if type(task).__name__ != "ClassifyTask" or getattr(task, "is_pose", False) or model.dense_pred:
+    if not isinstance(task, ClassifyTask) or task.is_pose or model.dense_pred:
         raise UserError("probe_grid.* trains linear heads on each image's class: use session.task = 'ClassifyTask' "
                         "(without is_pose) on a classification set, with Wrapper.dense_pred = False")
     if not model.always_frozen or model.run_selfsup:
@@ -151,7 +161,17 @@ def check_grid(parts: Parts) -> GridOptions | None:
     if parts.settings.restore_session:
         raise UserError("session.restore_session continues a trial; a probe grid starts its heads afresh: drop it "
                         "(Wrapper.pretrained gives the backbone)")
-    augments = parts.augment.applies_to("train") and parts.augment.changes_images
+    own = {**binding_keys(config), **(config.get("gin_params") or {})}
+    for axis, setting in (("lrs", "scheduler.scale"), ("weight_decays", "optimizer.weight_decay")):
+        if getattr(grid, axis) is not None and setting in own:
+            raise UserError(f"{setting} and probe_grid.{axis} both set each head's "
+                            f"{'learning rates' if axis == 'lrs' else 'weight decay'}: keep one of them")
+    augment = parts.augment
+    evaluated = [split for split in ("valid", "test") if augment.applies_to(split)]
+    if augment.changes_images and evaluated:
+        raise UserError(f"augment.do_augment augments the {' and '.join(evaluated)} split, but a probe grid evaluates "
+                        "the plain images: leave only 'train' in augment.do_augment")
+    augments = augment.applies_to("train") and augment.changes_images
     if grid.views and not augments:
         raise UserError(f"probe_grid.views = {grid.views} encodes augmented views, but augment.* leaves the training "
                         "images as they are: set probe_grid.views = 0, or turn on an augmentation (e.g. augment.crop)")
@@ -173,7 +193,7 @@ def budget_rows(dataset: DatasetFiles, options: DataOptions, budget: int | None)
 
 
 class HeadState:
-    """A head's parameters, optimizer, schedule and selection."""
+    """A head's parameters (float32), optimizer, schedule and selection: those of its probe trial."""
 
     def __init__(self, head: Head, classifier: torch.nn.Linear, steps_per_epoch: int, selection: Selection):
         self.head = head
@@ -186,12 +206,12 @@ class HeadState:
                                                                    self.optimizer, **scale)
         self.selection = selection
         self.best_accuracy = 0.0
-        self.error = ""  # why it stopped (diverged), once it has
+        self.diverged = ""  # why it stopped, once it has
 
     def state_dict(self) -> dict[str, Any]:
         return {"weight": self.weight.detach(), "bias": self.bias.detach(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "selection": self.selection.state_dict(),
-                "best_accuracy": self.best_accuracy, "error": self.error}
+                "best_accuracy": self.best_accuracy, "diverged": self.diverged}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
@@ -200,192 +220,7 @@ class HeadState:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.selection.load_state_dict(state["selection"])
-        self.best_accuracy, self.error = state["best_accuracy"], state["error"]
-
-
-@dataclass
-class Group:
-    """The heads of one label budget: they share its batches and its feature standardisation."""
-
-    rows: torch.Tensor  # positions in the encoded training split
-    norm: torch.nn.Module  # the Wrapper's feature_norm, one per group (its statistics follow the group's batches)
-    heads: list[int]
-    steps_per_epoch: int
-
-
-class GridTrial(Trial):
-    """A trial that trains a probe grid (see the module's docstring)."""
-
-    def setup_training(self, parts: Parts) -> None:
-        self.grid = check_grid(parts)
-        self.heads = grid_heads(self.grid, parts.options)
-        self.num_epochs = build_schedule(1.0, 1).num_epochs
-        wanted = ("train",) + ("valid",) * bool(self.settings.valid_iters) + ("test",) * bool(self.settings.test_iters)
-        everything = dataclasses.replace(parts.options, semisupervised=None)
-        splits = parts.dataset.load(everything, self.device, wanted)
-        all_rows = parts.dataset.split_rows(everything)["train"]
-        self.model.eval()
-        try:
-            encoded = {name: self.encode(split) for name, split in splits.items() if name != "train"}
-            views = [self.encode(splits["train"], augment=bool(self.grid.views)) for _ in range(max(self.grid.views, 1))]
-        finally:
-            for split in splits.values():
-                split.close()
-        self.train_views = torch.stack([features for features, _ in views])  # V x N x D
-        self.features = {name: features for name, (features, _) in encoded.items()}
-        self.targets = {"train": views[0][1], **{name: targets for name, (_, targets) in encoded.items()}}
-        self.groups: list[Group] = []
-        self.states: list[HeadState] = []
-        for budget in dict.fromkeys(head.budget for head in self.heads):
-            rows = np.searchsorted(all_rows, budget_rows(parts.dataset, parts.options, budget))
-            steps = num_batches(len(rows), self.batch_size, self.settings.train_iters, train=True)
-            members = [k for k, head in enumerate(self.heads) if head.budget == budget]
-            norm = copy.deepcopy(self.model.feature_norm)
-            self.groups.append(Group(torch.from_numpy(rows).to(self.device), norm, members, steps))
-        group_of = {k: group for group in self.groups for k in group.heads}
-        self.states = [HeadState(head, self.model.classifier, group_of[k].steps_per_epoch,
-                                 Selection(self.selection.metric, self.selection.mode))
-                       for k, head in enumerate(self.heads)]
-
-    @torch.no_grad()
-    def encode(self, split: ResidentSplit | DividedSplit, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backbone features (N x D, float32) and targets (N) of a split's images, in order;
-        each image augmented once with `augment`."""
-        features, targets = [], []
-        for batch in split.batches(self.batch_size, -1):
-            if augment:
-                batch = self.augment.batch(batch, self.mean, self.std, self.device_generator)
-            with self.autocast():
-                features.append(self.model.backbone(batch.images).float())
-            targets.append(batch.targets)
-        return torch.cat(features), torch.cat(targets)
-
-    def describe(self, trial_dir: Path) -> None:
-        super().describe(trial_dir)
-        write_json(trial_dir / PROBE_GRID_FILE, {"heads": [
-            {"head": k, "bindings": head.bindings(), "peak_lr": head.peak_lr} for k, head in enumerate(self.heads)]})
-
-    def run_epoch(self) -> dict[str, Any]:
-        """Train every head one epoch on its budget's batches, then evaluate every head."""
-        self.epoch += 1
-        results: dict[int, dict[str, Any]] = {}
-        view = self.train_views[(self.epoch - 1) % len(self.train_views)]
-        for group in self.groups:
-            results.update(self.train_group(group, view))
-            for split, iters in (("valid", self.settings.valid_iters), ("test", self.settings.test_iters)):
-                if iters:
-                    for k, metrics in self.evaluate_group(group, split, iters).items():
-                        results[k].update(metrics)
-        self.step = self.epoch * max(group.steps_per_epoch for group in self.groups)  # of the longest budget
-        for k, state in enumerate(self.states):
-            results[k] = self.judge(state, results[k])
-        live = [k for k, state in enumerate(self.states) if not state.error]
-        if not live:
-            raise UserError(f"every probe head diverged by epoch {self.epoch} ({self.states[0].error}): lower "
-                            "probe_grid.lrs")
-        sign = 1 if self.selection.mode == "max" else -1
-        best = max(live, key=lambda k: sign * results[k][self.selection.metric])
-        self.best_accuracy = max(self.states[k].best_accuracy for k in live)
-        return {**results[best], "best_head": best, "epoch": self.epoch, "done": self.done,
-                "completed": self.done, "heads": {str(k): metrics for k, metrics in results.items()}}
-
-    def judge(self, state: HeadState, metrics: dict[str, Any]) -> dict[str, Any]:
-        """A head's epoch metrics with its selection's; a diverged head stops here, with its reason."""
-        if state.error:
-            return {"error": state.error}
-        diverged = next((name for name, value in metrics.items() if name.endswith("loss") and not math.isfinite(value)),
-                        None)
-        if diverged:
-            fix = (f"lower its peak learning rate {state.head.peak_lr}" if state.head.peak_lr
-                   else "lower optimizer.lr or scheduler.target_lrs")
-            state.error = f"diverged at epoch {self.epoch} ({diverged} {metrics[diverged]}): {fix}"
-            return {**metrics, "error": state.error}
-        accuracy = metrics.get("valid_accuracy", metrics["train_accuracy"])
-        state.best_accuracy = max(state.best_accuracy, accuracy)
-        metrics.update(mean_accuracy=accuracy, best_accuracy=state.best_accuracy, epoch=self.epoch)
-        state.schedule.observe(metrics)
-        state.selection.update(metrics, self.epoch)
-        metrics.update(state.selection.report())
-        return metrics
-
-    def train_group(self, group: Group, view: torch.Tensor) -> dict[int, dict[str, Any]]:
-        """One epoch of the group's heads over its budget's batches (the probe trial's order)."""
-        states = [self.states[k] for k in group.heads]
-        live = [state for state in states if not state.error]
-        split = ResidentSplit(view[group.rows], self.targets["train"][group.rows])
-        group.norm.train()
-        loss_sums = torch.zeros(len(states), device=self.device)
-        correct = torch.zeros(len(states), device=self.device)
-        count = 0
-        step = (self.epoch - 1) * group.steps_per_epoch
-        for batch in split.batches(self.batch_size, self.settings.train_iters, shuffle=(self.seed, self.epoch)):
-            features = group.norm(batch.images)  # B x D
-            for state in live:
-                state.optimizer.param_groups[0]["lr"] = state.schedule.lr(step)
-            logits = heads_logits(features, states)  # K x B x C
-            losses = per_head_loss(logits, batch.targets)  # K
-            for state in live:
-                state.optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            for state in live:
-                state.optimizer.step()
-            step += 1
-            n = len(batch.targets)
-            loss_sums += losses.detach() * n
-            correct += (logits.detach().argmax(dim=2) == batch.targets).sum(dim=1)
-            count += n
-        lrs = [state.schedule.lr(step) for state in states]
-        return {k: {"train_loss": float(loss) / count, "train_accuracy": float(hits) / count, "lr": lr}
-                for k, loss, hits, lr in zip(group.heads, loss_sums.tolist(), correct.tolist(), lrs)}
-
-    @torch.no_grad()
-    def evaluate_group(self, group: Group, split: str, iters: int) -> dict[int, dict[str, float]]:
-        """Loss and accuracy of the group's heads on the rows the probe trial evaluates."""
-        features, targets = self.features[split], self.targets[split]
-        n = min(len(targets), num_batches(len(targets), self.batch_size, iters, train=False) * self.batch_size)
-        states = [self.states[k] for k in group.heads]
-        group.norm.eval()
-        loss_sums = torch.zeros(len(states), device=self.device, dtype=torch.float64)
-        correct = torch.zeros(len(states), device=self.device)
-        for start in range(0, n, EVAL_CHUNK):
-            chunk = slice(start, min(n, start + EVAL_CHUNK))
-            logits = heads_logits(group.norm(features[chunk]), states)
-            loss_sums += per_head_loss(logits, targets[chunk]).double() * (chunk.stop - chunk.start)
-            correct += (logits.argmax(dim=2) == targets[chunk]).sum(dim=1)
-        return {k: {f"{split}_loss": float(loss) / max(n, 1), f"{split}_accuracy": float(hits) / max(n, 1)}
-                for k, loss, hits in zip(group.heads, loss_sums.tolist(), correct.tolist())}
-
-    def best_model_state(self) -> dict[str, torch.Tensor]:
-        """The Wrapper's weights with the classifier of the head whose selected epoch is best (and its
-        budget's feature statistics): what `Wrapper.pretrained` and misc/export_backbone.py take."""
-        sign = 1 if self.selection.mode == "max" else -1
-        judged = [k for k, state in enumerate(self.states) if state.selection.value is not None and not state.error]
-        best = max(judged, key=lambda k: sign * self.states[k].selection.value, default=0)
-        group = next(group for group in self.groups if best in group.heads)
-        state = {key: value.detach() for key, value in self.model.state_dict().items()}
-        state.update({"classifier.weight": self.states[best].weight.detach(),
-                      "classifier.bias": self.states[best].bias.detach()})
-        state.update({f"feature_norm.{key}": value for key, value in group.norm.state_dict().items()})
-        return state
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.best_model_state(), "probe_grid": {"heads": [state.state_dict() for state in self.states],
-                               "norms": [group.norm.state_dict() for group in self.groups]},
-                "epoch": self.epoch, "step": self.step, "best_accuracy": self.best_accuracy}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        grid = state.get("probe_grid")
-        if grid is None or len(grid["heads"]) != len(self.states) or len(grid["norms"]) != len(self.groups):
-            raise UserError("snapshot does not fit this probe grid (another grid, or not a probe grid's): start the "
-                            "trial afresh")
-        for head_state, saved in zip(self.states, grid["heads"]):
-            head_state.load_state_dict(saved)
-        for group, saved in zip(self.groups, grid["norms"]):
-            group.norm.load_state_dict(saved)
-        self.epoch, self.step, self.best_accuracy = state["epoch"], state["step"], state["best_accuracy"]
-
-    def close(self) -> None:
-        """Nothing runs in the background: the splits closed after encoding."""
+        self.best_accuracy, self.diverged = state["best_accuracy"], state["diverged"]
 
 
 def heads_logits(features: torch.Tensor, states: list[HeadState]) -> torch.Tensor:

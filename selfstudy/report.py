@@ -7,15 +7,17 @@ from pathlib import Path
 
 import paths
 from selfstudy import folders
+from util.utility import DIVERGED
 
 EXIT_INTERRUPTED = 130
 HEAD_COLUMNS = ("head", "BaseDataset.semisupervised", "optimizer.weight_decay", "peak_lr")  # what tells heads apart
 
 
 def finish(directory: Path, exp_id: str) -> int:
-    """Print one line per trial of `directory` (an experiment, or a study's stage) with its status,
-    then each failure; the exit code says whether every trial completed (0), some failed (1) or
-    some have not finished (130: `--resume` of `exp_id` continues)."""
+    """Print one line per trial of `directory` (an experiment, or a study's stage; a probe grid's:
+    one per head) with its status, then each failure and each diverged head; the exit code says
+    whether every trial completed (0; a diverged head of a finished grid does not count against
+    it), some failed (1) or some have not finished (130: `--resume` of `exp_id` continues)."""
     from selfstudy.config import config_columns
     from util.vis import load_experiment
 
@@ -28,19 +30,31 @@ def finish(directory: Path, exp_id: str) -> int:
                          "best_epoch", "test_at_best") if c in frame.columns]
     settings = {key for trial_dir in folders.trial_dirs(directory)
                 for key in config_columns(folders.read_params(trial_dir))} | set(HEAD_COLUMNS)
-    swept = [c for c in frame.columns if c in settings and frame[c].astype(str).nunique() > 1]
+    swept = [c for c in frame.columns if c in settings and frame[c].map(repr).nunique() > 1]  # None counts too
     if len(frame):
-        print(frame[["trial"] + swept + shown].to_string(index=False, float_format=lambda v: f"{v:.4f}",
-                                                          na_rep="-"))
+        table = frame[["trial"] + swept + shown].copy()
+        for column in ("head", "epoch", "best_epoch"):  # whole numbers, also in a column with gaps
+            if column in table:
+                table[column] = table[column].astype("Int64")
+        print(table.to_string(index=False, float_format=number, na_rep="-"))
     errored = frame[frame["status"] == "errored"] if len(frame) else frame
-    for _, row in errored.iterrows():
+    for (trial, error), rows in errored.groupby(["trial", "error"], sort=False, dropna=False):
+        row = rows.iloc[0]  # a failed grid trial is every head's row: said once, by the trial's settings
+        settings = ", ".join(f"{c}={row[c]}" for c in swept if len(rows) == 1 or c not in HEAD_COLUMNS)
+        print(f"error: trial {trial}{f' ({settings})' if settings else ''} failed: {error}", file=sys.stderr)
+    diverged = frame[frame["status"] == DIVERGED] if len(frame) else frame
+    for _, row in diverged.iterrows():  # an outcome of the head's settings: the others went on
         settings = ", ".join(f"{c}={row[c]}" for c in swept)
-        print(f"error: trial {row['trial']}{f' ({settings})' if settings else ''} failed: {row['error']}",
-              file=sys.stderr)
+        print(f"note: trial {row['trial']} ({settings}): {row['error']}", file=sys.stderr)
     if len(frame) and (frame["status"] == "running").any():
         print(interrupted_hint(exp_id), file=sys.stderr)
         return EXIT_INTERRUPTED
     return 1 if len(errored) or not len(frame) else 0
+
+
+def number(value: float) -> str:
+    """A metric in the table: 4 decimals, or 4 significant digits where decimals say little (1e+38)."""
+    return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e6 else f"{value:.4g}"
 
 
 def interrupted_hint(exp_id: str) -> str:

@@ -111,13 +111,14 @@ def check_trial(config: dict[str, Any]) -> None:
         resolve_snapshot(parts.settings.restore_session, "session.restore_session")
     from selfstudy.probe import check_grid
 
-    check_grid(parts)
+    check_grid(parts, config)
 
 
 def open_trial(config: dict[str, Any], trial_dir: Path | None = None, num_threads: int | None = None,
                node_id: str | None = None) -> "Trial":
     """The trial `config` describes: a `Trial`, or a probe grid's (`selfstudy.probe`) when it binds probe_grid.*."""
-    from selfstudy.probe import GridTrial, grid_options
+    from selfstudy.probe import grid_options
+    from selfstudy.probe_trial import GridTrial
 
     bind_trial(config)
     kind = GridTrial if grid_options() is not None else Trial

@@ -199,7 +199,7 @@ def test_cli_mistakes(workspace: Workspace, tmp_path: Path, case: Case) -> None:
 
 def test_missing_and_corrupt_dataset_files(workspace: Workspace, tmp_path: Path) -> None:
     folder = tmp_path / "mine"
-    assert_refused(workspace, "-p", f"session.dataset = @FolderDataset()", f"FolderDataset.path = '{folder}'",
+    assert_refused(workspace, "-p", "session.dataset = @FolderDataset()", f"FolderDataset.path = '{folder}'",
                    says=f"missing dataset file {folder / 'train.h5'}")
     folder.mkdir()
     for name in ("train.h5", "test.h5"):

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 SCRATCH = "scratch"  # the `source` of a trial trained from random weights
 COMPLETED = ("finished", "stopped")  # the statuses whose metrics count
+DIVERGED = "diverged"  # a probe grid's head whose loss diverged (its trial went on)
 BOUND_MARKERS = {"": "o", ">=": "^", "<=": "v", "?": "D"}  # how utility_plot draws each bound
 
 
@@ -53,8 +54,9 @@ class _Cols(NamedTuple):
 def best_heads(df: pd.DataFrame, *, budget_col: str = "BaseDataset.semisupervised", by: str = "best_accuracy",
                mode: str = "max") -> pd.DataFrame:
     """The rows of `df` with, of each probe grid trial (`selfstudy.probe`), only the best head of each
-    label budget by `by` (default: its best validation accuracy) - the learning rate and weight decay
-    a linear evaluation would pick on the validation split. Other trials' rows stay as they are.
+    label budget by `by` (default: its best validation accuracy) among those that completed (a
+    diverged head is not picked) - the learning rate and weight decay a linear evaluation would
+    pick on the validation split. Other trials' rows stay as they are.
     The utility functions apply it themselves (with these defaults)."""
     if "head" not in df or df["head"].isna().all():
         return df
@@ -63,8 +65,10 @@ def best_heads(df: pd.DataFrame, *, budget_col: str = "BaseDataset.semisupervise
         raise ValueError(f"no column {by!r} to choose the probe grid's best heads by; pass by= one of "
                          f"{', '.join(c for c in heads if str(c).endswith('accuracy'))}")
     keys = [key for key in ("stage", "trial") if key in heads] + [budget_col]
-    ranked = heads.sort_values(by, ascending=mode == "min", na_position="last", kind="stable")
-    picked = ranked.groupby(keys, sort=False, dropna=False).head(1)
+    completed = heads["status"].isin(COMPLETED) if "status" in heads else pd.Series(True, index=heads.index)
+    ranked = heads.assign(_completed=completed).sort_values(["_completed", by], ascending=[False, mode == "min"],
+                                                            na_position="last", kind="stable")
+    picked = ranked.groupby(keys, sort=False, dropna=False).head(1).drop(columns="_completed")
     return pd.concat([df[df["head"].isna()], picked]).sort_index()
 
 

@@ -18,8 +18,8 @@ that failed before its first epoch: `status` is 'finished', 'stopped' (by a sche
 resumed from a checkpoint reports some epochs twice: the history keeps the last report of each.
 A probe grid trial (`selfstudy.probe`) has a row per head: its settings are in the columns of
 the probe trial it stands for (`BaseDataset.semisupervised`, `optimizer.weight_decay`,
-`scheduler.scale`), with `head` (its index; empty for other trials) and `peak_lr`; a head that
-diverged is 'errored'. `calc_utility`, `summary` and the plots take of each grid trial the best
+`scheduler.scale`), with `head` (its index; empty for other trials) and `peak_lr`; a head whose
+loss diverged is 'diverged' (an outcome of its settings; `error` says when), not 'errored'. `calc_utility`, `summary` and the plots take of each grid trial the best
 head per budget (`best_heads`: by validation accuracy), so pass the rows as they come.
 `source` names what the trial's model started from: 'scratch', or the last path component of
 `Wrapper.pretrained`; `stage` names the stage folder of a multi-stage study ('' for a trial
@@ -41,10 +41,10 @@ import paths
 from selfstudy import folders
 from selfstudy.config import config_columns  # noqa: F401  (re-exported)
 from selfstudy.errors import UserError
-from util.utility import (COMPLETED, PRETRAINED, SCRATCH, accuracy_plot, best_heads, calc_utility,  # noqa: F401
+from util.utility import (COMPLETED, DIVERGED, PRETRAINED, SCRATCH, accuracy_plot, best_heads, calc_utility,  # noqa: F401
                           labels_needed, source_label, summary, utility_per_seed, utility_plot)
 
-__all__ = ["COMPLETED", "PRETRAINED", "SCRATCH", "accuracy_plot", "best_heads", "calc_utility", "config_columns",
+__all__ = ["COMPLETED", "DIVERGED", "PRETRAINED", "SCRATCH", "accuracy_plot", "best_heads", "calc_utility", "config_columns",
            "experiment_dir", "labels_needed", "load_experiment", "load_history", "source_label", "summary", "trial_dirs",
            "utility_per_seed", "utility_plot"]
 METRIC_PREFIXES = ("train_", "valid_", "test_")
@@ -93,7 +93,8 @@ def _head_rows(rows: list[dict[str, Any]], head: dict[str, Any], config: dict[st
                status: folders.TrialStatus) -> pd.DataFrame:
     """A probe grid head's epochs: the trial's bookkeeping with the head's own metrics, its
     settings as config columns (those of the probe trial it stands for), `head`, `peak_lr`.
-    A diverged head is 'errored', with why; the trial's failure is every head's."""
+    A head that diverged in a finished trial is 'diverged' (`error` says when); the trial's
+    status is every other head's."""
     key = str(head["head"])
     epochs = []
     for row in rows:
@@ -103,10 +104,10 @@ def _head_rows(rows: list[dict[str, Any]], head: dict[str, Any], config: dict[st
     frame = _epochs(epochs)
     for name, value in {**config, **head["bindings"]}.items():
         frame[name] = [value] * len(frame)
-    error = next((row["error"] for row in reversed(epochs) if row.get("error")), None)
+    diverged = next((row["diverged"] for row in reversed(epochs) if row.get("diverged")), None)
     frame["head"], frame["peak_lr"] = head["head"], head.get("peak_lr")
-    frame["status"] = "errored" if error and status.state != "errored" else status.state
-    frame["error"] = status.error or error
+    frame["status"] = DIVERGED if diverged and status.state == "finished" else status.state
+    frame["error"] = status.error or diverged
     frame["source"] = source_label(config.get(PRETRAINED))
     return frame
 

@@ -147,6 +147,8 @@ class Wrapper(nn.Module):
             backbone.requires_grad_(False)
         if pretrained:
             self.load_pretrained(pretrained, ignore_pretrained_fc, pretrained_format)
+            if self.always_frozen and isinstance(self.feature_norm, nn.BatchNorm1d):
+                self.feature_norm.reset_running_stats()  # measured afresh on this probe's images, not the snapshot's
 
     def load_pretrained(self, name: str, ignore_fc: bool, layout: str = "auto") -> None:
         """Copy a snapshot's weights in, or another project's encoder (see `selfstudy.weights`);
