@@ -131,6 +131,7 @@ CASES = [
     Case(["-p", 'init_resnet.choice = "resnet7"'], "unknown init_resnet.choice 'resnet7'; choose from: resnet9"),
     Case(["-p", 'Wrapper.pretrained = "nowhere/at_all"'], "no snapshot at"),
     Case(["-p", "BaseDataset.semisupervised = 100000"], "exceeds the"),
+    Case(["-p", "BaseDataset.semisupervised = 1"], "a batch of one image cannot train BatchNorm"),
     Case(["-p", "session.train_iters = 0"], "an epoch has no training step"),
     Case(["-p", "BaseDataset.num_valid = 0"], "has no validation images"),
     Case(["-p", "BaseDataset.num_valid = 1500"], "leaves no training image"),
