@@ -27,11 +27,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("-e", "--exp_id", default="default", help="experiment name: results go to EXP_DIR/EXP_ID")
     parser.add_argument("-r", "--ray_config", default="single_run",
                         help="Ray config or study: a module of config/ (e.g. grid_search) or a path to a .py file")
-    parser.add_argument("-g", "--gin_config", nargs="+", default=[],
+    parser.add_argument("-g", "--gin_config", nargs="+", action="extend", default=[],
                         help="gin configs relative to config/ (or paths to .gin files), .gin optional (default: "
-                             "digits/r9/classify)")
-    parser.add_argument("-p", "--gin_param", nargs="+", default=[], metavar="BINDING",
-                        help="gin bindings, e.g. 'dataloader.batch_size = 128'")
+                             "digits/r9/classify); -g may be repeated")
+    parser.add_argument("-p", "--gin_param", nargs="+", action="extend", default=[], metavar="BINDING",
+                        help="gin bindings, e.g. 'dataloader.batch_size = 128'; -p may be repeated")
     parser.add_argument("-l", "--local_mode", action="store_true", help="run trials in this process, without Ray")
     parser.add_argument("-a", "--address", default=None, help="address of a running Ray cluster to join")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only the final results")

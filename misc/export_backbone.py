@@ -43,6 +43,10 @@ def source_of(name: str) -> tuple[Path, Path | None, dict[str, Any] | None]:
         return folder / folders.SNAPSHOT, trial_dir, record.get("config")
     if folder.is_dir():
         snapshot = folders.latest_snapshot(folder)
+        trials = folders.trial_dirs(folder)
+        if snapshot is None and trials:
+            raise UserError(f"-e {name} is an experiment: give one of its trials, e.g. -e {name}/{trials[0].name}, "
+                            "or a moved snapshot EXP/NAME")
         if snapshot is None:
             raise UserError(f"-e {name}: trial folder {folder} has no checkpoint; run it with checkpoints "
                             "(checkpoint_frequency or -c)")
@@ -91,19 +95,26 @@ def main() -> int:
         saved = load_snapshot(snapshot, f"-e {args.exp}")
         state = torchvision_state(saved["model"])
         record = provenance(trial_dir, config, saved.get("epoch"))
+        if "best_head" in saved and trial_dir is not None:  # a probe grid: fc is its best head
+            heads = folders.read_probe_grid(trial_dir) or []
+            record["fc_head"] = next((head for head in heads if head["head"] == saved["best_head"]),
+                                     {"head": saved["best_head"]})
         conv1 = state["conv1.weight"]
         record.update(source=str(snapshot), architecture="resnet50" if "layer4.0.conv3.weight" in state else "resnet18",
                       stem="imagenet" if conv1.shape[-1] == 7 else "cifar", in_channels=int(conv1.shape[1]),
                       num_classes=int(state["fc.weight"].shape[0]) if "fc.weight" in state else None)
         check_loads(state, record)
-        out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(f".{out.name}.partial")  # the old files stay until the new ones are whole
         try:
+            out.parent.mkdir(parents=True, exist_ok=True)
             torch.save(state, partial)
             folders.write_json(out.with_suffix(".json"), record)
             os.replace(partial, out)
+        except (OSError, RuntimeError) as err:  # torch.save reports an unwritable file as a RuntimeError
+            raise UserError(f"cannot write {out}: {first_line(err)}; choose another -o") from None
         finally:
-            partial.unlink(missing_ok=True)
+            if partial.is_file():
+                partial.unlink()
     except UserError as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         return 2

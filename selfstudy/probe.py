@@ -7,16 +7,18 @@ of the grid lrs x weight_decays x budgets:
 
     probe_grid.lrs = [0.03, 0.1, 0.3]      # peak learning rates: the schedule scaled to each
     probe_grid.weight_decays = [0, 5e-4]   # optimizer.weight_decay of each head
-    probe_grid.budgets = [100, 1000, 0]    # BaseDataset.semisupervised of each head (0: all)
+    probe_grid.budgets = [100, 1000, 0]    # BaseDataset.semisupervised of each head (0: all images)
     probe_grid.views = 0                   # augmented views of each training image (0: plain)
 
 Head k is the probe trial with that head's settings (`Head.bindings`), the same seed and
 everything else alike: the same initial weights, batches, schedule and optimizer, so its
 accuracy equals that trial's (on the CPU to 1e-5; heads train in float32). An axis left out
-is the trial's own setting. Every epoch reports each head's metrics under `heads` (`heads/<k>/
-valid_accuracy` in TensorBoard) and, at the top level, those of the epoch's best head
-(`best_head`); `util.vis` gives each head a row of its own, with its settings as columns.
-A head whose loss diverges stops and reports why; the others go on.
+is the trial's own setting; a budget of 0 is every training image (recorded as their number).
+Every epoch reports each head's metrics under `heads` (`heads/<k>/valid_accuracy` in
+TensorBoard) and, at the top level, those of the head whose best epoch is best so far
+(`best_head`: also the classifier of the trial's checkpoints); `util.vis` gives each head a row
+of its own, with its settings as columns. A head whose loss diverges stops and reports why;
+the others go on.
 
 With `BaseDataset.max_images` the images are read a division at a time to be encoded, but the
 features of the whole split fit: the heads' batches are drawn over all of it, not division by
@@ -124,21 +126,44 @@ def peak_lr(base_lr: float) -> float:
         schedule.base_lr, *schedule.target_lrs)
 
 
-def grid_heads(grid: GridOptions, options: DataOptions) -> list[Head]:
-    """The heads in order: budgets, then weight decays, then learning rates."""
+def grid_heads(grid: GridOptions, dataset: DatasetFiles, options: DataOptions) -> list[Head]:
+    """The heads in order: budgets, then weight decays, then learning rates. A budget of 0 is
+    every training image, recorded as their number (the same images: a class-balanced subset
+    of all of them is all of them)."""
     if grid.budgets is not None and options.semisupervised:
         raise UserError(f"BaseDataset.semisupervised = {options.semisupervised} and probe_grid.budgets both set the "
                         "label budget: keep one of them")
-    budgets = [b or None for b in grid.budgets] if grid.budgets is not None else [options.semisupervised]
+    budgets: list[int | None] = [options.semisupervised]
+    if grid.budgets is not None:
+        total = len(dataset.split_rows(dataclasses.replace(options, semisupervised=None))["train"])
+        budgets = [budget or total for budget in grid.budgets]
+        above = next((budget for budget in budgets if budget > total), None)
+        if above is not None:
+            raise UserError(f"probe_grid.budgets has {above}, more than the {total} training images of "
+                            f"{dataset.name}: lower it (0 = all of them)")
+        if len(set(budgets)) < len(budgets):
+            raise UserError(f"probe_grid.budgets = {list(grid.budgets)} asks for all {total} training images twice "
+                            "(0 means all of them): give each budget once")
     scales: list[tuple[float | None, float | None]] = [(None, None)]
     if grid.lrs is not None:
-        peak = peak_lr(build_optimizer([torch.zeros(1, requires_grad=True)]).defaults["lr"])
+        base_lr = build_optimizer([torch.zeros(1, requires_grad=True)]).defaults["lr"]
+        peak = peak_lr(base_lr)
         if not peak > 0:
-            raise UserError("probe_grid.lrs scales the schedule to each peak learning rate, but every rate of "
-                            "optimizer.lr and scheduler.target_lrs is 0: give the schedule a positive rate")
+            plateau = isinstance(build_schedule(base_lr, 1), PlateauSchedule)
+            raise UserError("probe_grid.lrs scales the schedule to each peak learning rate, but " + (
+                "ReduceLROnPlateau starts at optimizer.lr = 0: set optimizer.lr to a positive rate" if plateau else
+                "every rate of optimizer.lr and scheduler.target_lrs is 0: give the schedule a positive rate"))
         scales = [(lr, float(f"{lr / peak:.12g}")) for lr in grid.lrs]  # 0.3 / 0.2 -> 1.5, not 1.4999999999999998
     return [Head(budget, wd, lr, scale) for budget, wd, (lr, scale) in
             itertools.product(budgets, grid.weight_decays or [None], scales)]
+
+
+def check_grid_task(task: Any) -> None:
+    """A grid trains heads on each image's class; said before the task checks its own needs."""
+    if grid_options() is not None and (not isinstance(task, ClassifyTask) or task.is_pose):
+        raise UserError(f"probe_grid.* trains linear heads on each image's class, but session.task is "
+                        f"{type(task).__name__}{' with is_pose' if isinstance(task, ClassifyTask) else ''}: use "
+                        "session.task = 'ClassifyTask' (without is_pose), or drop the probe_grid.* settings")
 
 
 def check_grid(parts: Parts, config: dict[str, Any]) -> GridOptions | None:
@@ -148,10 +173,11 @@ def check_grid(parts: Parts, config: dict[str, Any]) -> GridOptions | None:
     grid = grid_options()
     if grid is None:
         return None
-    model, task = parts.model, parts.task
-    if not isinstance(task, ClassifyTask) or task.is_pose or model.dense_pred:
-        raise UserError("probe_grid.* trains linear heads on each image's class: use session.task = 'ClassifyTask' "
-                        "(without is_pose) on a classification set, with Wrapper.dense_pred = False")
+    model = parts.model
+    check_grid_task(parts.task)
+    if model.dense_pred:
+        raise UserError("probe_grid.* trains linear heads on each image's class: set Wrapper.dense_pred = False and "
+                        "use a classification set")
     if not model.always_frozen or model.run_selfsup:
         raise UserError("probe_grid.* trains linear probes on a frozen backbone: set Wrapper.finetune_classifier = "
                         "False (and leave Wrapper.run_selfsup False)")
@@ -178,17 +204,13 @@ def check_grid(parts: Parts, config: dict[str, Any]) -> GridOptions | None:
     if not grid.views and augments:
         legacy.note("probe_grid.views = 0: the heads train on features of the plain training images (augment.* is "
                     "not applied); set probe_grid.views to encode augmented views")
-    for head in grid_heads(grid, parts.options):
-        budget_rows(parts.dataset, parts.options, head.budget)
+    for budget in {head.budget for head in grid_heads(grid, parts.dataset, parts.options)}:
+        budget_rows(parts.dataset, parts.options, budget)
     return grid
 
 
 def budget_rows(dataset: DatasetFiles, options: DataOptions, budget: int | None) -> np.ndarray:
     """The training file's rows of a head's budget: those of the probe trial with that budget."""
-    everything = dataset.split_rows(dataclasses.replace(options, semisupervised=None))["train"]
-    if budget is not None and budget > len(everything):
-        raise UserError(f"probe_grid.budgets has {budget}, more than the {len(everything)} training images of "
-                        f"{dataset.name}: lower it (0 = all of them)")
     return dataset.split_rows(dataclasses.replace(options, semisupervised=budget))["train"]
 
 

@@ -44,7 +44,7 @@ class GridTrial(Trial):
     def setup_training(self, parts: Parts) -> None:
         """Encode the splits (every training image, of every budget) and build each head."""
         self.grid = check_grid(parts, self.config)
-        self.heads = grid_heads(self.grid, parts.options)
+        self.heads = grid_heads(self.grid, parts.dataset, parts.options)
         self.num_epochs = build_schedule(1.0, 1).num_epochs
         self.test_at_end = bool(self.settings.test_iters) and self.settings.test_when == "best"
         wanted = ("train",) + ("valid",) * bool(self.settings.valid_iters) + ("test",) * bool(self.settings.test_iters)
@@ -205,7 +205,7 @@ class GridTrial(Trial):
         return state
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.best_model_state(), "probe_grid": {
+        return {"model": self.best_model_state(), "best_head": self.best_head(), "probe_grid": {
                     "heads": [state.state_dict() for state in self.states],
                     "norms": [group.norm.state_dict() for group in self.groups]},
                 "epoch": self.epoch, "step": self.step, "best_accuracy": self.best_accuracy}

@@ -57,6 +57,8 @@ class Parts:
 
 def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
     """Parse the trial's gin config and build its parts; the model is created on `device`."""
+    from selfstudy.probe import check_grid_task
+
     bind_trial(config)
     settings = session_settings()
     dataset = build_dataset(settings.dataset)
@@ -67,6 +69,7 @@ def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
         classes = dataset.num_classes + (1 if dataset.train.target_shape else 0)  # dense maps: 0 is background
         model = build_model(dataset.channels, dataset.resolution(options), classes)
         check_heads(model, task)
+        check_grid_task(task)
         task.setup(model, dataset, options)
     pixel_fields = ("targets",) * bool(dataset.train.target_shape) + tuple(n for n in task.needs if n in PIXEL_FIELDS)
     augment.check(pixel_fields)

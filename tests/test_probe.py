@@ -113,13 +113,13 @@ stages = [{"name": "pretrain", "checkpoint_at_end": True, "search_space": {"gin_
 
 def test_a_diverged_head_is_reported_and_the_others_finish(workspace: Workspace) -> None:
     done = workspace.run("-g", "digits/r9/probe_grid", "-e", "grid", "-l", "-q", "-p", "ResNet.width = 4",
-                         "scheduler.milestones = [1, 2]", "probe_grid.lrs = [0.1, 1e38]", "probe_grid.budgets = [50, 0]",
-                         "session.train_iters = -1")
+                         "scheduler.milestones = [1, 2]", "probe_grid.lrs = [0.1, 1e38]", "-p",  # -p again: both count
+                         "probe_grid.budgets = [50, 0]", "session.train_iters = -1")
     assert done.returncode == 0, done.stdout + done.stderr  # a head's outcome, not the trial's failure
     assert "1 trial(s) (8 probe heads)" in done.stdout
     frame = vis.load_experiment("grid").sort_values("head")
     assert list(frame["head"]) == list(range(8))
-    assert list(frame["BaseDataset.semisupervised"].fillna(0)) == [50] * 4 + [0] * 4
+    assert list(frame["BaseDataset.semisupervised"]) == [50] * 4 + [1200] * 4  # 0: all 1,200, by number
     assert list(frame["optimizer.weight_decay"]) == [0.0, 0.0, 5e-4, 5e-4] * 2
     assert list(frame["peak_lr"]) == [0.1, 1e38] * 4
     assert list(frame["scheduler.scale"]) == [0.5, 5e38] * 4  # the schedule peaks at 0.2 (digits/r9/classify)

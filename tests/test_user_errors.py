@@ -161,6 +161,12 @@ CASES = [
     Case(["-g", "digits/r9/probe_grid", "-p", "probe_grid.lrs = 0.1"], "probe_grid.lrs = 0.1 must be a non-empty list"),
     Case(["-g", "digits/r9/probe_grid", "-p", "BaseDataset.semisupervised = 100"],
          "BaseDataset.semisupervised = 100 and probe_grid.budgets both set the label budget"),
+    Case(["-g", "digits/r9/probe_grid", "-p", "probe_grid.budgets = [0, 1200]"],
+         "probe_grid.budgets = [0, 1200] asks for all 1200 training images twice"),
+    Case(["-g", "digits/r9/probe_grid", "-p", "session.task = 'RotateTask'"],
+         "probe_grid.* trains linear heads on each image's class, but session.task is RotateTask"),
+    Case(["-g", "digits/r9/probe_grid", "-p", "scheduler.scale = 3.0"],
+         "scheduler.scale and probe_grid.lrs both set each head's learning rates: keep one of them"),
     Case(["-g", "digits/r9/probe_grid", "-p", "probe_grid.views = 2"], "probe_grid.views = 2 encodes augmented views, "
                                                                         "but augment.* leaves the training images"),
     Case(["-a", "127.0.0.1:1"], "no Ray cluster answers at 127.0.0.1:1"),
