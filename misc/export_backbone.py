@@ -45,7 +45,8 @@ def source_of(name: str) -> tuple[Path, Path | None, dict[str, Any] | None]:
         snapshot = folders.latest_snapshot(folder)
         trials = folders.trial_dirs(folder)
         if snapshot is None and trials:
-            raise UserError(f"-e {name} is an experiment: give one of its trials, e.g. -e {name}/{trials[0].name}, "
+            raise UserError(f"-e {name} is an experiment: give one of its trials, e.g. -e "
+                            f"{name}/{trials[0].relative_to(folder)}, "
                             "or a moved snapshot EXP/NAME")
         if snapshot is None:
             raise UserError(f"-e {name}: trial folder {folder} has no checkpoint; run it with checkpoints "
@@ -89,8 +90,10 @@ def main() -> int:
         out = Path(args.output) if args.output else paths.EXP_DIR / args.exp / "backbone_torchvision.pth"
         if out.suffix != ".pth":
             raise UserError(f"-o {out}: name a .pth file")
-        if out.exists() and not args.force:
-            raise UserError(f"{out} exists: pass --force to replace it, or -o another file")
+        described = out.with_suffix(".json")
+        if (out.exists() or described.exists()) and not args.force:
+            raise UserError(f"{out if out.exists() else described} exists: pass --force to replace it, or -o another "
+                            "file")
         snapshot, trial_dir, config = source_of(args.exp)
         saved = load_snapshot(snapshot, f"-e {args.exp}")
         state = torchvision_state(saved["model"])
@@ -104,17 +107,19 @@ def main() -> int:
                       stem="imagenet" if conv1.shape[-1] == 7 else "cifar", in_channels=int(conv1.shape[1]),
                       num_classes=int(state["fc.weight"].shape[0]) if "fc.weight" in state else None)
         check_loads(state, record)
-        partial = out.with_name(f".{out.name}.partial")  # the old files stay until the new ones are whole
-        try:
+        partials = [path.with_name(f".{path.name}.partial") for path in (out, described)]
+        try:  # both written whole before either replaces the old files
             out.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(state, partial)
-            folders.write_json(out.with_suffix(".json"), record)
-            os.replace(partial, out)
+            torch.save(state, partials[0])
+            partials[1].write_text(json.dumps(record, indent=1, default=str))
+            os.replace(partials[0], out)
+            os.replace(partials[1], described)
         except (OSError, RuntimeError) as err:  # torch.save reports an unwritable file as a RuntimeError
             raise UserError(f"cannot write {out}: {first_line(err)}; choose another -o") from None
         finally:
-            if partial.is_file():
-                partial.unlink()
+            for partial in partials:
+                if partial.is_file():
+                    partial.unlink()
     except UserError as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         return 2

@@ -169,6 +169,9 @@ def next_checkpoint_dir(trial_dir: Path) -> Path:
     return trial_dir / f"{CHECKPOINT_PREFIX}{max([n for n in numbers if n is not None], default=-1) + 1:06d}"
 
 
+DIVERGED = "diverged"  # the status util.vis gives a probe grid head whose loss diverged (its trial went on)
+
+
 @dataclass(frozen=True)
 class TrialStatus:
     state: str  # 'finished', 'stopped', 'errored' or 'running'

@@ -158,9 +158,21 @@ def grid_heads(grid: GridOptions, dataset: DatasetFiles, options: DataOptions) -
             itertools.product(budgets, grid.weight_decays or [None], scales)]
 
 
+def grid_bound() -> bool:
+    """Whether the trial's gin config binds any probe_grid.* (without calling the configurable, so an
+    ordinary trial's operative config does not list the grid's settings)."""
+    for name in ("lrs", "weight_decays", "budgets", "views"):
+        try:
+            gin.query_parameter(f"probe_grid.{name}")
+        except ValueError:  # gin's answer for a parameter no binding sets
+            continue
+        return True
+    return False
+
+
 def check_grid_task(task: Any) -> None:
     """A grid trains heads on each image's class; said before the task checks its own needs."""
-    if grid_options() is not None and (not isinstance(task, ClassifyTask) or task.is_pose):
+    if grid_bound() and grid_options() is not None and (not isinstance(task, ClassifyTask) or task.is_pose):
         raise UserError(f"probe_grid.* trains linear heads on each image's class, but session.task is "
                         f"{type(task).__name__}{' with is_pose' if isinstance(task, ClassifyTask) else ''}: use "
                         "session.task = 'ClassifyTask' (without is_pose), or drop the probe_grid.* settings")
@@ -170,7 +182,7 @@ def check_grid(parts: Parts, config: dict[str, Any]) -> GridOptions | None:
     """The trial's grid, if it is a grid trial; a `UserError` if its model, task, settings or
     budgets do not fit. `config`: the trial's, whose own bindings (a sweep's, -p) a grid axis
     must not silently replace (a gin file's defaults it may)."""
-    grid = grid_options()
+    grid = grid_options() if grid_bound() else None
     if grid is None:
         return None
     model = parts.model
@@ -242,7 +254,7 @@ class HeadState:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.selection.load_state_dict(state["selection"])
-        self.best_accuracy, self.diverged = state["best_accuracy"], state["diverged"]
+        self.best_accuracy, self.diverged = state["best_accuracy"], state.get("diverged", state.get("error", ""))
 
 
 def heads_logits(features: torch.Tensor, states: list[HeadState]) -> torch.Tensor:

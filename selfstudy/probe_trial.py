@@ -110,9 +110,9 @@ class GridTrial(Trial):
         if not live:
             raise UserError(f"every probe head diverged by epoch {self.epoch}; head 0 {self.states[0].diverged}")
         best = self.best_head()
-        self.best_accuracy = max(self.states[k].best_accuracy for k in live)
-        return {**results[best], "best_head": best, "best_accuracy": self.best_accuracy, "epoch": self.epoch,
-                "done": self.done, "completed": self.done, "heads": {str(k): metrics for k, metrics in results.items()}}
+        self.best_accuracy = self.states[best].best_accuracy
+        return {**results[best], "best_head": best, "epoch": self.epoch, "done": self.done, "completed": self.done,
+                "heads": {str(k): metrics for k, metrics in results.items()}}
 
     def best_head(self) -> int:
         """The head (not diverged) whose best epoch is the best so far by the trial's metric; 0 before any."""
@@ -125,13 +125,13 @@ class GridTrial(Trial):
         'best') the best epoch's test metrics at the end only. A diverged head stops, with why."""
         if state.diverged:
             return {"diverged": state.diverged}
-        diverged = next((name for name, value in metrics.items() if name.endswith("loss") and not math.isfinite(value)),
-                        None)
-        if diverged:
+        checked = [name for name in metrics if not (self.test_at_end and name.startswith("test_"))]  # as reported
+        diverged = next((name for name in checked if name.endswith("loss") and not math.isfinite(metrics[name])), None)
+        if diverged:  # its probe trial stops here, reporting nothing of this epoch
             fix = (f"lower its peak learning rate {state.head.peak_lr}" if state.head.peak_lr
                    else "lower optimizer.lr or scheduler.target_lrs")
             state.diverged = f"diverged at epoch {self.epoch} ({diverged} {metrics[diverged]}): {fix}"
-            return {**metrics, "diverged": state.diverged}
+            return {"diverged": state.diverged}
         accuracy = metrics.get("valid_accuracy", metrics["train_accuracy"])
         state.best_accuracy = max(state.best_accuracy, accuracy)
         report = {**metrics, "mean_accuracy": accuracy, "best_accuracy": state.best_accuracy, "epoch": self.epoch}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import paths
 from selfstudy import folders
-from util.utility import DIVERGED
+from selfstudy.folders import DIVERGED
 
 EXIT_INTERRUPTED = 130
 HEAD_COLUMNS = ("head", "BaseDataset.semisupervised", "optimizer.weight_decay", "peak_lr")  # what tells heads apart
@@ -18,6 +19,8 @@ def finish(directory: Path, exp_id: str) -> int:
     one per head) with its status, then each failure and each diverged head; the exit code says
     whether every trial completed (0; a diverged head of a finished grid does not count against
     it), some failed (1) or some have not finished (130: `--resume` of `exp_id` continues)."""
+    import pandas as pd
+
     from selfstudy.config import config_columns
     from util.vis import load_experiment
 
@@ -30,12 +33,13 @@ def finish(directory: Path, exp_id: str) -> int:
                          "best_epoch", "test_at_best") if c in frame.columns]
     settings = {key for trial_dir in folders.trial_dirs(directory)
                 for key in config_columns(folders.read_params(trial_dir))} | set(HEAD_COLUMNS)
-    swept = [c for c in frame.columns if c in settings and frame[c].map(repr).nunique() > 1]  # None counts too
+    swept = [c for c in frame.columns if c in settings and frame[c].map(shown_value).nunique() > 1]  # None counts
     if len(frame):
         table = frame[["trial"] + swept + shown].copy()
-        for column in ("head", "epoch", "best_epoch"):  # whole numbers, also in a column with gaps
-            if column in table:
-                table[column] = table[column].astype("Int64")
+        for column in table:  # settings and epochs that are whole numbers, also in a column with gaps
+            if column in (*swept, "epoch", "best_epoch") and pd.api.types.is_float_dtype(table[column]) and \
+                    table[column].dropna().map(float.is_integer).all():
+                table[column] = table[column].map(shown_value)
         print(table.to_string(index=False, float_format=number, na_rep="-"))
     errored = frame[frame["status"] == "errored"] if len(frame) else frame
     for (trial, error), rows in errored.groupby(["trial", "error"], sort=False, dropna=False):
@@ -50,6 +54,15 @@ def finish(directory: Path, exp_id: str) -> int:
         print(interrupted_hint(exp_id), file=sys.stderr)
         return EXIT_INTERRUPTED
     return 1 if len(errored) or not len(frame) else 0
+
+
+def shown_value(value: object) -> str:
+    """A table cell's text for a setting: '-' for None or NaN (both mean unset), 50 for 50.0."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value)
 
 
 def number(value: float) -> str:

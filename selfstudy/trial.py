@@ -78,6 +78,9 @@ def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
                         "would need two target maps; turn one of them off")
     batch_size = batch_size_option()
     dataset.check(options, batch_size)
+    if options.semisupervised == 1 and isinstance(model.feature_norm, torch.nn.BatchNorm1d):
+        raise UserError("BaseDataset.semisupervised = 1: the probe standardises its features over each batch, which "
+                        "takes 2 or more images: give a larger budget")
     return Parts(settings, dataset, options, batch_size, augment, task, model)
 
 
@@ -120,11 +123,11 @@ def check_trial(config: dict[str, Any]) -> None:
 def open_trial(config: dict[str, Any], trial_dir: Path | None = None, num_threads: int | None = None,
                node_id: str | None = None) -> "Trial":
     """The trial `config` describes: a `Trial`, or a probe grid's (`selfstudy.probe`) when it binds probe_grid.*."""
-    from selfstudy.probe import grid_options
+    from selfstudy.probe import grid_bound, grid_options
     from selfstudy.probe_trial import GridTrial
 
     bind_trial(config)
-    kind = GridTrial if grid_options() is not None else Trial
+    kind = GridTrial if grid_bound() and grid_options() is not None else Trial
     return kind(config, trial_dir, num_threads=num_threads, node_id=node_id)
 
 

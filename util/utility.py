@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 SCRATCH = "scratch"  # the `source` of a trial trained from random weights
 COMPLETED = ("finished", "stopped")  # the statuses whose metrics count
-DIVERGED = "diverged"  # a probe grid's head whose loss diverged (its trial went on)
 BOUND_MARKERS = {"": "o", ">=": "^", "<=": "v", "?": "D"}  # how utility_plot draws each bound
 
 

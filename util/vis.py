@@ -41,12 +41,13 @@ import paths
 from selfstudy import folders
 from selfstudy.config import config_columns  # noqa: F401  (re-exported)
 from selfstudy.errors import UserError
-from util.utility import (COMPLETED, DIVERGED, PRETRAINED, SCRATCH, accuracy_plot, best_heads, calc_utility,  # noqa: F401
+from selfstudy.folders import DIVERGED
+from util.utility import (COMPLETED, PRETRAINED, SCRATCH, accuracy_plot, best_heads, calc_utility,  # noqa: F401
                           labels_needed, source_label, summary, utility_per_seed, utility_plot)
 
-__all__ = ["COMPLETED", "DIVERGED", "PRETRAINED", "SCRATCH", "accuracy_plot", "best_heads", "calc_utility", "config_columns",
-           "experiment_dir", "labels_needed", "load_experiment", "load_history", "source_label", "summary", "trial_dirs",
-           "utility_per_seed", "utility_plot"]
+__all__ = ["COMPLETED", "DIVERGED", "PRETRAINED", "SCRATCH", "accuracy_plot", "best_heads", "calc_utility",
+           "config_columns", "experiment_dir", "labels_needed", "load_experiment", "load_history", "source_label",
+           "summary", "trial_dirs", "utility_per_seed", "utility_plot"]
 METRIC_PREFIXES = ("train_", "valid_", "test_")
 
 
@@ -93,8 +94,8 @@ def _head_rows(rows: list[dict[str, Any]], head: dict[str, Any], config: dict[st
                status: folders.TrialStatus) -> pd.DataFrame:
     """A probe grid head's epochs: the trial's bookkeeping with the head's own metrics, its
     settings as config columns (those of the probe trial it stands for), `head`, `peak_lr`.
-    A head that diverged in a finished trial is 'diverged' (`error` says when); the trial's
-    status is every other head's."""
+    A head that diverged in a trial that completed (finished, or stopped by a scheduler) is
+    'diverged' (`error` says when); the trial's status is every other head's."""
     key = str(head["head"])
     epochs = []
     for row in rows:
@@ -106,7 +107,7 @@ def _head_rows(rows: list[dict[str, Any]], head: dict[str, Any], config: dict[st
         frame[name] = [value] * len(frame)
     diverged = next((row["diverged"] for row in reversed(epochs) if row.get("diverged")), None)
     frame["head"], frame["peak_lr"] = head["head"], head.get("peak_lr")
-    frame["status"] = DIVERGED if diverged and status.state == "finished" else status.state
+    frame["status"] = DIVERGED if diverged and status.state in COMPLETED else status.state
     frame["error"] = status.error or diverged
     frame["source"] = source_label(config.get(PRETRAINED))
     return frame

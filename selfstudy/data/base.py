@@ -64,9 +64,6 @@ def data_options(input_res: int | None = None, max_images: int | None = None, ch
     for name, value in (("input_res", input_res), ("semisupervised", semisupervised), ("num_valid", num_valid)):
         if value is not None and (not isinstance(value, int) or value < 0):
             raise UserError(f"BaseDataset.{name} must be a non-negative integer or None, got {value!r}")
-    if semisupervised == 1:
-        raise UserError("BaseDataset.semisupervised = 1: a batch of one image cannot train BatchNorm (the backbone's "
-                        "or a probe's): give 2 or more labelled images, or None for all")
     for name, value in (("max_images", max_images), ("chunk_size", chunk_size)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise UserError(f"BaseDataset.{name} must be a positive integer, got {value!r}")
