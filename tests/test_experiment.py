@@ -176,3 +176,14 @@ checkpoint_frequency = 1
         want = straight[straight["BaseDataset.semisupervised"] == budget]
         for column in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy"):
             assert got[column].tolist() == pytest.approx(want[column].tolist(), abs=1e-6), (budget, column)
+
+
+def test_a_bool_setting_stays_a_bool_beside_numbers(tmp_path: Path) -> None:
+    """augment.crop = True (2020's default translation) beside augment.crop = 2 in another trial."""
+    for index, crop in enumerate([True, 2]):
+        trial_dir = tmp_path / f"trial_{index}"
+        trial_dir.mkdir()
+        (trial_dir / "params.json").write_text(json.dumps({"augment.crop": crop, "seed": 0}))
+        (trial_dir / "result.json").write_text(json.dumps({"training_iteration": 1, "done": True}) + "\n")
+    frame = vis.load_experiment(tmp_path).sort_values("trial")
+    assert frame["augment.crop"].tolist() == [True, 2] and frame["augment.crop"].iloc[0] is True

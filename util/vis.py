@@ -78,11 +78,17 @@ def _trial_frame(trial_dir: Path, exp_dir: Path) -> pd.DataFrame:
             trial=trial_dir.name, stage=trial_dir.parent.name if trial_dir.parent != exp_dir else "")
     frame = _epochs(rows)
     for key, value in config.items():
-        frame[key] = [value] * len(frame)
+        frame[key] = column(value, frame)
     frame["trial"], frame["status"], frame["error"] = trial_dir.name, status.state, status.error
     frame["stage"] = trial_dir.parent.name if trial_dir.parent != exp_dir else ""
     frame["source"] = source_label(config.get(PRETRAINED))
     return frame
+
+
+def column(value: Any, frame: pd.DataFrame) -> pd.Series:
+    """A config value for every row of `frame`; a bool stays a bool beside numbers of other trials
+    (concatenated with an integer column, a bool column would become 1 and 0)."""
+    return pd.Series([value] * len(frame), index=frame.index, dtype=object if isinstance(value, bool) else None)
 
 
 def _epochs(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -104,7 +110,7 @@ def _head_rows(rows: list[dict[str, Any]], head: dict[str, Any], config: dict[st
         epochs.append({**shared, **reported.get(key, {})})
     frame = _epochs(epochs)
     for name, value in {**config, **head["bindings"]}.items():
-        frame[name] = [value] * len(frame)
+        frame[name] = column(value, frame)
     diverged = next((row["diverged"] for row in reversed(epochs) if row.get("diverged")), None)
     frame["head"], frame["peak_lr"] = head["head"], head.get("peak_lr")
     frame["status"] = DIVERGED if diverged and status.state in COMPLETED else status.state
