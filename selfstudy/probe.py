@@ -67,8 +67,9 @@ class GridOptions:
     views: int
 
 
-LOWEST = {"lrs": (0.0, "learning rates must be positive"), "weight_decays": (0.0, "use values of 0 or more"),
-          "budgets": (0, "use 0 (every image) or 2 or more images")}  # (a value must exceed or equal it, the fix)
+ALLOWED = {"lrs": (lambda v: v > 0, "learning rates must be positive"),
+           "weight_decays": (lambda v: v >= 0, "use values of 0 or more"),
+           "budgets": (lambda v: v == 0 or v >= 2, "use 0 (every image) or 2 or more images")}  # BatchNorm needs 2
 
 
 def _axis(name: str, values: Any, integer: bool = False) -> tuple[Any, ...] | None:
@@ -82,9 +83,9 @@ def _axis(name: str, values: Any, integer: bool = False) -> tuple[Any, ...] | No
         raise UserError(f"probe_grid.{name} = {values!r} must be a non-empty list of {kind}, e.g. {example}")
     if len(set(values)) < len(values):
         raise UserError(f"probe_grid.{name} = {list(values)} repeats a value: give each once")
-    lowest, fix = LOWEST[name]
-    bad = next((v for v in values if v < lowest or (name == "lrs" and v == 0) or (name == "budgets" and v == 1)), None)
-    if bad is not None:  # a budget of 1 image: BatchNorm cannot standardise a batch of one
+    allowed, fix = ALLOWED[name]
+    bad = next((v for v in values if not allowed(v)), None)
+    if bad is not None:
         raise UserError(f"probe_grid.{name} has {bad}: {fix}")
     return tuple(values)
 
@@ -158,21 +159,21 @@ def grid_heads(grid: GridOptions, dataset: DatasetFiles, options: DataOptions) -
             itertools.product(budgets, grid.weight_decays or [None], scales)]
 
 
-def grid_bound() -> bool:
-    """Whether the trial's gin config binds any probe_grid.* (without calling the configurable, so an
-    ordinary trial's operative config does not list the grid's settings)."""
+def trial_grid() -> GridOptions | None:
+    """The trial's grid (None: an ordinary trial). The configurable is called only when some
+    probe_grid.* is bound, so an ordinary trial's operative config does not list the grid's settings."""
     for name in ("lrs", "weight_decays", "budgets", "views"):
         try:
             gin.query_parameter(f"probe_grid.{name}")
         except ValueError:  # gin's answer for a parameter no binding sets
             continue
-        return True
-    return False
+        return grid_options()
+    return None
 
 
 def check_grid_task(task: Any) -> None:
     """A grid trains heads on each image's class; said before the task checks its own needs."""
-    if grid_bound() and grid_options() is not None and (not isinstance(task, ClassifyTask) or task.is_pose):
+    if trial_grid() is not None and (not isinstance(task, ClassifyTask) or task.is_pose):
         raise UserError(f"probe_grid.* trains linear heads on each image's class, but session.task is "
                         f"{type(task).__name__}{' with is_pose' if isinstance(task, ClassifyTask) else ''}: use "
                         "session.task = 'ClassifyTask' (without is_pose), or drop the probe_grid.* settings")
@@ -182,11 +183,10 @@ def check_grid(parts: Parts, config: dict[str, Any]) -> GridOptions | None:
     """The trial's grid, if it is a grid trial; a `UserError` if its model, task, settings or
     budgets do not fit. `config`: the trial's, whose own bindings (a sweep's, -p) a grid axis
     must not silently replace (a gin file's defaults it may)."""
-    grid = grid_options() if grid_bound() else None
+    grid = trial_grid()  # (build_parts has checked its task)
     if grid is None:
         return None
     model = parts.model
-    check_grid_task(parts.task)
     if model.dense_pred:
         raise UserError("probe_grid.* trains linear heads on each image's class: set Wrapper.dense_pred = False and "
                         "use a classification set")
@@ -216,8 +216,7 @@ def check_grid(parts: Parts, config: dict[str, Any]) -> GridOptions | None:
     if not grid.views and augments:
         legacy.note("probe_grid.views = 0: the heads train on features of the plain training images (augment.* is "
                     "not applied); set probe_grid.views to encode augmented views")
-    for budget in {head.budget for head in grid_heads(grid, parts.dataset, parts.options)}:
-        budget_rows(parts.dataset, parts.options, budget)
+    grid_heads(grid, parts.dataset, parts.options)  # refuses budgets and learning rates that cannot be
     return grid
 
 

@@ -22,7 +22,6 @@ from selfstudy.data import DividedSplit, ResidentSplit
 from selfstudy.data.splits import num_batches
 from selfstudy.errors import UserError
 from selfstudy.folders import PROBE_GRID_FILE, write_json
-from selfstudy.optim import build_schedule
 from selfstudy.probe import HeadState, budget_rows, check_grid, grid_heads, heads_logits, per_head_loss
 from selfstudy.selection import Selection
 from selfstudy.trial import Parts, Trial
@@ -45,7 +44,6 @@ class GridTrial(Trial):
         """Encode the splits (every training image, of every budget) and build each head."""
         self.grid = check_grid(parts, self.config)
         self.heads = grid_heads(self.grid, parts.dataset, parts.options)
-        self.num_epochs = build_schedule(1.0, 1).num_epochs
         self.test_at_end = bool(self.settings.test_iters) and self.settings.test_when == "best"
         wanted = ("train",) + ("valid",) * bool(self.settings.valid_iters) + ("test",) * bool(self.settings.test_iters)
         everything = dataclasses.replace(parts.options, semisupervised=None)
@@ -72,6 +70,7 @@ class GridTrial(Trial):
         self.states = [HeadState(head, self.model.classifier, group_of[k].steps_per_epoch,
                                  Selection(self.selection.metric, self.selection.mode))
                        for k, head in enumerate(self.heads)]
+        self.num_epochs = self.states[0].schedule.num_epochs  # every head's schedule ends at the last milestone
 
     @torch.no_grad()
     def encode(self, split: ResidentSplit | DividedSplit, augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

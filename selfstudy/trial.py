@@ -123,11 +123,11 @@ def check_trial(config: dict[str, Any]) -> None:
 def open_trial(config: dict[str, Any], trial_dir: Path | None = None, num_threads: int | None = None,
                node_id: str | None = None) -> "Trial":
     """The trial `config` describes: a `Trial`, or a probe grid's (`selfstudy.probe`) when it binds probe_grid.*."""
-    from selfstudy.probe import grid_bound, grid_options
+    from selfstudy.probe import trial_grid
     from selfstudy.probe_trial import GridTrial
 
     bind_trial(config)
-    kind = GridTrial if grid_bound() and grid_options() is not None else Trial
+    kind = GridTrial if trial_grid() is not None else Trial
     return kind(config, trial_dir, num_threads=num_threads, node_id=node_id)
 
 

@@ -134,6 +134,13 @@ def test_a_diverged_head_is_reported_and_the_others_finish(workspace: Workspace)
     assert "error:" not in done.stderr
     history = vis.load_history("grid")
     assert len(history[history["peak_lr"] == 0.1]) == 4 * 2  # two epochs of each trained head
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((workspace.exp_dir / "grid").glob("trial_*"))))
+    events.Reload()  # each head's curves in TensorBoard, named as Ray's logger names them
+    curve = [(event.step, event.value) for event in events.Scalars("ray/tune/heads/0/valid_accuracy")]
+    head0 = history[history["head"] == 0].sort_values("training_iteration")["valid_accuracy"].tolist()
+    assert [step for step, _ in curve] == [1, 2] and [value for _, value in curve] == pytest.approx(head0, abs=1e-6)
     picked = vis.best_heads(frame)  # of each budget, the head that trained
     assert list(picked["peak_lr"]) == [0.1, 0.1]
 
