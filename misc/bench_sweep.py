@@ -1,6 +1,6 @@
 """Per-trial overhead of a sweep through Ray, with and without warm trials. Prints one JSON line.
 
-    python misc/bench_sweep.py [--trials 8] [-p BINDING ...]
+    python misc/bench_sweep.py [--trials 8] [--trials-per-gpu 1] [--modes cold warm] [-p BINDING ...]
 
 Each mode runs `main.py -r` on a sweep of identical small trials (seeds 0..n-1 of
 digits/r9/classify, two short epochs) twice: with one trial and with n. The per-trial
@@ -30,11 +30,12 @@ TINY = ["ResNet.width = 8", "dataloader.batch_size = 64", "session.train_iters =
         "scheduler.milestones = [1, 2]", "scheduler.target_lrs = [0.05, 0.0]"]
 
 
-def sweep(folder: Path, name: str, trials: int, reuse: bool, params: list[str], env: dict[str, str]) -> dict:
+def sweep(folder: Path, name: str, trials: int, reuse: bool, per_gpu: int, params: list[str],
+          env: dict[str, str]) -> dict:
     config = folder / f"{name}.py"
     config.write_text("from ray import tune\n"
                       f"search_space = {{'seed': tune.grid_search(list(range({trials})))}}\n"
-                      f"reuse_actors = {reuse}\n")  # checkpoints as by default: every epoch and at the end
+                      f"reuse_actors = {reuse}\ntrials_per_gpu = {per_gpu}\n")  # checkpoints as by default: every epoch and at the end
     start = time.perf_counter()
     done = subprocess.run([sys.executable, str(ROOT / "main.py"), "-q", "-e", name, "-r", str(config), "-p",
                            *TINY, *params], env=env, capture_output=True, text=True)
@@ -50,22 +51,26 @@ def sweep(folder: Path, name: str, trials: int, reuse: bool, params: list[str], 
 
 
 def main() -> None:
+    from selfstudy.rayconfig import RayConfig
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("-p", "--params", nargs="*", default=[])
+    parser.add_argument("--trials-per-gpu", type=int, default=RayConfig.trials_per_gpu,
+                        help="the sweep's RayConfig.trials_per_gpu (where GPUs exist)")
+    parser.add_argument("--modes", nargs="+", choices=("cold", "warm"), default=["cold", "warm"])
     args = parser.parse_args()
     import torch
 
     from selfstudy.experiment import trial_resources
-    from selfstudy.rayconfig import RayConfig
 
     cluster = {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
-    slots_of = trial_resources(RayConfig("bench", {}), cluster)
+    slots_of = trial_resources(RayConfig("bench", {}, trials_per_gpu=args.trials_per_gpu), cluster)
     at_once = int(min(cluster["CPU"] // slots_of["cpu"], cluster["GPU"] / slots_of.get("gpu", 1) if cluster["GPU"]
                       else float("inf"))) or 1
     figures: dict[str, object] = {
         "device": torch.cuda.get_device_name() if cluster["GPU"] else f"cpu x{cluster['CPU']}",
-        "trials": args.trials, "at_once": at_once}
+        "trials": args.trials, "trials_per_gpu": args.trials_per_gpu, "at_once": at_once}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         env = {**os.environ, "SELFSTUDY_EXP_DIR": str(folder / "exp"), "RAY_AUTH_MODE": "disabled"}
@@ -73,14 +78,16 @@ def main() -> None:
         import paths
 
         paths.EXP_DIR = folder / "exp"
-        for mode, reuse in (("cold", False), ("warm", True)):
-            one = sweep(folder, f"{mode}_1", 1, reuse, args.params, env)
-            many = sweep(folder, f"{mode}_{args.trials}", args.trials, reuse, args.params, env)
+        for mode in args.modes:
+            reuse = mode == "warm"
+            one = sweep(folder, f"{mode}_1", 1, reuse, args.trials_per_gpu, args.params, env)
+            many = sweep(folder, f"{mode}_{args.trials}", args.trials, reuse, args.trials_per_gpu, args.params, env)
             extra = args.trials - 1
             overhead = (many["wall"] - one["wall"] - (many["train"] - one["train"]) / at_once) / extra
             figures.update({f"{mode}_overhead_s": round(overhead, 2), f"{mode}_wall_s": round(many["wall"], 1),
                             f"{mode}_train_s": round(many["train"], 1), f"{mode}_processes": many["processes"]})
-    figures["warm_vs_cold_wall"] = round(figures["warm_wall_s"] / figures["cold_wall_s"], 3)
+    if len(args.modes) == 2:
+        figures["warm_vs_cold_wall"] = round(figures["warm_wall_s"] / figures["cold_wall_s"], 3)
     print(json.dumps(figures))
 
 
