@@ -84,7 +84,8 @@ def main() -> None:
             many = sweep(folder, f"{mode}_{args.trials}", args.trials, reuse, args.trials_per_gpu, args.params, env)
             extra = args.trials - 1
             overhead = (many["wall"] - one["wall"] - (many["train"] - one["train"]) / at_once) / extra
-            figures.update({f"{mode}_overhead_s": round(overhead, 2), f"{mode}_wall_s": round(many["wall"], 1),
+            figures.update({f"{mode}_overhead_s": round(overhead, 2), f"{mode}_one_wall_s": round(one["wall"], 1),
+                            f"{mode}_wall_s": round(many["wall"], 1),
                             f"{mode}_train_s": round(many["train"], 1), f"{mode}_processes": many["processes"]})
     if len(args.modes) == 2:
         figures["warm_vs_cold_wall"] = round(figures["warm_wall_s"] / figures["cold_wall_s"], 3)

@@ -210,15 +210,17 @@ class Augment:
     def __call__(self, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
                  generator: torch.Generator | None = None, maps: Sequence[torch.Tensor] = ()) -> Augmented:
         """Augment a normalised batch B x C x H x W (mean/std: C, to undo the normalisation for
-        colour operations) and move its per-pixel maps (each B x H x W) with the same parameters."""
+        colour operations) and move its per-pixel maps (each N x H x W, N <= B: the maps of the
+        first N images) with the same parameters."""
         b, _, h, w = images.shape
         stack = stack_maps(maps)
+        n = 0 if stack is None else len(stack)
         if self.resized_crop:
             boxes = views.crop_boxes(b, h, w, self.resized_crop, generator, images.device)
             grid = views.crop_grid(boxes, h, w, (h, w))
             images = views.resized_crop(images, grid)
             if stack is not None:
-                stack = views.resized_crop(stack, grid, mode="nearest")
+                stack = views.resized_crop(stack, grid[:n], mode="nearest")
         if self.color_jitter or self.grayscale or self.solarize:
             scale, shift = std[:, None, None], mean[:, None, None]
             raw = images * scale + shift
@@ -237,7 +239,7 @@ class Augment:
             index, mirrored = flip_translate_index(b, self.crop, self.flip, tables, generator)
             images = gather_pixels(images, index)
             if stack is not None:
-                stack = gather_pixels(stack, index)
+                stack = gather_pixels(stack, index[:n])
         if self.cutout:
             images = batch_cutout(images, self.cutout, tables, generator)
         return Augmented(images, unstack_maps(stack, maps), mirrored)
@@ -246,17 +248,21 @@ class Augment:
               double: bool = False) -> Batch:
         """Augment a batch: its per-pixel fields move with the images, and labels a flip changes
         are mirrored for the flipped images. With `double`, add a second, independently augmented
-        view (`view2`; the fields describe the first)."""
+        view (`view2`; the fields describe the first). Both views are augmented in one pass over
+        the batch twice over (half the kernel launches of two passes): every image draws its own
+        parameters, and only the colour jitter's order is shared, as it is within a batch."""
         maps = batch.pixel_maps()
         self.check_maps(tuple(maps))
-        out = self(batch.images, mean, std, generator, tuple(maps.values()))
+        b = len(batch.images)
+        out = self(torch.cat([batch.images, batch.images]) if double else batch.images, mean, std, generator,
+                   tuple(maps.values()))
+        mirrored = out.mirrored[:b]
         moved = dict(zip(maps, out.maps))
         for name, mirror in MIRRORED_LABELS.items():
             label = getattr(batch, name)
             if label is not None:
-                moved[name] = torch.where(out.mirrored, mirror(label), label)
-        view2 = self(batch.images, mean, std, generator).images if double else None
-        return batch._replace(images=out.images, view2=view2, **moved)
+                moved[name] = torch.where(mirrored, mirror(label), label)
+        return batch._replace(images=out.images[:b], view2=out.images[b:] if double else None, **moved)
 
 
 @gin.configurable("augment")
