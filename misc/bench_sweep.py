@@ -8,8 +8,11 @@ overhead is the n-trial sweep's wall time minus the 1-trial sweep's, less the ex
 training time (their reported time_total_s, divided by the trials that run at once), per extra
 trial: what starting, building and finishing a trial costs beyond its epochs, with Ray's own
 start and stop taken out (checkpoints as by default). `warm` reuses worker processes
-(RayConfig.reuse_actors, the default), `cold` starts one per trial; `warm_vs_cold_wall` compares
-the n-trial sweeps' wall times. Everything lives in a temporary folder, removed at the end.
+(RayConfig.reuse_actors, the default), `cold` starts one per trial (`--modes` picks them);
+`warm_vs_cold_wall` compares the n-trial sweeps' wall times and `*_one_wall_s` is the 1-trial
+sweep's (Ray's start and stop, one trial). `--trials-per-gpu` sets RayConfig.trials_per_gpu:
+where trials share a GPU their training times lengthen, so the overhead figure is then only a
+rough one (it can come out negative). Everything lives in a temporary folder, removed at the end.
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ TINY = ["ResNet.width = 8", "dataloader.batch_size = 64", "session.train_iters =
 def sweep(folder: Path, name: str, trials: int, reuse: bool, per_gpu: int, params: list[str],
           env: dict[str, str]) -> dict:
     config = folder / f"{name}.py"
-    config.write_text("from ray import tune\n"
+    config.write_text("from ray import tune\n"  # checkpoints as by default: every epoch and at the end
                       f"search_space = {{'seed': tune.grid_search(list(range({trials})))}}\n"
-                      f"reuse_actors = {reuse}\ntrials_per_gpu = {per_gpu}\n")  # checkpoints as by default: every epoch and at the end
+                      f"reuse_actors = {reuse}\ntrials_per_gpu = {per_gpu}\n")
     start = time.perf_counter()
     done = subprocess.run([sys.executable, str(ROOT / "main.py"), "-q", "-e", name, "-r", str(config), "-p",
                            *TINY, *params], env=env, capture_output=True, text=True)
@@ -58,7 +61,8 @@ def main() -> None:
     parser.add_argument("-p", "--params", nargs="*", default=[])
     parser.add_argument("--trials-per-gpu", type=int, default=RayConfig.trials_per_gpu,
                         help="the sweep's RayConfig.trials_per_gpu (where GPUs exist)")
-    parser.add_argument("--modes", nargs="+", choices=("cold", "warm"), default=["cold", "warm"])
+    parser.add_argument("--modes", nargs="+", choices=("cold", "warm"), default=["cold", "warm"],
+                        help="which sweeps to run (default: both)")
     args = parser.parse_args()
     import torch
 
@@ -78,7 +82,7 @@ def main() -> None:
         import paths
 
         paths.EXP_DIR = folder / "exp"
-        for mode in args.modes:
+        for mode in dict.fromkeys(args.modes):
             reuse = mode == "warm"
             one = sweep(folder, f"{mode}_1", 1, reuse, args.trials_per_gpu, args.params, env)
             many = sweep(folder, f"{mode}_{args.trials}", args.trials, reuse, args.trials_per_gpu, args.params, env)
@@ -87,7 +91,7 @@ def main() -> None:
             figures.update({f"{mode}_overhead_s": round(overhead, 2), f"{mode}_one_wall_s": round(one["wall"], 1),
                             f"{mode}_wall_s": round(many["wall"], 1),
                             f"{mode}_train_s": round(many["train"], 1), f"{mode}_processes": many["processes"]})
-    if len(args.modes) == 2:
+    if {"cold", "warm"} <= set(args.modes):
         figures["warm_vs_cold_wall"] = round(figures["warm_wall_s"] / figures["cold_wall_s"], 3)
     print(json.dumps(figures))
 

@@ -100,7 +100,7 @@ def unstack_maps(stack: torch.Tensor | None, like: Sequence[torch.Tensor]) -> tu
 
 class Augmented(NamedTuple):
     images: torch.Tensor  # B x C x H x W, normalised
-    maps: tuple[torch.Tensor, ...]  # the per-pixel maps given, B x H x W each, moved with the images
+    maps: tuple[torch.Tensor, ...]  # the per-pixel maps given (N x H x W each, of the first N images), moved
     mirrored: torch.Tensor  # B bool: the images flipped left-right
 
 

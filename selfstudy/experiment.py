@@ -137,25 +137,9 @@ def run(request: Request) -> int:
         ray_config.checkpoint_at_end = True
     space = param_space(request, ray_config)
     variants = expand(space, ray_config.num_samples)
-    check_while_ray_starts(request, variants)
+    check_variants(variants)
     launch(request, directory, ray_config, space, variants)
     return finish(directory, request.exp_id)
-
-
-def check_while_ray_starts(request: Request, variants: list[dict[str, Any]]) -> None:
-    """`check_variants`, while Ray starts (unless -l): each takes seconds of a sweep's start, mostly
-    waiting on other processes or first-use imports, so they overlap. Ray starts in this (the main)
-    thread, which keeps its signal handling; a bad variant's error is raised once Ray is up, and
-    nothing has been written to the experiment folder."""
-    if request.local:
-        check_variants(variants)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1, thread_name_prefix="check") as pool:
-        checked = pool.submit(check_variants, variants)
-        start_ray(request)
-        checked.result()
 
 
 def launch(request: Request, directory: Path, ray_config: RayConfig, space: dict[str, Any],
