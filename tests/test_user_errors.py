@@ -152,6 +152,7 @@ CASES = [
     Case(["-p", "Wrapper.out_classes = [10, 0]"], "must be a positive number of outputs or a list of them"),
     Case(["-p", "session.model = 'ResnetModel'"], "session.model = 'ResnetModel': the model is always 'Wrapper'"),
     Case(["-p", "Wrapper.model_choice = 'vgg'"], "unknown Wrapper.model_choice 'vgg'"),
+    Case(["-p", "ResNet.width = -8"], "ResNet.width = -8 must be a whole number of channels, at least 1"),
     Case(["-p", "scheduler.scheduler_fn = 'StepLR'"], "unknown scheduler.scheduler_fn 'StepLR'"),
     Case(["-g", "digits/r9/cmc", "-p", "DigitsDataset.to_lab = False"], "CMCTask contrasts the L and ab channels of "
                                                                         "LAB images, but DigitsDataset stores rgb"),

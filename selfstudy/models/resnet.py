@@ -124,6 +124,10 @@ class ResNet(nn.Module):
         if skip_init_pool is False and arch == "resnet9":
             raise UserError("ResNet.skip_init_pool = False keeps the stem's max-pool of resnet18/50; resnet9 has none: "
                             "leave it unset")
+        narrowest = 2 if is_half else 1  # is_half halves the layers' width
+        if isinstance(width, bool) or not isinstance(width, int) or width < narrowest:
+            raise UserError(f"ResNet.width = {width!r} must be a whole number of channels, at least {narrowest} "
+                            f"(64 in the CIFAR original)")
         dilate = replace_stride_with_dilation or [False] * 3
         if not isinstance(dilate, (list, tuple)) or len(dilate) != 3 or not all(isinstance(d, bool) for d in dilate):
             raise UserError(f"ResNet.replace_stride_with_dilation = {replace_stride_with_dilation!r} needs one bool per "
