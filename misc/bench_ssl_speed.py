@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.steps < 1 or args.rounds < 1:
+        parser.error("--steps and --rounds must be at least 1")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = {"gin_config": [args.gin], "gin_params": dict(split_binding(b) for b in args.params)}
     parts = build_parts(config, device)

@@ -64,6 +64,10 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=("cold", "warm"), default=["cold", "warm"],
                         help="which sweeps to run (default: both)")
     args = parser.parse_args()
+    if args.trials < 2:
+        parser.error("--trials must be at least 2: the overhead compares a sweep of that many trials with one of 1")
+    if args.trials_per_gpu < 1:
+        parser.error("--trials-per-gpu must be at least 1")
     import torch
 
     from selfstudy.experiment import trial_resources

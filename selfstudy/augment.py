@@ -249,7 +249,7 @@ class Augment:
         """Augment a batch: its per-pixel fields move with the images, and labels a flip changes
         are mirrored for the flipped images. With `double`, add a second, independently augmented
         view (`view2`; the fields describe the first). Both views are augmented in one pass over
-        the batch twice over (half the kernel launches of two passes): every image draws its own
+        the batch stacked twice (half the kernel launches of two passes): every image draws its own
         parameters, and only the colour jitter's order is shared, as it is within a batch."""
         maps = batch.pixel_maps()
         self.check_maps(tuple(maps))

@@ -74,9 +74,11 @@ def expand(space: dict[str, Any], num_samples: int = 1) -> list[dict[str, Any]]:
 
 
 def check_variants(variants: list[dict[str, Any]]) -> None:
-    """Raise the first `UserError` any distinct variant would meet at setup."""
+    """Raise the first `UserError` any distinct variant would meet at setup, or one for none at all."""
     from selfstudy.trial import check_trial
 
+    if not variants:
+        raise UserError("the search_space gives no trials: every tune.grid_search needs at least one value")
     seen = set()
     for config in variants:
         key = json.dumps(config, sort_keys=True, default=str)

@@ -5,25 +5,41 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import gin
 import pytest
 import torch
 
 from conftest import TINY
-from selfstudy.tasks.amdim import amdim_nce
+from selfstudy.tasks.amdim import AMDIMTask, amdim_nce
 from selfstudy.config import split_binding
 from selfstudy.data import Batch
 from selfstudy import legacy
 from selfstudy.errors import UserError
 from selfstudy.models import ResNet, Wrapper
-from selfstudy.tasks.byol import byol_loss, ema_momentum
-from selfstudy.tasks.cmc import memory_bank_nce, split_lab
+from selfstudy.tasks.byol import BYOLTask, byol_loss, ema_momentum
+from selfstudy.tasks.cmc import CMCTask, memory_bank_nce, split_lab
 from selfstudy.tasks.moco import MoCoTask, moco_loss, momentum_update, shuffled_encode, split_encode
 from selfstudy.tasks.rotate import rotate_batch, rotation_loss
-from selfstudy.tasks.simclr import nt_xent
-from selfstudy.tasks.vae import erase_squares, gaussian_kl, vae_loss
+from selfstudy.tasks.simclr import SimCLRTask, nt_xent
+from selfstudy.tasks.vae import VAETask, erase_squares, gaussian_kl, vae_loss
 from selfstudy.trial import Trial
+
+
+@pytest.mark.parametrize("task, setting, value, says", [
+    (SimCLRTask, "temperature", 0, "a number above 0"), (SimCLRTask, "proj_dim", 0, "a whole number, at least 1"),
+    (BYOLTask, "base_momentum", 1.5, "in [0, 1]"), (BYOLTask, "proj_hidden", 64.0, "a whole number"),
+    (MoCoTask, "temperature", -0.2, "above 0"), (MoCoTask, "momentum", True, "in [0, 1]"),
+    (MoCoTask, "queue_size", 0, "at least 1"), (CMCTask, "bank_momentum", -1, "in [0, 1]"),
+    (CMCTask, "negatives", "many", "a whole number"), (AMDIMTask, "reg", -0.1, "at least 0"),
+    (AMDIMTask, "scales", 0, "at least 1"), (VAETask, "erase", 2.5, "a whole number, at least 0"),
+    (VAETask, "latent", 0, "at least 1")])
+def test_method_settings_out_of_range_are_refused(task: type, setting: str, value: object, says: str) -> None:
+    task()  # the defaults pass
+    expected = rf"{task.__name__}\.{setting} = {re.escape(repr(value))} must be .*{re.escape(says)}"
+    with pytest.raises(UserError, match=expected):
+        task(**{setting: value})
 
 
 def test_rotations_and_their_labels() -> None:

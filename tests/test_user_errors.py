@@ -153,6 +153,10 @@ CASES = [
     Case(["-p", "session.model = 'ResnetModel'"], "session.model = 'ResnetModel': the model is always 'Wrapper'"),
     Case(["-p", "Wrapper.model_choice = 'vgg'"], "unknown Wrapper.model_choice 'vgg'"),
     Case(["-p", "ResNet.width = -8"], "ResNet.width = -8 must be a whole number of channels, at least 1"),
+    Case(["-g", "digits/r9/simclr", "-p", "SimCLRTask.temperature = 0"], "SimCLRTask.temperature = 0 must be a "
+                                                                         "number above 0"),
+    Case(["-g", "digits/r9/byol", "-p", "BYOLTask.base_momentum = 1.5"], "BYOLTask.base_momentum = 1.5 must be a "
+                                                                         "number in [0, 1]"),
     Case(["-p", "scheduler.scheduler_fn = 'StepLR'"], "unknown scheduler.scheduler_fn 'StepLR'"),
     Case(["-g", "digits/r9/cmc", "-p", "DigitsDataset.to_lab = False"], "CMCTask contrasts the L and ab channels of "
                                                                         "LAB images, but DigitsDataset stores rgb"),
@@ -192,6 +196,7 @@ CASES = [
              "it as", study("backbone_mismatch", f'stages = [{PRETRAIN}, {{"name": "transfer", "pretrained_from": '
                                                  '"pretrain", "search_space": {"ResNet.width": 8}}]')),
     Case([], "two stages are named 'pretrain'", study("same_name", f"stages = [{PRETRAIN}, {PRETRAIN}]")),
+    Case([], "the search_space gives no trials", study("empty_grid", "search_space = {'seed': tune.grid_search([])}")),
     Case([], "unknown key 'source'", study("unknown_key",
         f'stages = [{PRETRAIN}, {{"name": "transfer", "source": "pretrain", "search_space": {{}}}}]')),
 ]

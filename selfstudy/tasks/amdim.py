@@ -12,7 +12,7 @@ from torch import nn
 from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions
 from selfstudy.models import Wrapper
-from selfstudy.tasks.base import SelfSupervisedTask
+from selfstudy.tasks.base import SelfSupervisedTask, check_settings
 
 
 def amdim_nce(global_: torch.Tensor, local: torch.Tensor, tclip: float, reg: float = 5e-2) -> torch.Tensor:
@@ -39,6 +39,8 @@ class AMDIMTask(SelfSupervisedTask):
 
     def __init__(self, tclip: float = 20.0, embedding: int = 256, scales: int = 2, reg: float = 5e-2):
         super().__init__()
+        check_settings("AMDIMTask", {"tclip": "positive", "embedding": "count", "scales": "count",
+                                     "reg": "nonnegative"}, locals())
         self.tclip, self.embedding, self.scales, self.reg = tclip, embedding, scales, reg
 
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:

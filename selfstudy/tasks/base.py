@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 from torch import nn
 
@@ -9,6 +11,25 @@ from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
+
+
+RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "positive": (lambda v: v > 0, "a number above 0"),
+    "nonnegative": (lambda v: v >= 0, "a number, at least 0"),
+    "fraction": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "count": (lambda v: isinstance(v, int) and v >= 1, "a whole number, at least 1"),
+    "whole": (lambda v: isinstance(v, int) and v >= 0, "a whole number, at least 0"),
+}
+
+
+def check_settings(owner: str, rules: dict[str, str], values: dict[str, Any]) -> None:
+    """Raise a one-line `UserError` for the first setting `owner.<name>` whose value in `values`
+    breaks its rule of `RULES` (a bool is never a number here)."""
+    for name, rule in rules.items():
+        value = values[name]
+        test, must = RULES[rule]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not test(value):
+            raise UserError(f"{owner}.{name} = {value!r} must be {must}")
 
 
 class Task(nn.Module):

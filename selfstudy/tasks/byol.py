@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions
 from selfstudy.models import Wrapper
-from selfstudy.tasks.base import SelfSupervisedTask, projection_head
+from selfstudy.tasks.base import SelfSupervisedTask, check_settings, projection_head
 from selfstudy.tasks.moco import momentum_update
 
 
@@ -36,6 +36,8 @@ class BYOLTask(SelfSupervisedTask):
 
     def __init__(self, base_momentum: float = 0.99, proj_dim: int = 128, proj_hidden: int = 512):
         super().__init__()
+        check_settings("BYOLTask", {"base_momentum": "fraction", "proj_dim": "count", "proj_hidden": "count"},
+                       locals())
         self.base_momentum, self.proj_dim, self.proj_hidden = base_momentum, proj_dim, proj_hidden
 
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:

@@ -16,7 +16,7 @@ from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
-from selfstudy.tasks.base import SelfSupervisedTask
+from selfstudy.tasks.base import SelfSupervisedTask, check_settings
 
 
 def memory_bank_nce(z: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor,
@@ -46,6 +46,8 @@ class CMCTask(SelfSupervisedTask):
     def __init__(self, temperature: float = 0.07, negatives: int = 1024, bank_momentum: float = 0.5,
                  embedding: int = 128):
         super().__init__()
+        check_settings("CMCTask", {"temperature": "positive", "negatives": "count", "bank_momentum": "fraction",
+                                   "embedding": "count"}, locals())
         self.temperature, self.negatives, self.bank_momentum, self.embedding = (temperature, negatives,
                                                                                 bank_momentum, embedding)
 

@@ -21,7 +21,7 @@ from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
-from selfstudy.tasks.base import SelfSupervisedTask, projection_head
+from selfstudy.tasks.base import SelfSupervisedTask, check_settings, projection_head
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 
@@ -78,6 +78,8 @@ class MoCoTask(SelfSupervisedTask):
     def __init__(self, temperature: float = 0.2, momentum: float = 0.99, queue_size: int = 4096,
                  proj_dim: int = 128, proj_hidden: int = 512, bn_splits: int = 8):
         super().__init__()
+        check_settings("MoCoTask", {"temperature": "positive", "momentum": "fraction", "queue_size": "count",
+                                    "proj_dim": "count", "proj_hidden": "count"}, locals())
         if not isinstance(bn_splits, int) or bn_splits < 2:
             raise UserError(f"MoCoTask.bn_splits = {bn_splits!r} must be an integer >= 2: queries and keys need "
                             "sub-batches of their own for BatchNorm (shuffle-BN); MoCo's CIFAR recipe uses 8")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions
 from selfstudy.models import Wrapper
-from selfstudy.tasks.base import SelfSupervisedTask, projection_head
+from selfstudy.tasks.base import SelfSupervisedTask, check_settings, projection_head
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -32,6 +32,8 @@ class SimCLRTask(SelfSupervisedTask):
 
     def __init__(self, temperature: float = 0.5, proj_dim: int = 128, proj_hidden: int = 512):
         super().__init__()
+        check_settings("SimCLRTask", {"temperature": "positive", "proj_dim": "count", "proj_hidden": "count"},
+                       locals())
         self.temperature, self.proj_dim, self.proj_hidden = temperature, proj_dim, proj_hidden
 
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions
 from selfstudy.models import Wrapper
-from selfstudy.tasks.base import SelfSupervisedTask
+from selfstudy.tasks.base import SelfSupervisedTask, check_settings
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -68,6 +68,7 @@ class VAETask(SelfSupervisedTask):
 
     def __init__(self, lmd: float = 1e-3, latent: int = 64, erase: int = 0):
         super().__init__()
+        check_settings("VAETask", {"lmd": "nonnegative", "latent": "count", "erase": "whole"}, locals())
         self.lmd, self.latent, self.erase = lmd, latent, erase
 
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
