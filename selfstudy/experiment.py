@@ -157,6 +157,10 @@ def launch(request: Request, directory: Path, ray_config: RayConfig, space: dict
         return
     from ray import tune
 
+    # Tune snapshots the experiment's state whenever a trial has saved keep_checkpoints checkpoints,
+    # and warns (4 lines each time) when that happens within 5 s: for short epochs on local disk
+    # it always does, and the snapshot costs milliseconds. A user's own setting of it still counts.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     start_ray(request)
     resources = trial_resources(ray_config, cluster=cluster_resources())
     tuner = tune.Tuner(

@@ -187,3 +187,13 @@ def test_a_bool_setting_stays_a_bool_beside_numbers(tmp_path: Path) -> None:
         (trial_dir / "result.json").write_text(json.dumps({"training_iteration": 1, "done": True}) + "\n")
     frame = vis.load_experiment(tmp_path).sort_values("trial")
     assert frame["augment.crop"].tolist() == [True, 2] and frame["augment.crop"].iloc[0] is True
+
+
+def test_a_sweep_without_q_prints_tune_progress_but_no_snapshot_warnings(workspace: Workspace) -> None:
+    """Short epochs checkpointed every epoch make Tune snapshot its state every few seconds; its
+    4-line warning about that (printed after every trial's second checkpoint) is switched off."""
+    done = workspace.run("-e", "loud", "-p", *TINY, "scheduler.milestones = [1, 3]", "scheduler.target_lrs = [0.05, 0]")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Trial status" in done.stdout + done.stderr  # Tune's own progress report is there without -q
+    assert "snapshotting has been triggered" not in done.stdout + done.stderr
+    assert vis.load_experiment("loud")["epoch"].max() == 3
