@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import paths
 from selfstudy import folders
@@ -157,10 +158,6 @@ def launch(request: Request, directory: Path, ray_config: RayConfig, space: dict
         return
     from ray import tune
 
-    # Tune snapshots the experiment's state whenever a trial has saved keep_checkpoints checkpoints,
-    # and warns (4 lines each time) when that happens within 5 s: for short epochs on local disk
-    # it always does, and the snapshot costs milliseconds. A user's own setting of it still counts.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     start_ray(request)
     resources = trial_resources(ray_config, cluster=cluster_resources())
     tuner = tune.Tuner(
@@ -189,13 +186,40 @@ def tune_selection(ray_config: RayConfig) -> dict[str, str | None]:
     return {"metric": ray_config.metric, "mode": ray_config.mode}
 
 
+@contextlib.contextmanager
+def tune_output(quiet: bool) -> Iterator[None]:
+    """What Tune prints while it runs (its controller reads these settings when it starts; a
+    user's own environment setting still counts):
+    - never its warning that the experiment's state was snapshotted twice within 5 s (4 lines,
+      after every trial's second checkpoint when epochs are short; a snapshot costs milliseconds);
+    - with `quiet`, not each failed attempt's traceback, nor its summary of incomplete trials, nor
+      its banner (printed at every verbosity): the report after the run gives every failure a
+      line, and the trial's error.txt keeps the tracebacks."""
+    settings = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+    if quiet:
+        settings["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
+    added = [name for name in settings if name not in os.environ]
+    summary = logging.getLogger("ray.tune.tune")
+    level = summary.level
+    os.environ.update({name: settings[name] for name in added})
+    if quiet:
+        summary.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            yield
+    finally:
+        for name in added:
+            del os.environ[name]
+        summary.setLevel(level)
+
+
 def fit(tuner: Any, quiet: bool) -> None:
-    """Run the Tuner (with `quiet`, Tune's banner, printed at every verbosity, goes nowhere). On
-    Ctrl-C, Tune stops the trials gracefully (saving their state) and returns; it then has put
-    back the SIGINT handler it replaced, which tells an interrupted run from a complete one.
-    After a complete run, trials a scheduler ended early are marked stopped."""
+    """Run the Tuner, printing as `tune_output` says. On Ctrl-C, Tune stops the trials gracefully
+    (saving their state) and returns; it then has put back the SIGINT handler it replaced, which
+    tells an interrupted run from a complete one. After a complete run, trials a scheduler ended
+    early are marked stopped."""
     before = signal.getsignal(signal.SIGINT)
-    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+    with tune_output(quiet):
         grid = tuner.fit()
     tune_handled_sigint = not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
     interrupted = tune_handled_sigint and signal.getsignal(signal.SIGINT) is before

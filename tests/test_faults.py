@@ -129,6 +129,10 @@ max_failures = 0
     assert diverged["trial"] in line and "scheduler.target_lrs=[1000000000.0, 1000000000.0]" in line
     assert "training diverged at epoch" in line
     assert f"{diverged['trial']}" in done.stdout and "errored" in done.stdout  # in the final table too
+    # -q: the failure is that one line; Tune's traceback and summary stay in error.txt and out of the output
+    assert "Traceback" not in done.stdout + done.stderr and "Trials did not complete" not in done.stderr
+    assert done.stderr.strip().splitlines() == [line], done.stderr
+    assert "in run_epoch" in (workspace.exp_dir / "nan" / diverged["trial"] / "error.txt").read_text()  # the stack
 
 
 def test_local_sweep_goes_past_a_failed_trial_and_refuses_a_planted_checkpoint(workspace: Workspace,
