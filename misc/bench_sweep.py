@@ -44,7 +44,8 @@ def sweep(folder: Path, name: str, trials: int, reuse: bool, per_gpu: int, param
                            *TINY, *params], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}")
+        errors = "".join(e.read_text() for e in (Path(env["SELFSTUDY_EXP_DIR"]) / name).glob("*/error.txt"))
+        raise SystemExit(f"{name} failed:\n{done.stderr[-2000:]}{errors[-3000:]}")
     from util import vis
 
     frame = vis.load_experiment(name)

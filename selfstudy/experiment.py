@@ -192,25 +192,32 @@ def tune_output(quiet: bool) -> Iterator[None]:
     user's own environment setting still counts):
     - never its warning that the experiment's state was snapshotted twice within 5 s (4 lines,
       after every trial's second checkpoint when epochs are short; a snapshot costs milliseconds);
-    - with `quiet`, not each failed attempt's traceback, nor its summary of incomplete trials, nor
-      its banner (printed at every verbosity): the report after the run gives every failure a
-      line, and the trial's error.txt keeps the tracebacks."""
+    - with `quiet`, not each failed attempt's traceback, nor its list of incomplete trials, nor
+      its banner (printed at every verbosity): the report after the run gives every failed trial
+      a line, and the trial's error.txt keeps the tracebacks. Tune's other errors still print."""
     settings = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
     if quiet:
         settings["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
     added = [name for name in settings if name not in os.environ]
-    summary = logging.getLogger("ray.tune.tune")
-    level = summary.level
     os.environ.update({name: settings[name] for name in added})
+    summary = logging.getLogger("ray.tune.tune")
+    listed = IncompleteTrials()
     if quiet:
-        summary.setLevel(logging.CRITICAL)
+        summary.addFilter(listed)
     try:
         with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
             yield
     finally:
         for name in added:
-            del os.environ[name]
-        summary.setLevel(level)
+            os.environ.pop(name, None)
+        summary.removeFilter(listed)
+
+
+class IncompleteTrials(logging.Filter):
+    """Drops Tune's 'Trials did not complete: [...]', which the report after the run says better."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Trials did not complete")
 
 
 def fit(tuner: Any, quiet: bool) -> None:

@@ -15,7 +15,7 @@ import ray
 import torch
 from ray import tune
 
-from selfstudy import legacy
+from selfstudy import folders, legacy
 from selfstudy.trial import open_trial
 
 
@@ -26,6 +26,8 @@ class Session(tune.Trainable):
         trial_dir = Path(self._storage.trial_fs_path) if self._storage else Path(self.logdir)
         cpus = self.trial_resources.required_resources.get("CPU") if self.trial_resources else None
         node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        if not (trial_dir / folders.PARAMS_FILE).exists():  # Tune writes it once the trial has started:
+            folders.write_json(trial_dir / folders.PARAMS_FILE, config)  # a trial failing in setup is listed too
         self.trial = open_trial(config, trial_dir, num_threads=int(cpus) if cpus else None, node_id=node_id)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:

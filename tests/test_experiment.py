@@ -197,3 +197,22 @@ def test_a_sweep_without_q_prints_tune_progress_but_no_snapshot_warnings(workspa
     assert "Trial status" in done.stdout + done.stderr  # Tune's own progress report is there without -q
     assert "snapshotting has been triggered" not in done.stdout + done.stderr
     assert vis.load_experiment("loud")["epoch"].max() == 3
+
+
+def test_tune_output_settings_last_only_for_the_run() -> None:
+    """`tune_output` sets Tune's print settings for one run and puts everything back, also when
+    the run raises; a user's own setting is kept."""
+    import logging
+    import os
+
+    from selfstudy.experiment import tune_output
+
+    summary = logging.getLogger("ray.tune.tune")
+    names = ("TUNE_PRINT_ALL_TRIAL_ERRORS", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S")
+    before = {name: os.environ.get(name) for name in names}
+    with pytest.raises(KeyboardInterrupt), tune_output(quiet=True):
+        assert all(os.environ[name] == "0" for name in names if before[name] is None)
+        assert not summary.filter(logging.makeLogRecord({"msg": "Trials did not complete: [t1]"}))
+        assert summary.filter(logging.makeLogRecord({"msg": "Experiment state snapshotting failed"}))
+        raise KeyboardInterrupt
+    assert {name: os.environ.get(name) for name in names} == before and not summary.filters

@@ -135,6 +135,28 @@ max_failures = 0
     assert "in run_epoch" in (workspace.exp_dir / "nan" / diverged["trial"] / "error.txt").read_text()  # the stack
 
 
+def test_trials_that_fail_while_starting_are_reported(workspace: Workspace, tmp_path: Path) -> None:
+    """A trial that fails in setup never starts for Tune, which then writes no params.json; the
+    trials are still listed and reported (with -q their lines are all that is printed)."""
+    made = workspace.run("-e", "source", "-l", "-q", "-p", *TINY)
+    assert made.returncode == 0, made.stdout + made.stderr
+    snapshot = sorted((workspace.exp_dir / "source").glob("*/checkpoint_*/snapshot"))[-1]
+    config = write_ray_config(tmp_path, """
+from ray import tune
+search_space = {"seed": tune.grid_search([0, 1])}
+max_failures = 0
+""")  # the snapshot exists, as the check before Ray asks, but is of a narrower model: setup fails
+    done = workspace.run("-e", "misfit", "-q", "-r", str(config), "-p", *TINY, "ResNet.width = 8",
+                         f"session.restore_session = '{snapshot}'")
+    assert done.returncode == 1, done.stdout + done.stderr
+    frame = vis.load_experiment("misfit")
+    assert sorted(frame["seed"]) == [0, 1] and (frame["status"] == "errored").all()
+    assert all("snapshot does not fit" in error for error in frame["error"])
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("error: trial") and "snapshot does not fit" in line
+                                   for line in lines), done.stderr
+
+
 def test_local_sweep_goes_past_a_failed_trial_and_refuses_a_planted_checkpoint(workspace: Workspace,
                                                                                tmp_path: Path) -> None:
     config = write_ray_config(tmp_path, """

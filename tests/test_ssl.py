@@ -28,18 +28,25 @@ from selfstudy.trial import Trial
 
 
 @pytest.mark.parametrize("task, setting, value, says", [
-    (SimCLRTask, "temperature", 0, "a number above 0"), (SimCLRTask, "proj_dim", 0, "a whole number, at least 1"),
+    (SimCLRTask, "temperature", 0, "a finite number above 0"),
+    (SimCLRTask, "proj_dim", 0, "a whole number, at least 1"),
     (BYOLTask, "base_momentum", 1.5, "in [0, 1]"), (BYOLTask, "proj_hidden", 64.0, "a whole number"),
     (MoCoTask, "temperature", -0.2, "above 0"), (MoCoTask, "momentum", True, "in [0, 1]"),
     (MoCoTask, "queue_size", 0, "at least 1"), (CMCTask, "bank_momentum", -1, "in [0, 1]"),
     (CMCTask, "negatives", "many", "a whole number"), (AMDIMTask, "reg", -0.1, "at least 0"),
     (AMDIMTask, "scales", 0, "at least 1"), (VAETask, "erase", 2.5, "a whole number, at least 0"),
-    (VAETask, "latent", 0, "at least 1")])
+    (VAETask, "latent", 0, "at least 1"), (SimCLRTask, "temperature", math.inf, "a finite number above 0"),
+    (AMDIMTask, "tclip", math.nan, "a finite number above 0")])
 def test_method_settings_out_of_range_are_refused(task: type, setting: str, value: object, says: str) -> None:
     task()  # the defaults pass
     expected = rf"{task.__name__}\.{setting} = {re.escape(repr(value))} must be .*{re.escape(says)}"
     with pytest.raises(UserError, match=expected):
         task(**{setting: value})
+
+
+def test_method_settings_at_the_ends_of_their_ranges_are_taken() -> None:
+    MoCoTask(momentum=0.0), MoCoTask(momentum=1.0), BYOLTask(base_momentum=1), CMCTask(bank_momentum=0)
+    AMDIMTask(reg=0), VAETask(erase=0, lmd=0), SimCLRTask(temperature=1e-3, proj_dim=1, proj_hidden=1)
 
 
 def test_rotations_and_their_labels() -> None:

@@ -154,9 +154,12 @@ CASES = [
     Case(["-p", "Wrapper.model_choice = 'vgg'"], "unknown Wrapper.model_choice 'vgg'"),
     Case(["-p", "ResNet.width = -8"], "ResNet.width = -8 must be a whole number of channels, at least 1"),
     Case(["-g", "digits/r9/simclr", "-p", "SimCLRTask.temperature = 0"], "SimCLRTask.temperature = 0 must be a "
-                                                                         "number above 0"),
+                                                                         "finite number above 0"),
     Case(["-g", "digits/r9/byol", "-p", "BYOLTask.base_momentum = 1.5"], "BYOLTask.base_momentum = 1.5 must be a "
                                                                          "number in [0, 1]"),
+    Case(["-g", "digits/r9/vae", "-p", "VAETask.erase = 40"], "VAETask.erase = 40 blanks a square larger than the "
+                                                                 "32x32 images of DigitsDataset: give at most 32"),
+    Case(["-g", "digits/r9/amdim", "-p", "AMDIMTask.scales = 9"], "AMDIMTask.scales = 9 asks for more stages than"),
     Case(["-p", "scheduler.scheduler_fn = 'StepLR'"], "unknown scheduler.scheduler_fn 'StepLR'"),
     Case(["-g", "digits/r9/cmc", "-p", "DigitsDataset.to_lab = False"], "CMCTask contrasts the L and ab channels of "
                                                                         "LAB images, but DigitsDataset stores rgb"),

@@ -11,6 +11,7 @@ from torch import nn
 
 from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions
+from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 from selfstudy.tasks.base import SelfSupervisedTask, check_settings
 
@@ -52,6 +53,9 @@ class AMDIMTask(SelfSupervisedTask):
         with torch.no_grad():
             channels = [m.shape[1] for m in model.backbone.stage_maps(probe)]
         model.backbone.train(was_training)
+        if self.scales > len(channels):
+            raise UserError(f"AMDIMTask.scales = {self.scales} asks for more stages than the {len(channels)} the "
+                            f"backbone runs: give at most {len(channels)}")
         self.global_head = nn.Linear(model.backbone.out_dim, self.embedding)
         self.local_heads = nn.ModuleList(nn.Conv2d(c, self.embedding, 1) for c in channels[-self.scales:])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -14,8 +15,8 @@ from selfstudy.models import Wrapper
 
 
 RULES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "positive": (lambda v: v > 0, "a number above 0"),
-    "nonnegative": (lambda v: v >= 0, "a number, at least 0"),
+    "positive": (lambda v: 0 < v < math.inf, "a finite number above 0"),
+    "nonnegative": (lambda v: 0 <= v < math.inf, "a finite number, at least 0"),
     "fraction": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "count": (lambda v: isinstance(v, int) and v >= 1, "a whole number, at least 1"),
     "whole": (lambda v: isinstance(v, int) and v >= 0, "a whole number, at least 0"),

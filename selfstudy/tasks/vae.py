@@ -14,6 +14,7 @@ from torch import nn
 
 from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions
+from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 from selfstudy.tasks.base import SelfSupervisedTask, check_settings
 
@@ -73,8 +74,12 @@ class VAETask(SelfSupervisedTask):
 
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
         super().setup(model, dataset, options)
+        res = dataset.resolution(options)
+        if self.erase > res:
+            raise UserError(f"VAETask.erase = {self.erase} blanks a square larger than the {res}x{res} images of "
+                            f"{dataset.name}: give at most {res} pixels (0: off)")
         self.posterior = nn.Linear(model.backbone.out_dim, 2 * self.latent)  # mean and log-variance
-        self.decoder = Decoder(self.latent, dataset.channels, dataset.resolution(options))
+        self.decoder = Decoder(self.latent, dataset.channels, res)
 
     def objective(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         inputs = erase_squares(batch.images, self.erase) if self.erase else batch.images
