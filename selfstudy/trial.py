@@ -120,6 +120,20 @@ def check_trial(config: dict[str, Any]) -> None:
     check_grid(parts, config)
 
 
+def first_difference(saved: dict[str, Any], own: dict[str, Any]) -> str | None:
+    """What first keeps the state `saved` from loading into one whose state is `own`: a missing
+    or unknown entry, or a tensor of another shape (None when every entry fits)."""
+    for key, tensor in own.items():
+        if key not in saved:
+            if key.endswith("num_batches_tracked"):  # torch fills these in for files without them
+                continue
+            return f"the snapshot has no '{key}'"
+        if torch.is_tensor(tensor) and torch.is_tensor(saved[key]) and saved[key].shape != tensor.shape:
+            return f"'{key}' is {tuple(saved[key].shape)} in the snapshot but {tuple(tensor.shape)} here"
+    unknown = sorted(set(saved) - set(own))
+    return f"the snapshot has '{unknown[0]}', which this trial does not" if unknown else None
+
+
 def open_trial(config: dict[str, Any], trial_dir: Path | None = None, num_threads: int | None = None,
                node_id: str | None = None) -> "Trial":
     """The trial `config` describes: a `Trial`, or a probe grid's (`selfstudy.probe`) when it binds probe_grid.*."""
@@ -323,13 +337,18 @@ class Trial:
                 "rng": rng_state(self.device_generator)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        for part, own in (("model", self.model), ("task", self.task)):
+            difference = first_difference(state.get(part, {}), own.state_dict())
+            if difference:
+                raise UserError(f"snapshot does not fit this trial's {part}: {difference}; give the trial the settings "
+                                "the snapshot was trained with (init_resnet.choice, ResNet.*, Wrapper.*, the task's)")
         try:
             self.model.load_state_dict(state["model"])
             self.task.load_state_dict(state.get("task", {}))
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
-            raise UserError(f"snapshot does not fit this trial's model or optimizer: "
-                            f"{str(err).splitlines()[0]}") from None
+            reasons = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            raise UserError(f"snapshot does not fit this trial's model or optimizer: {reasons}") from None
         self.step, self.epoch, self.best_accuracy = state["step"], state["epoch"], state["best_accuracy"]
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
