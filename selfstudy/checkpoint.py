@@ -18,7 +18,7 @@ import pickle
 import random
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -54,6 +54,21 @@ def resolve_snapshot(name: str, setting: str) -> Path:
         raise UserError(f"{setting} = {name!r}: no snapshot at {path}; move one there with "
                         f"'python misc/move_snapshots.py -e <exp> -m' or fix the name")
     return path
+
+
+def first_difference(saved: dict[str, Any], own: dict[str, Any],
+                     required: Callable[[str], bool] = lambda key: True) -> tuple[str, str] | None:
+    """The first entry that keeps the state `saved` from loading into a module whose state is
+    `own`, with what is wrong: an entry `required` asks for that `saved` lacks (BatchNorm's
+    counters excepted: torch fills those in), or a tensor of another shape. None when every
+    entry fits; entries only `saved` has are the caller's to judge."""
+    for key, tensor in own.items():
+        if key not in saved:
+            if required(key) and not key.endswith("num_batches_tracked"):
+                return key, f"the snapshot has no '{key}'"
+        elif torch.is_tensor(tensor) and torch.is_tensor(saved[key]) and saved[key].shape != tensor.shape:
+            return key, f"layer '{key}' is {tuple(saved[key].shape)} in the snapshot but {tuple(tensor.shape)} here"
+    return None
 
 
 def load_snapshot(path: Path, setting: str) -> dict[str, Any]:

@@ -21,7 +21,8 @@ import torch
 
 import paths
 from selfstudy.augment import Augment, augment_options, for_images
-from selfstudy.checkpoint import load_snapshot, resolve_snapshot, rng_state, save_snapshot, set_rng_state
+from selfstudy.checkpoint import (first_difference, load_snapshot, resolve_snapshot, rng_state, save_snapshot,
+                                  set_rng_state)
 from selfstudy.config import bind_trial
 from selfstudy.data import (Batch, DatasetFiles, DividedSplit, ResidentSplit, batch_size_option, build_dataset,
                             data_options)
@@ -118,20 +119,6 @@ def check_trial(config: dict[str, Any]) -> None:
     from selfstudy.probe import check_grid
 
     check_grid(parts, config)
-
-
-def first_difference(saved: dict[str, Any], own: dict[str, Any]) -> str | None:
-    """What first keeps the state `saved` from loading into one whose state is `own`: a missing
-    or unknown entry, or a tensor of another shape (None when every entry fits)."""
-    for key, tensor in own.items():
-        if key not in saved:
-            if key.endswith("num_batches_tracked"):  # torch fills these in for files without them
-                continue
-            return f"the snapshot has no '{key}'"
-        if torch.is_tensor(tensor) and torch.is_tensor(saved[key]) and saved[key].shape != tensor.shape:
-            return f"'{key}' is {tuple(saved[key].shape)} in the snapshot but {tuple(tensor.shape)} here"
-    unknown = sorted(set(saved) - set(own))
-    return f"the snapshot has '{unknown[0]}', which this trial does not" if unknown else None
 
 
 def open_trial(config: dict[str, Any], trial_dir: Path | None = None, num_threads: int | None = None,
@@ -340,8 +327,9 @@ class Trial:
         for part, own in (("model", self.model), ("task", self.task)):
             difference = first_difference(state.get(part, {}), own.state_dict())
             if difference:
-                raise UserError(f"snapshot does not fit this trial's {part}: {difference}; give the trial the settings "
-                                "the snapshot was trained with (init_resnet.choice, ResNet.*, Wrapper.*, the task's)")
+                raise UserError(f"snapshot does not fit this trial's {part}: {difference[1]}; give the trial the "
+                                "settings the snapshot was trained with (init_resnet.choice, ResNet.*, Wrapper.*, the "
+                                "task's)")
         try:
             self.model.load_state_dict(state["model"])
             self.task.load_state_dict(state.get("task", {}))

@@ -151,7 +151,7 @@ max_failures = 0
     assert done.returncode == 1, done.stdout + done.stderr
     frame = vis.load_experiment("misfit")
     assert sorted(frame["seed"]) == [0, 1] and (frame["status"] == "errored").all()
-    shapes = "'backbone.prep.0.weight' is (4, 3, 3, 3) in the snapshot but (8, 3, 3, 3) here"
+    shapes = "layer 'backbone.prep.0.weight' is (4, 3, 3, 3) in the snapshot but (8, 3, 3, 3) here"
     assert all(f"snapshot does not fit this trial's model: {shapes}" in error for error in frame["error"])
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("error: trial") and "snapshot does not fit" in line

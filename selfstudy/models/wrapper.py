@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfstudy import weights as weights_io
-from selfstudy.checkpoint import read_data, resolve_snapshot
+from selfstudy.checkpoint import first_difference, read_data, resolve_snapshot
 from selfstudy import legacy
 from selfstudy.errors import UserError
 from selfstudy.models.resnet import ResNet
@@ -169,21 +169,16 @@ class Wrapper(nn.Module):
             raise UserError(f"{setting}: {path} is not a selfstudy snapshot (no 'model' entry): set "
                             "Wrapper.pretrained_format to its layout, or 'auto'")
         weights = data["model"]
-        own = self.state_dict()
-        wanted = [k for k in own if k.startswith("backbone.") or not ignore_fc]
-        missing = [k for k in wanted if k.startswith("backbone.") and k not in weights]
-        if missing:
-            raise UserError(f"{setting} does not fit this model: the snapshot has no '{missing[0]}' "
-                            "(a different init_resnet.choice or ResNet settings?)")
-        for key in wanted:
-            if key in weights and weights[key].shape != own[key].shape:
-                fix = ("set Wrapper.ignore_pretrained_fc = True to keep only the backbone" if not
-                       key.startswith("backbone.") else "match the pretraining's init_resnet.choice and ResNet.*")
-                raise UserError(f"{setting} does not fit this model: layer '{key}' is {tuple(weights[key].shape)} "
-                                f"in the snapshot but {tuple(own[key].shape)} here; {fix}")
-        if own[wanted[0]].is_meta:  # a config check builds the model without memory: shapes suffice
+        own = {k: v for k, v in self.state_dict().items() if k.startswith("backbone.") or not ignore_fc}
+        difference = first_difference(weights, own, required=lambda key: key.startswith("backbone."))
+        if difference:
+            key, what = difference
+            fix = ("set Wrapper.ignore_pretrained_fc = True to keep only the backbone" if not
+                   key.startswith("backbone.") else "match the pretraining's init_resnet.choice and ResNet.*")
+            raise UserError(f"{setting} does not fit this model: {what}; {fix}")
+        if next(iter(own.values())).is_meta:  # a config check builds the model without memory: shapes suffice
             return
-        self.load_state_dict({k: weights[k] for k in wanted if k in weights}, strict=False)
+        self.load_state_dict({k: weights[k] for k in own if k in weights}, strict=False)
 
     def load_encoder(self, weights: dict[str, torch.Tensor], setting: str) -> None:
         """An encoder in torchvision's names into the backbone, strictly (a projection of
