@@ -220,9 +220,10 @@ def check_grid(parts: Parts, config: dict[str, Any]) -> GridOptions | None:
     return grid
 
 
-def budget_rows(dataset: DatasetFiles, options: DataOptions, budget: int | None) -> np.ndarray:
-    """The training file's rows of a head's budget: those of the probe trial with that budget."""
-    return dataset.split_rows(dataclasses.replace(options, semisupervised=budget))["train"]
+def budget_rows(dataset: DatasetFiles, options: DataOptions, budget: int | None) -> dict[str, np.ndarray]:
+    """The training file's rows (train and valid) of a head's budget: those of the probe trial
+    with that budget (its validation split is budget-sized with BaseDataset.valid_fraction)."""
+    return dataset.split_rows(dataclasses.replace(options, semisupervised=budget))
 
 
 class HeadState:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from selfstudy.data import DividedSplit, ResidentSplit
+from selfstudy.data.base import split_digest
 from selfstudy.data.splits import num_batches
 from selfstudy.errors import UserError
 from selfstudy.folders import PROBE_GRID_FILE, write_json
@@ -32,6 +33,7 @@ class Group:
     """The heads of one label budget: they share its batches and its feature standardisation."""
 
     rows: torch.Tensor  # positions in the encoded training split
+    valid: torch.Tensor  # positions in the encoded validation pool: the budget's validation split
     norm: torch.nn.Module  # the Wrapper's feature_norm, one per group (its statistics follow the group's batches)
     heads: list[int]
     steps_per_epoch: int
@@ -46,9 +48,9 @@ class GridTrial(Trial):
         self.heads = grid_heads(self.grid, parts.dataset, parts.options)
         self.test_at_end = bool(self.settings.test_iters) and self.settings.test_when == "best"
         wanted = ("train",) + ("valid",) * bool(self.settings.valid_iters) + ("test",) * bool(self.settings.test_iters)
-        everything = dataclasses.replace(parts.options, semisupervised=None)
-        splits = parts.dataset.load(everything, self.device, wanted)
-        all_rows = parts.dataset.split_rows(everything)["train"]
+        everything = dataclasses.replace(parts.options, semisupervised=None, valid_fraction=None)
+        all_rows = parts.dataset.split_rows(everything)
+        splits = parts.dataset.load(everything, self.device, wanted, rows=all_rows)
         self.model.eval()
         try:
             encoded = {name: self.encode(split) for name, split in splits.items() if name != "train"}
@@ -60,12 +62,16 @@ class GridTrial(Trial):
         self.features = {name: features for name, (features, _) in encoded.items()}
         self.targets = {"train": views[0][1], **{name: targets for name, (_, targets) in encoded.items()}}
         self.groups: list[Group] = []
+        self.budget_labels: dict[str, dict[str, object]] = {}  # each budget's split_digest, for probe_grid.json
         for budget in dict.fromkeys(head.budget for head in self.heads):
-            rows = np.searchsorted(all_rows, budget_rows(parts.dataset, parts.options, budget))
-            steps = num_batches(len(rows), self.batch_size, self.settings.train_iters, train=True)
+            chosen = budget_rows(parts.dataset, parts.options, budget)
+            self.budget_labels[str(budget)] = split_digest(chosen, parts.options.subset_seed)
+            rows = {split: np.searchsorted(all_rows[split], chosen[split]) for split in ("train", "valid")}
+            steps = num_batches(len(rows["train"]), self.batch_size, self.settings.train_iters, train=True)
             members = [k for k, head in enumerate(self.heads) if head.budget == budget]
             norm = copy.deepcopy(self.model.feature_norm)
-            self.groups.append(Group(torch.from_numpy(rows).to(self.device), norm, members, steps))
+            self.groups.append(Group(*(torch.from_numpy(rows[split]).to(self.device) for split in ("train", "valid")),
+                                     norm, members, steps))
         group_of = {k: group for group in self.groups for k in group.heads}
         self.states = [HeadState(head, self.model.classifier, group_of[k].steps_per_epoch,
                                  Selection(self.selection.metric, self.selection.mode))
@@ -88,7 +94,8 @@ class GridTrial(Trial):
     def describe(self, trial_dir: Path) -> None:
         super().describe(trial_dir)
         write_json(trial_dir / PROBE_GRID_FILE, {"heads": [
-            {"head": k, "bindings": head.bindings(), "peak_lr": head.peak_lr} for k, head in enumerate(self.heads)]})
+            {"head": k, "bindings": head.bindings(), "peak_lr": head.peak_lr} for k, head in enumerate(self.heads)],
+            "labels": self.budget_labels})
 
     def run_epoch(self) -> dict[str, Any]:
         """Train every head one epoch on its budget's batches, then evaluate every head. At the
@@ -184,13 +191,16 @@ class GridTrial(Trial):
         loss_sums = torch.zeros(len(states), device=self.device, dtype=torch.float64)
         correct = torch.zeros(len(states), device=self.device)
         count = 0
-        for batch in ResidentSplit(self.features[split], self.targets[split]).batches(self.batch_size, iters):
+        chosen = group.valid if split == "valid" else slice(None)  # the budget's validation split
+        for batch in ResidentSplit(self.features[split][chosen], self.targets[split][chosen]).batches(self.batch_size,
+                                                                                                     iters):
             logits = heads_logits(group.norm(batch.images), states)
             loss_sums += per_head_loss(logits, batch.targets).double() * len(batch.targets)
             correct += (logits.argmax(dim=2) == batch.targets).sum(dim=1)
             count += len(batch.targets)
-        return {k: {f"{split}_loss": float(loss) / max(count, 1), f"{split}_accuracy": float(hits) / max(count, 1)}
-                for k, loss, hits in zip(group.heads, loss_sums.tolist(), correct.tolist())}
+        labels = {"valid_labels": len(group.valid)} if split == "valid" else {}
+        return {k: {f"{split}_loss": float(loss) / max(count, 1), f"{split}_accuracy": float(hits) / max(count, 1),
+                    **labels} for k, loss, hits in zip(group.heads, loss_sums.tolist(), correct.tolist())}
 
     def best_model_state(self) -> dict[str, torch.Tensor]:
         """The Wrapper's weights with the classifier of the best head (`best_head`) and its budget's

@@ -6,6 +6,8 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
+
 import paths
 from selfstudy import folders
 from selfstudy.folders import DIVERGED
@@ -22,15 +24,18 @@ def finish(directory: Path, exp_id: str) -> int:
     import pandas as pd
 
     from selfstudy.config import config_columns
-    from util.vis import load_experiment
+    from util.vis import load_experiment, load_history
 
     frame = load_experiment(directory)
+    notes = loss_notes(load_history(directory)) if len(frame) else {}
+    if notes:
+        frame["note"] = frame["trial"].map(lambda trial: notes[trial][0] if trial in notes else "")
     heads = int(frame["head"].notna().sum()) if "head" in frame else 0  # rows of probe grid heads
     trials = frame["trial"].nunique() if len(frame) else 0
     print(f"experiment {directory.relative_to(paths.EXP_DIR)}: {trials} trial(s)"
           f"{f' ({heads} probe heads)' if heads else ''} in {directory}")
     shown = [c for c in ("status", "epoch", "train_accuracy", "valid_accuracy", "test_accuracy", "best_accuracy",
-                         "best_epoch", "test_at_best") if c in frame.columns]
+                         "best_epoch", "test_at_best", "note") if c in frame.columns]
     settings = {key for trial_dir in folders.trial_dirs(directory)
                 for key in config_columns(folders.read_params(trial_dir))} | set(HEAD_COLUMNS)
     swept = [c for c in frame.columns if c in settings and frame[c].map(shown_value).nunique() > 1]  # None counts
@@ -50,10 +55,39 @@ def finish(directory: Path, exp_id: str) -> int:
     for _, row in diverged.iterrows():  # an outcome of the head's settings: the others went on
         settings = ", ".join(f"{c}={row[c]}" for c in swept)
         print(f"note: trial {row['trial']} ({settings}): {row['error']}", file=sys.stderr)
+    for trial, (_, note) in notes.items():
+        print(f"note: trial {trial}: {note}", file=sys.stderr)
     if len(frame) and (frame["status"] == "running").any():
         print(interrupted_hint(exp_id), file=sys.stderr)
         return EXIT_INTERRUPTED
     return 1 if len(errored) or not len(frame) else 0
+
+
+EXPLODED = 10.0  # a validation loss this many times its lowest, while the training loss fell, is noted
+
+
+def loss_notes(history) -> dict[str, tuple[str, str]]:
+    """A note (its table cell, its line) per trial (not probe heads) whose validation loss rose to EXPLODED times its
+    lowest after that epoch while its training loss fell: the model overfits its few labels or
+    its evaluation is unstable (e.g. BatchNorm statistics of tiny batches), so its late epochs
+    say little and its selected epoch is an early one."""
+    if not {"valid_loss", "train_loss"} <= set(history.columns):
+        return {}
+    if "head" in history:
+        history = history[history["head"].isna()]
+    notes = {}
+    for trial, epochs in history.groupby("trial", sort=False):
+        valid, train = epochs["valid_loss"].to_numpy(float), epochs["train_loss"].to_numpy(float)
+        if len(valid) < 2 or not np.isfinite(valid).all() or not np.isfinite(train).all():
+            continue
+        lowest = int(np.argmin(valid))
+        peak = lowest + int(np.argmax(valid[lowest:]))
+        if valid[lowest] > 0 and valid[peak] >= EXPLODED * valid[lowest] and train[-1] < train[0]:
+            line = (f"valid_loss rose to {number(valid[peak])} at epoch {peak + 1} from {number(valid[lowest])} at "
+                    f"epoch {lowest + 1} while train_loss fell to {number(train[-1])}: it overfits its labels or "
+                    "evaluates unstably; more labels, larger batches or fewer epochs help")
+            notes[trial] = (f"valid_loss x{valid[peak] / valid[lowest]:.0f}", line)
+    return notes
 
 
 def shown_value(value: object) -> str:

@@ -7,6 +7,7 @@ One `run_epoch()` trains one epoch, then evaluates the valid and test splits.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import socket
@@ -26,7 +27,7 @@ from selfstudy.checkpoint import (first_difference, load_snapshot, resolve_snaps
 from selfstudy.config import bind_trial
 from selfstudy.data import (Batch, DatasetFiles, DividedSplit, ResidentSplit, batch_size_option, build_dataset,
                             data_options)
-from selfstudy.data.base import DataOptions
+from selfstudy.data.base import DataOptions, split_digest
 from selfstudy.data.splits import PIXEL_FIELDS, num_batches
 from selfstudy.errors import UserError
 from selfstudy.folders import SNAPSHOT, write_json
@@ -54,6 +55,7 @@ class Parts:
     augment: Augment
     task: Task
     model: Wrapper
+    rows: dict[str, np.ndarray]  # rows of the training file in the train and valid splits (see split_rows)
 
 
 def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
@@ -64,6 +66,8 @@ def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
     settings = session_settings()
     dataset = build_dataset(settings.dataset)
     options = data_options()
+    if options.subset_seed is None:  # each seed labels its own images
+        options = dataclasses.replace(options, subset_seed=trial_seed(config))
     augment = for_images(augment_options(), dataset.resolution(options), dataset.train.color_space)
     task = build_task(settings.task)
     with torch.device(device):
@@ -78,11 +82,17 @@ def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
         raise UserError("BaseDataset.double_sample and augment.transform_targets cannot be combined: two views "
                         "would need two target maps; turn one of them off")
     batch_size = batch_size_option()
+    rows = dataset.split_rows(options)
     dataset.check(options, batch_size)
     if options.semisupervised == 1 and isinstance(model.feature_norm, torch.nn.BatchNorm1d):
         raise UserError("BaseDataset.semisupervised = 1: the probe standardises its features over each batch, which "
                         "takes 2 or more images: give a larger budget")
-    return Parts(settings, dataset, options, batch_size, augment, task, model)
+    return Parts(settings, dataset, options, batch_size, augment, task, model, rows)
+
+
+def trial_seed(config: dict[str, Any]) -> int:
+    """The trial's seed (the Ray config's `seed`, 0 by default)."""
+    return int(config.get("seed", 0))
 
 
 def check_heads(model: Wrapper, task: Task) -> None:
@@ -103,8 +113,7 @@ def check_trial(config: dict[str, Any]) -> None:
     parts = build_parts(config, torch.device("meta"))
     parts.dataset.verify()
     build_optimizer(trainable(parts.model, parts.task))
-    rows = parts.dataset.split_rows(parts.options)
-    settings = parts.settings
+    rows, settings = parts.rows, parts.settings
     if settings.valid_iters and not len(rows["valid"]):
         raise UserError(f"{parts.dataset.name} has no validation images (BaseDataset.num_valid = "
                         f"{parts.options.num_valid}), but session.valid_iters = {settings.valid_iters} evaluates them: "
@@ -182,7 +191,7 @@ class Trial:
         self.node_id = node_id
         bind_trial(config)
         set_determinism(session_settings().deterministic)  # before anything here touches CUDA
-        self.seed = int(config.get("seed", 0))
+        self.seed = trial_seed(config)
         random.seed(self.seed)
         np.random.seed(self.seed)
         torch.manual_seed(self.seed)
@@ -200,6 +209,7 @@ class Trial:
         self.epoch = 0
         self.best_accuracy = 0.0
         self.selection = Selection(config.get("metric", "mean_accuracy"), config.get("mode", "max"))
+        self.labels = split_digest(parts.rows, parts.options.subset_seed)
         self.setup_training(parts)
         if self.settings.restore_session:
             path = resolve_snapshot(self.settings.restore_session, "session.restore_session")
@@ -215,7 +225,8 @@ class Trial:
         (trial_dir / "operative_config.gin").write_text(gin.operative_config_str())
         self.provenance = {"config": self.config, "seed": self.seed, "git_commit": git_commit(),
                            "device": str(self.device), "torch": torch.__version__, "host": socket.gethostname(),
-                           "node_id": self.node_id, "threads": torch.get_num_threads(), "pid": os.getpid()}
+                           "node_id": self.node_id, "threads": torch.get_num_threads(), "pid": os.getpid(),
+                           "labels": self.labels}
         self.trial_dir = trial_dir
         write_json(trial_dir / "trial.json", self.provenance)
 
@@ -224,7 +235,7 @@ class Trial:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         wanted = ("train", "valid") + (("test",) if self.settings.test_iters else ())
         self.splits: dict[str, ResidentSplit | DividedSplit]
-        self.splits = parts.dataset.load(parts.options, self.device, wanted, extras=parts.task.needs)
+        self.splits = parts.dataset.load(parts.options, self.device, wanted, extras=parts.task.needs, rows=parts.rows)
         self.optimizer = build_optimizer(trainable(self.model, self.task))
         steps = self.splits["train"].num_batches(self.batch_size, self.settings.train_iters, train=True)
         self.schedule: Schedule | PlateauSchedule = build_schedule(self.optimizer.defaults["lr"], steps, self.optimizer)
@@ -242,7 +253,7 @@ class Trial:
         with explain_nondeterminism():
             metrics = self.train_epoch()
             if self.settings.valid_iters:
-                metrics.update(self.evaluate("valid", self.settings.valid_iters))
+                metrics.update(self.evaluate("valid", self.settings.valid_iters), valid_labels=len(self.splits["valid"]))
             if self.settings.test_iters and not self.test_at_end:
                 metrics.update(self.evaluate("test", self.settings.test_iters))
         diverged = [name for name, value in metrics.items() if name.endswith("loss") and not np.isfinite(value)]

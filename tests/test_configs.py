@@ -109,7 +109,8 @@ def test_grid_search_derives_batch_size_from_budget() -> None:
     variants = expand(param_space(Request(), load_ray_config("grid_search")))
     assert len(variants) == 8
     for config in variants:
-        assert config["dataloader.batch_size"] == min(128, config["BaseDataset.semisupervised"] // 4)
+        assert config["dataloader.batch_size"] == min(128, max(16, config["BaseDataset.semisupervised"] // 4))
+        assert config["session.train_iters"] == 40
 
 
 def test_trial_resources_follow_the_machine() -> None:

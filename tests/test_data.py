@@ -46,11 +46,32 @@ def test_valid_split_and_label_budget(workspace: Workspace) -> None:
 
 def test_balanced_subset_is_deterministic_and_balanced() -> None:
     targets = np.array([0] * 50 + [1] * 5 + [2] * 45)
-    picked = balanced_subset(targets, 30, "toy")
-    assert np.array_equal(picked, balanced_subset(targets, 30, "toy"))
+    picked = balanced_subset(targets, 30, seed=0)
+    assert np.array_equal(picked, balanced_subset(targets, 30, seed=0))
     assert np.bincount(targets[picked]).tolist() == [13, 5, 12]  # class 1 has only 5
-    with pytest.raises(UserError, match="exceeds"):
-        balanced_subset(targets, 101, "toy")
+    with pytest.raises(ValueError):
+        balanced_subset(targets, 101, seed=0)
+
+
+def test_label_subsets_differ_by_seed_and_nest_within_one(workspace: Workspace) -> None:
+    digits = DigitsDataset()
+
+    def rows(seed: int | None, budget: int, **more) -> dict[str, np.ndarray]:
+        return digits.split_rows(data_options(num_valid=200, semisupervised=budget, subset_seed=seed, **more))
+
+    first, second = rows(0, 100), rows(1, 100)
+    assert len(set(first["train"]) ^ set(second["train"])) > 100  # mostly different labelled images
+    assert set(first["train"]) < set(rows(0, 300)["train"])  # the 100 are among the 300
+    assert np.array_equal(first["valid"], second["valid"])  # one validation split for every seed
+    assert np.array_equal(rows(None, 100)["train"], first["train"])
+    sized = [rows(seed, budget, valid_fraction=0.2)["valid"] for seed, budget in ((0, 100), (1, 100), (0, 300))]
+    assert [len(v) for v in sized] == [20, 20, 60] and set(sized[0]) < set(sized[2]) <= set(first["valid"])
+    assert not np.array_equal(sized[0], sized[1])
+    targets = digits.load(data_options(num_valid=200, semisupervised=100, subset_seed=0, valid_fraction=0.2),
+                          torch.device("cpu"), ("valid",))["valid"].targets
+    assert torch.bincount(targets, minlength=10).tolist() == [2] * 10  # class-balanced too
+    with pytest.raises(UserError, match="valid_fraction = 0.5 of 1000 labelled training images asks for 500 valid"):
+        rows(0, 1000, valid_fraction=0.5)
 
 
 def test_batches_visit_each_image_once_per_pass() -> None:

@@ -14,6 +14,8 @@ import torch
 
 import paths
 from conftest import ROOT, TINY, Workspace, write_ray_config
+from selfstudy.data import DigitsDataset, data_options
+from selfstudy.data.base import split_digest
 from util import vis
 
 GRID = """
@@ -49,11 +51,15 @@ def test_grid_trials_get_their_own_bindings(grid_paths: Workspace) -> None:
     for column in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "mean_accuracy", "best_accuracy"):
         assert frame[column].notna().all(), column
     assert (frame["best_accuracy"] >= frame["valid_accuracy"]).all()
+    assert (frame["valid_labels"] == 64).all()  # the labelled images that picked the epoch
     for trial, budget in zip(frame["trial"], frame["BaseDataset.semisupervised"]):
         trial_dir = grid_paths.exp_dir / "grid" / trial
         assert f"BaseDataset.semisupervised = {budget}" in (trial_dir / "operative_config.gin").read_text()
         provenance = json.loads((trial_dir / "trial.json").read_text())
         assert provenance["seed"] == 0
+        rows = DigitsDataset().split_rows(data_options(num_valid=64, semisupervised=int(budget), subset_seed=0))
+        assert provenance["labels"] == split_digest(rows, 0)  # which images the trial saw, checkably
+        assert provenance["labels"]["train"]["images"] == budget
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
         if head.returncode == 0:  # a copy without git history records None
             assert provenance["git_commit"].startswith(head.stdout.strip())

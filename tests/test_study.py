@@ -58,6 +58,10 @@ def check_transfer_weights(study_dir: Path) -> pd.DataFrame:
     frame = vis.load_experiment(study_dir)
     transfer = frame[frame["stage"] == "transfer"]
     assert sorted(transfer["source"]) == ["classify", "classify", "rotate", "rotate", "scratch", "scratch"]
+    labels = {(row["seed"], row["BaseDataset.semisupervised"], row["source"]): json.loads(
+        (study_dir / "transfer" / row["trial"] / "trial.json").read_text())["labels"] for _, row in transfer.iterrows()}
+    for (seed, budget, _), seen in labels.items():  # a pretrained and a scratch trial of one seed are a pair
+        assert seen == labels[seed, budget, "scratch"] and seen["train"]["images"] == budget
     for _, row in transfer.iterrows():
         final = backbone(folders.latest_snapshot(study_dir / "transfer" / row["trial"]))
         if row["source"] == "scratch":

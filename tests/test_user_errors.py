@@ -136,6 +136,12 @@ CASES = [
     Case(["-p", "session.train_iters = 0"], "an epoch has no training step"),
     Case(["-p", "BaseDataset.num_valid = 0"], "has no validation images"),
     Case(["-p", "BaseDataset.num_valid = 1500"], "leaves no training image"),
+    Case(["-p", "BaseDataset.subset_seed = -1"], "BaseDataset.subset_seed must be an integer from 0 to 2**32 - 1"),
+    Case(["-p", "BaseDataset.valid_fraction = 1.5"], "BaseDataset.valid_fraction must be a fraction above 0 and at "
+                                                     "most 1"),
+    Case(["-p", "BaseDataset.semisupervised = 1200", "BaseDataset.valid_fraction = 0.3"],
+         "valid_fraction = 0.3 of 1200 labelled training images asks for 360 validation images, but only 300 of the "
+         "1500 images of DigitsDataset are held out"),
     Case(["-e", "never_ran", "--resume"], "nothing to resume"),
     Case(["-p", "session.precision = 'fp8'"], "unknown session.precision 'fp8'"),
     Case(["-e", "../escape"], "experiment name"),

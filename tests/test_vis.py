@@ -1,15 +1,22 @@
-"""util.vis: utility of pretraining against hand-computed values, its bootstrap over seeds, the plots,
-and the `source`/`stage` columns through `load_experiment` on hand-written trial folders. Pure pandas."""
+"""util.vis: utility of pretraining against hand-computed values, its t-interval over seeds, bounds, the
+plots, misc/utility_figure.py's table and provenance, and the `source`/`stage` columns through
+`load_experiment` on hand-written trial folders. Pure pandas and matplotlib; the statistics' coverage
+is simulated in test_utility_stats.py."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import math
+import subprocess
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 import paths
 from selfstudy import folders
@@ -48,10 +55,13 @@ def test_utility_outside_the_scratch_budgets_is_a_bound() -> None:
     assert per_seed.loc["at_min", ["utility", "bound"]].tolist() == [pytest.approx(0.0), "<="]
 
 
-def test_a_dip_in_the_scratch_curve_is_flattened_before_inverting() -> None:
-    needed, bound = vis.labels_needed(0.75, np.array([1000, 10, 100]), np.array([0.7, 0.5, 0.8]))
-    assert bound == "" and needed == pytest.approx(10 ** (1 + 0.25 / 0.3))  # running max: 0.5, 0.8, 0.8
-    assert vis.labels_needed(0.85, np.array([10, 100, 1000]), np.array([0.5, 0.8, 0.7])) == (1000, ">=")
+def test_a_dip_in_the_scratch_curve_is_pooled_with_its_neighbour_before_inverting() -> None:
+    # 100 and 1000 labels pooled into 0.75 at 10 ** 2.5 (their mean log n), not the running maximum 0.8, 0.8
+    needed, bound = vis.labels_needed(0.7, np.array([1000, 10, 100]), np.array([0.7, 0.5, 0.8]))
+    assert bound == "" and needed == pytest.approx(10 ** (1 + 0.8 * 1.5))  # 0.7 is 4/5 of the way from 0.5 to 0.75
+    budgets, dipping = np.array([10, 100, 1000]), np.array([0.5, 0.8, 0.7])
+    assert vis.labels_needed(0.75, budgets, dipping) == (pytest.approx(10 ** 2.5), "")
+    assert vis.labels_needed(0.76, budgets, dipping) == (1000, ">=")  # above the fit, though 100 labels scored 0.8
 
 
 def test_a_seed_without_scratch_trials_uses_the_mean_scratch_curve() -> None:
@@ -62,26 +72,34 @@ def test_a_seed_without_scratch_trials_uses_the_mean_scratch_curve() -> None:
     assert per_seed.loc[1, "labels_needed"] == pytest.approx(100)  # mean curve 0.4/0.6/0.8 reaches 0.6 at 100
 
 
-def test_utility_over_seeds_has_a_reproducible_bootstrap_interval() -> None:
+def test_utility_over_seeds_is_a_geometric_mean_with_a_t_interval() -> None:
     accuracies = [0.6, 0.62, 0.58, 0.65, 0.61]  # every seed above scratch at 10 labels: utility > 0
     frame = trials(scratch(tuple(range(5))) + [("rotate", 10, s, a) for s, a in enumerate(accuracies)])
     per_seed = vis.utility_per_seed(frame)
-    table = vis.calc_utility(frame, n_boot=500)
+    log_ratio = np.log(per_seed["labels_needed"] / 10)  # = ln 10 * (a - 0.5) / 0.2 on the 10 to 100 segment
+    assert log_ratio.to_numpy() == pytest.approx(np.log(10) * (np.array(accuracies) - 0.5) / 0.2)
+    half = 2.776445 * log_ratio.std() / np.sqrt(5)  # t quantile 0.975 with 4 degrees of freedom
+    table = vis.calc_utility(frame)
     row = table.iloc[0]
-    assert len(table) == 1 and row["seeds"] == 5 and row["bound"] == ""
-    assert row["utility"] == pytest.approx(per_seed["utility"].mean())
-    assert 0 < row["utility_lo"] < row["utility"] < row["utility_hi"]  # excludes 0, contains the mean
-    pd.testing.assert_frame_equal(table, vis.calc_utility(frame, n_boot=500))
-    assert not vis.calc_utility(frame, n_boot=500, seed=1).equals(table)
+    assert len(table) == 1 and row["seeds"] == 5 and row["bound"] == "" and row["bound_seeds"] == 0
+    assert row["utility"] == pytest.approx(np.exp(log_ratio.mean()) - 1)
+    assert row["utility_lo"] == pytest.approx(np.exp(log_ratio.mean() - half) - 1, rel=1e-6)
+    assert row["utility_hi"] == pytest.approx(np.exp(log_ratio.mean() + half) - 1, rel=1e-6)
+    assert 0 < row["utility_lo"] < row["utility"] < row["utility_hi"]  # excludes 0, contains the estimate
+    narrow = vis.calc_utility(frame, ci=0.5).iloc[0]
+    assert row["utility_lo"] < narrow["utility_lo"] < narrow["utility_hi"] < row["utility_hi"]
 
 
-def test_bounded_seeds_enter_the_mean_at_their_bound() -> None:
+def test_a_point_with_a_bounded_seed_is_a_bound_with_its_count_and_no_interval() -> None:
     frame = trials(scratch((0, 1, 2)) + [("a", 10, 0, 0.6), ("a", 10, 1, 0.95), ("a", 10, 2, 0.6),
                                          ("b", 100, 0, 0.95), ("b", 100, 1, 0.4)])
     table = vis.calc_utility(frame).set_index("source")
-    assert table.loc["a", "bound"] == ">=" and table.loc["b", "bound"] == "?"
-    assert table.loc["a", "utility"] == pytest.approx((2 * (10 ** 0.5 - 1) + 99) / 3)
-    assert table.loc["b", "utility"] == pytest.approx((9 - 0.9) / 2)
+    assert table.loc["a", ["bound", "bound_seeds", "seeds"]].tolist() == [">=", 1, 3]
+    # n'/n of 10 ** 0.5, 100 (at its bound: 1000 labels) and 10 ** 0.5: geometric mean 10, a lower bound
+    assert table.loc["a", "utility"] == pytest.approx(9.0)
+    assert table.loc["b", ["bound", "bound_seeds", "seeds"]].tolist() == ["?", 2, 2]
+    assert math.isnan(table.loc["b", "utility"])  # one seed above, one below scratch: no bound on the mean
+    assert table[["utility_lo", "utility_hi"]].isna().all().all()  # never a mean with an interval
 
 
 def test_unfinished_trials_are_left_out_with_a_warning() -> None:
@@ -101,29 +119,47 @@ def test_a_missing_column_or_scratch_reference_is_named() -> None:
 
 def test_summary_is_indexed_by_source_and_budget() -> None:
     frame = trials(scratch((0, 1)) + [("rotate", 10, 0, 0.6), ("rotate", 10, 1, 0.62)])
-    table = vis.summary(frame, n_boot=200)
+    table = vis.summary(frame)
     assert table.index.names == ["source", BUDGET]
     assert list(table.index) == [("rotate", 10), ("scratch", 10), ("scratch", 100), ("scratch", 1000)]
-    assert list(table.columns) == ["accuracy", "accuracy_lo", "accuracy_hi", "seeds", "utility", "utility_lo",
-                                   "utility_hi", "bound"]
+    assert list(table.columns) == ["accuracy", "accuracy_lo", "accuracy_hi", "seeds", "valid_labels", "utility",
+                                   "utility_lo", "utility_hi", "bound", "bound_seeds"]
     assert table.loc[("rotate", 10), "accuracy"] == pytest.approx(0.61)
+    half = 12.706205 * np.std([0.6, 0.62], ddof=1) / np.sqrt(2)  # t quantile 0.975 with 1 degree of freedom
+    assert table.loc[("rotate", 10), ["accuracy_lo", "accuracy_hi"]].tolist() == [pytest.approx(0.61 - half),
+                                                                                  pytest.approx(0.61 + half)]
+    assert table["valid_labels"].isna().all()  # these trials do not report it
     assert table.loc[("scratch", 100), "seeds"] == 2 and math.isnan(table.loc[("scratch", 100), "utility"])
     assert table.loc[("rotate", 10), "utility"] > 0
 
 
 def test_plots_write_png_files(tmp_path: Path) -> None:
     frame = trials(scratch((0, 1)) + [("rotate", 10, 0, 0.6), ("rotate", 10, 1, 0.65), ("rotate", 100, 0, 0.95),
-                                      ("rotate", 100, 1, 0.93), ("simclr", 10, 0, 0.45), ("simclr", 100, 0, 0.8)])
+                                      ("rotate", 100, 1, 0.93), ("simclr", 10, 0, 0.45), ("simclr", 100, 0, 0.8)],
+                   valid_labels=[20, 200, 1000] * 2 + [20, 20, 200, 200, 20, 200])
     for plot, name in ((vis.accuracy_plot, "accuracy.png"), (vis.utility_plot, "utility.png")):
-        figure = plot(frame, tmp_path / name, n_boot=100)
+        figure = plot(frame, tmp_path / name)
         assert (tmp_path / name).read_bytes()[:8] == PNG
         assert figure.axes[0].get_xscale() == "log"
+        assert figure.axes[0].get_title() == "selection: 20 to 1000 validation labels"
 
 
-def write_trial(trial_dir: Path, config: dict, accuracies: list[float]) -> None:
+def test_the_utility_plot_draws_an_interval_for_exact_points_only() -> None:
+    frame = trials(scratch((0, 1)) + [("rotate", 10, 0, 0.6), ("rotate", 10, 1, 0.65), ("rotate", 100, 0, 0.95),
+                                      ("rotate", 100, 1, 0.8)])  # at 100 labels seed 0 beats every scratch trial
+    ax = vis.utility_plot(frame).axes[0]
+    bars = [segment for collection in ax.collections if hasattr(collection, "get_segments")
+            for segment in collection.get_segments()]
+    assert [segment[0][0] for segment in bars] == [10]  # one error bar, at the exact point
+    table = vis.calc_utility(frame).set_index(BUDGET)
+    assert bars[0][:, 1] == pytest.approx(table.loc[10, ["utility_lo", "utility_hi"]].tolist())
+    assert "selection: validation labels not recorded" == ax.get_title()
+
+
+def write_trial(trial_dir: Path, config: dict, accuracies: list[float], **metrics: float) -> None:
     trial_dir.mkdir(parents=True)
     (trial_dir / folders.PARAMS_FILE).write_text(json.dumps(config))
-    lines = [{"training_iteration": i + 1, "test_at_best": acc, "done": i + 1 == len(accuracies)}
+    lines = [{"training_iteration": i + 1, "test_at_best": acc, **metrics, "done": i + 1 == len(accuracies)}
              for i, acc in enumerate(accuracies)]
     (trial_dir / folders.RESULTS_FILE).write_text("".join(json.dumps(line) + "\n" for line in lines))
 
@@ -175,3 +211,51 @@ def test_a_whole_study_is_refused_until_one_stage_is_chosen() -> None:
                           "BaseDataset.semisupervised": [None, 10], "test_at_best": [None, 0.5]})
     with pytest.raises(ValueError, match="several stages .*df\\[df\\['stage'\\] == 'transfer'\\]"):
         vis.calc_utility(frame)
+
+
+def utility_figure():
+    """misc/utility_figure.py as a module (misc/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("utility_figure", paths.ROOT / "misc" / "utility_figure.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_utility_figure_prints_bounds_selection_labels_and_provenance(
+        exp_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    study, module = exp_dir / "study", tmp_path / "study.py"
+    module.write_text("stages = []  # stands for the study's module\n")
+    sha = hashlib.sha256(module.read_bytes()).hexdigest()
+    folders.write_json(study / folders.EXPERIMENT_FILE, {"ray_config": str(module), "module_sha256": sha,
+                                                         "stages": ["transfer"], "completed": ["transfer"]})
+    rotate = {"Wrapper.pretrained": '"study/pretrain/rotate"'}
+    runs = [(f"s{seed}_{n}", config(n, seed), acc) for seed in range(3) for n, acc in SCRATCH_CURVE.items()]
+    runs += [(f"r{seed}_{n}", config(n, seed, **rotate), acc)  # at 10 labels seed 2 beats every scratch trial
+             for n, accs in ((10, (0.6, 0.62, 0.95)), (100, (0.75, 0.8, 0.78))) for seed, acc in enumerate(accs)]
+    for name, settings, acc in runs:
+        write_trial(study / "transfer" / name, settings, [acc], valid_labels=2 * settings[BUDGET])
+        folders.write_json(study / "transfer" / name / "trial.json", {"git_commit": "0123456789abcdef" * 2 + "-dirty"})
+    output = tmp_path / "figures" / "study"
+    assert utility_figure().main(["-e", "study", "-o", str(output)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    commit = subprocess.run(["git", "-C", str(paths.ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                            text=True).stdout.strip()
+    assert printed[0] == (f"Drawn by `python misc/utility_figure.py -e study -o {output}` at commit {commit} on "
+                          f"{date.today().isoformat()} from stage 'transfer' (trials at 0123456-dirty); study "
+                          f"{module} sha256 {sha}; selection: 20 to 2000 validation labels; test_at_best, 95% "
+                          "t-intervals over seeds.")
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:4]): line for line in printed[2:]}
+    # seeds' n'/n: 10 ** 0.5, 10 ** 0.6 and, at its bound of 1000 labels, 100; geometric mean 10 ** (3.1 / 3)
+    assert rows[("rotate", "10", "3")].endswith(  # accuracy 0.723 +- 4.303 * 0.1966 / 3 ** 0.5
+        f"| 20 | 0.723 [0.235, 1.212] | >={10 ** (3.1 / 3) - 1:.2f} (1 of 3 seeds beyond the largest scratch budget) |")
+    exact = vis.calc_utility(vis.load_experiment("study")).set_index(BUDGET).loc[100]
+    assert rows[("rotate", "100", "3")] == ("| rotate | 100 | 3 | 200 | 0.777 [0.714, 0.839] | "
+                                            f"{exact.utility:.2f} [{exact.utility_lo:.2f}, {exact.utility_hi:.2f}] |")
+    assert rows[("scratch", "1000", "3")] == "| scratch | 1000 | 3 | 2000 | 0.900 [0.900, 0.900] |  |"
+    for name in ("utility", "accuracy"):
+        text = Image.open(f"{output}_{name}.png").text
+        assert text["Commit"] == commit and text["Study"] == f"study {module} sha256 {sha}"
+        assert text["Selection"] == "selection: 20 to 2000 validation labels" and text["Description"] == printed[0]
+    module.write_text("stages = []  # edited after the study ran\n")
+    assert utility_figure().main(["-e", "study"]) == 0
+    assert f"sha256 {sha} (the file differs now);" in capsys.readouterr().out

@@ -4,7 +4,7 @@
     df = vis.load_experiment("finetune")          # one row per trial (per head of a probe grid)
     hist = vis.load_history("finetune")           # one row per trial (head) and epoch
     vis.summary(df)                               # accuracy and utility per (source, label budget)
-    vis.calc_utility(df)                          # utility per (source, label budget), CI over seeds
+    vis.calc_utility(df)                          # utility per (source, label budget), t-interval over seeds
     vis.accuracy_plot(df, "accuracy.png")         # returns the Figure; saves it when a path is given
     vis.utility_plot(df, "utility.png")
 
@@ -19,15 +19,18 @@ resumed from a checkpoint reports some epochs twice: the history keeps the last 
 A probe grid trial (`selfstudy.probe`) has a row per head: its settings are in the columns of
 the probe trial it stands for (`BaseDataset.semisupervised`, `optimizer.weight_decay`,
 `scheduler.scale`), with `head` (its index; empty for other trials) and `peak_lr`; a head whose
-loss diverged is 'diverged' (an outcome of its settings; `error` says when), not 'errored'. `calc_utility`, `summary` and the plots take of each grid trial the best
-head per budget (`best_heads`: by validation accuracy), so pass the rows as they come.
+loss diverged is 'diverged' (an outcome of its settings; `error` says when), not 'errored'.
+`calc_utility`, `summary` and the plots take of each grid trial the best head per budget
+(`best_heads`: by validation accuracy), so pass the rows as they come. `valid_labels`, where
+the trials report it, is how many labelled validation images a trial picked its epoch with.
 `source` names what the trial's model started from: 'scratch', or the last path component of
 `Wrapper.pretrained`; `stage` names the stage folder of a multi-stage study ('' for a trial
 directly in the experiment folder).
 
-Utility of pretraining (`calc_utility`, `summary`, `accuracy_plot`, `utility_plot`) lives in
-`util.utility` and is re-exported here. For a study, pass one stage's trials:
-`df[df["stage"] == "transfer"]`.
+Utility of pretraining (`calc_utility`, `summary`) lives in `util.utility`, its plots
+(`accuracy_plot`, `utility_plot`) in `util.plots`, both re-exported here. They read `test_at_best`
+unless given `metric=` (and say so in one line when the trials have none). For a study, pass
+one stage's trials: `df[df["stage"] == "transfer"]`.
 """
 
 from __future__ import annotations
@@ -42,12 +45,13 @@ from selfstudy import folders
 from selfstudy.config import config_columns  # noqa: F401  (re-exported)
 from selfstudy.errors import UserError
 from selfstudy.folders import DIVERGED
-from util.utility import (COMPLETED, PRETRAINED, SCRATCH, accuracy_plot, best_heads, calc_utility,  # noqa: F401
-                          labels_needed, source_label, summary, utility_per_seed, utility_plot)
+from util.plots import accuracy_plot, utility_plot  # noqa: F401
+from util.utility import (COMPLETED, PRETRAINED, SCRATCH, TEST_METRIC, best_heads, calc_utility,  # noqa: F401
+                          labels_needed, selection_labels, source_label, summary, utility_per_seed)
 
-__all__ = ["COMPLETED", "DIVERGED", "PRETRAINED", "SCRATCH", "accuracy_plot", "best_heads", "calc_utility",
-           "config_columns", "experiment_dir", "labels_needed", "load_experiment", "load_history", "source_label",
-           "summary", "trial_dirs", "utility_per_seed", "utility_plot"]
+__all__ = ["COMPLETED", "DIVERGED", "PRETRAINED", "SCRATCH", "TEST_METRIC", "accuracy_plot", "best_heads",
+           "calc_utility", "config_columns", "experiment_dir", "labels_needed", "load_experiment", "load_history",
+           "selection_labels", "source_label", "summary", "trial_dirs", "utility_per_seed", "utility_plot"]
 METRIC_PREFIXES = ("train_", "valid_", "test_")
 
 

@@ -3,13 +3,18 @@
 A dataset on disk is a pair of HDF5 split files (train, test; see `hdf5.py`). Loading it
 for a trial puts each split on the training device (see `splits.py`): whole, or in
 divisions when it has more than `BaseDataset.max_images` images.
-The validation split is the last `num_valid` images of a fixed permutation of the
-training file (the same for every trial); `semisupervised = N` keeps N class-balanced
-labelled images of the rest (on a dense set, balanced by each map's most frequent object class).
+The validation pool is the last `num_valid` images of a fixed permutation of the training
+file (the same for every trial). `semisupervised = N` keeps N class-balanced labelled images
+of the rest (on a dense set, balanced by each map's most frequent object class), drawn with
+the subset seed: the trial's seed unless `subset_seed` fixes it. Within one seed the budgets
+nest (the 100 images are among the 300). The validation split is the whole pool, or, with
+`valid_fraction = f`, a class-balanced subset of f * N images of the pool drawn with the same
+subset seed (a budget-sized validation split, nested likewise).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +29,7 @@ from selfstudy.errors import UserError
 from selfstudy.legacy import note
 from selfstudy.render import pose_label
 
-SPLIT_SEED = 0  # fixes the valid split and label subsets across trials
+SPLIT_SEED = 0  # fixes the validation pool across trials
 
 
 @dataclass(frozen=True)
@@ -37,13 +42,20 @@ class DataOptions:
     num_valid: int | None
     double_sample: bool
     predict_pose: bool
+    subset_seed: int | None = None  # draws the label budget (and a budget-sized validation split); None: 0
+    valid_fraction: float | None = None  # validation images per labelled training image (None: the whole pool)
+
+    def valid_size(self, budget: int) -> int | None:
+        """Validation images for `budget` labelled training images: round(valid_fraction * budget),
+        at least one; None for the whole validation pool."""
+        return None if self.valid_fraction is None else max(1, round(self.valid_fraction * budget))
 
 
 @gin.configurable("BaseDataset")
 def data_options(input_res: int | None = None, max_images: int | None = None, chunk_size: int = 1024,
                  use_fp16: bool = True, semisupervised: int | None = None, num_valid: int | None = None,
-                 double_sample: bool = False, predict_pose: bool = False,
-                 remote_loading: bool | None = None) -> DataOptions:
+                 double_sample: bool = False, predict_pose: bool = False, subset_seed: int | None = None,
+                 valid_fraction: float | None = None, remote_loading: bool | None = None) -> DataOptions:
     """`BaseDataset.*`.
 
     input_res       resolution in pixels (None keeps the stored one)
@@ -57,6 +69,10 @@ def data_options(input_res: int | None = None, max_images: int | None = None, ch
     double_sample   every batch carries two independently augmented views of its images
     predict_pose    every batch carries a 5-way pose label from the dataset's rot_mat (top view,
                     or the azimuth quadrant; see selfstudy.render.pose_label)
+    subset_seed     seed of the class-balanced label subset (None: the trial's seed, so seeds differ
+                    in which images are labelled; a pretrained and a scratch trial of one seed share them)
+    valid_fraction  validation images per labelled training image, drawn class-balanced (with the
+                    subset seed) from the num_valid held-out images; None: all num_valid of them
     """
     if remote_loading is not None:
         note("BaseDataset.remote_loading is not used: a split larger than BaseDataset.max_images is read in "
@@ -67,8 +83,17 @@ def data_options(input_res: int | None = None, max_images: int | None = None, ch
     for name, value in (("max_images", max_images), ("chunk_size", chunk_size)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise UserError(f"BaseDataset.{name} must be a positive integer, got {value!r}")
+    if subset_seed is not None and (not isinstance(subset_seed, int) or isinstance(subset_seed, bool)
+                                    or not 0 <= subset_seed < 2 ** 32):
+        raise UserError(f"BaseDataset.subset_seed must be an integer from 0 to 2**32 - 1, or None (the trial's "
+                        f"seed), got {subset_seed!r}")
+    if valid_fraction is not None and (isinstance(valid_fraction, bool) or not isinstance(valid_fraction, (int, float))
+                                       or not 0 < valid_fraction <= 1):
+        raise UserError(f"BaseDataset.valid_fraction must be a fraction above 0 and at most 1 (validation images per "
+                        f"labelled training image), or None (every held-out image), got {valid_fraction!r}")
     return DataOptions(input_res, max_images, chunk_size, bool(use_fp16), semisupervised or None, num_valid,
-                       bool(double_sample), bool(predict_pose))
+                       bool(double_sample), bool(predict_pose), subset_seed,
+                       None if valid_fraction is None else float(valid_fraction))
 
 
 @gin.configurable("dataloader")
@@ -131,10 +156,25 @@ class DatasetFiles:
                 raise UserError(f"BaseDataset.num_valid = {num_valid} leaves no training image of {n} in {self.name}")
             order = np.random.default_rng(SPLIT_SEED).permutation(n)
             rows = {"train": np.sort(order[: n - num_valid]), "valid": np.sort(order[n - num_valid:])}
+        seed = options.subset_seed or 0
         if options.semisupervised:
+            if options.semisupervised > len(rows["train"]):
+                held_out = "" if self.one_file else " (or BaseDataset.num_valid, which holds images out of training)"
+                raise UserError(f"BaseDataset.semisupervised = {options.semisupervised} exceeds the "
+                                f"{len(rows['train'])} training images of {self.name}: lower the budget{held_out}")
             keys = budget_keys(self.train.path, rows["train"], options.chunk_size)
-            held_out = "" if self.one_file else " (or BaseDataset.num_valid, which holds images out of training)"
-            rows["train"] = rows["train"][balanced_subset(keys, options.semisupervised, self.name, held_out)]
+            rows["train"] = rows["train"][balanced_subset(keys, options.semisupervised, seed)]
+        size = options.valid_size(len(rows["train"]))
+        if size is not None:
+            pool = rows["valid"]
+            if size > len(pool):
+                raise UserError(f"BaseDataset.valid_fraction = {options.valid_fraction} of {len(rows['train'])} "
+                                f"labelled training images asks for {size} validation images, but only {len(pool)} of "
+                                f"the {n} images of {self.name} are held out for validation (BaseDataset.num_valid): "
+                                "the budget and its validation images must fit in the training file; lower the "
+                                "budget or valid_fraction, or raise num_valid")
+            keys = budget_keys(self.train.path, pool, options.chunk_size)
+            rows["valid"] = pool[balanced_subset(keys, size, seed)]
         return rows
 
     def verify(self) -> None:
@@ -144,8 +184,7 @@ class DatasetFiles:
             hdf5.verify(self.test.path)
 
     def check(self, options: DataOptions, batch_size: int) -> None:
-        """Raise the `UserError` loading with these options would meet."""
-        self.split_rows(options)
+        """Raise the `UserError` loading with these options would meet, besides those of `split_rows`."""
         if options.predict_pose and "rot_mat" not in self.train.extras:
             raise UserError(f"BaseDataset.predict_pose = True needs rot_mat in the dataset, but {self.name} has none: "
                             "use a synthetic set (SynDataset) or set it to False")
@@ -159,11 +198,12 @@ class DatasetFiles:
                          torch.float16 if options.use_fp16 else torch.float32)
 
     def load(self, options: DataOptions, device: torch.device, splits: tuple[str, ...],
-             extras: tuple[str, ...] = ()) -> dict[str, ResidentSplit | DividedSplit]:
+             extras: tuple[str, ...] = (), rows: dict[str, np.ndarray] | None = None
+             ) -> dict[str, ResidentSplit | DividedSplit]:
         """Put the requested splits on `device`: resident, or divided when larger than max_images.
         `extras`: further per-image maps a task needs (e.g. 'depth'), held with their images
-        (whole, or a division at a time)."""
-        rows = self.split_rows(options)
+        (whole, or a division at a time). `rows`: `split_rows(options)`, when already known."""
+        rows = dict(self.split_rows(options) if rows is None else rows)
         rows.setdefault("test", np.arange(self.test.num_images))
         placement = self.placement(options, device)
         divided = {split for split in splits if options.max_images is not None and len(rows[split]) > options.max_images}
@@ -199,6 +239,18 @@ class DatasetFiles:
         return split
 
 
+def split_digest(rows: dict[str, np.ndarray], subset_seed: int | None) -> dict[str, object]:
+    """What a trial records of its labelled images (trial.json's `labels`): the seed that drew
+    them and, per split of the training file, the number of rows and the sha256 of the sorted
+    rows as little-endian int64, so a reader can check which images a trial saw by recomputing
+    `split_rows` (or compare two trials' digests)."""
+    described: dict[str, object] = {"subset_seed": subset_seed}
+    for split in ("train", "valid"):
+        values = np.ascontiguousarray(np.sort(rows[split]), dtype="<i8")
+        described[split] = {"images": len(values), "sha256": hashlib.sha256(values.tobytes()).hexdigest()}
+    return described
+
+
 def read_pose(path: Path, rows: np.ndarray, chunk_size: int, device: torch.device) -> torch.Tensor:
     rotations = torch.from_numpy(hdf5.read_column(path, "rot_mat", rows, chunk_size))
     return pose_label(rotations.reshape(len(rotations), -1, 3, 3)[:, 0]).to(device)
@@ -232,19 +284,19 @@ def budget_keys(path: Path, rows: np.ndarray, chunk_size: int) -> np.ndarray:
     return np.concatenate(keys) if keys else np.zeros(0, dtype=np.int64)
 
 
-def balanced_subset(targets: np.ndarray, budget: int, name: str, held_out: str = "") -> np.ndarray:
-    """Positions of `budget` images, as equal per class as possible (sorted). `held_out`: what
-    else the error may suggest lowering."""
-    if budget > len(targets):
-        raise UserError(f"BaseDataset.semisupervised = {budget} exceeds the {len(targets)} training images of {name}: "
-                        f"lower the budget{held_out}")
-    rng = np.random.default_rng(SPLIT_SEED)
-    by_class = [rng.permutation(np.flatnonzero(targets == c)) for c in np.unique(targets)]
+def balanced_subset(keys: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Positions (sorted) of `size` of the images whose classes are `keys`, as equal per class as
+    possible, drawn with `seed`. For one seed the subsets nest: those of a smaller size are
+    among those of a larger one. Raises ValueError when `size` exceeds the images."""
+    if size > len(keys):
+        raise ValueError(f"a subset of {size} from {len(keys)} images")
+    rng = np.random.default_rng(seed)
+    by_class = [rng.permutation(np.flatnonzero(keys == c)) for c in np.unique(keys)]
     picked: list[int] = []
     depth = 0
-    while len(picked) < budget:  # round-robin over classes, so each gets budget // classes or one more
+    while len(picked) < size:  # round-robin over classes, so each gets size // classes or one more
         for members in by_class:
-            if depth < len(members) and len(picked) < budget:
+            if depth < len(members) and len(picked) < size:
                 picked.append(int(members[depth]))
         depth += 1
-    return np.sort(np.array(picked))
+    return np.sort(np.array(picked, dtype=np.int64))

@@ -1,0 +1,99 @@
+"""The statistics behind `util.utility`: a monotone scratch curve, n' read off it, t-intervals.
+
+Pure numpy (no scipy: Student's t quantile is computed here, exactly, for whole degrees of
+freedom). Budgets are numbers of labelled images; accuracies are fractions.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import NamedTuple
+
+import numpy as np
+
+
+def _t_central(t: float, dof: int) -> float:
+    """P(|T| <= t) for Student's t with `dof` degrees of freedom, t >= 0 (Abramowitz & Stegun 26.7.3-4)."""
+    theta = math.atan(t / math.sqrt(dof))
+    sin, cos = math.sin(theta), math.cos(theta)
+    if dof % 2:  # odd: (2/pi) (theta + sin (cos + 2/3 cos^3 + 2*4/(3*5) cos^5 + ... up to cos^(dof-2)))
+        term, total = cos, 0.0
+        for k in range(1, (dof - 1) // 2 + 1):
+            total += term
+            term *= cos * cos * 2 * k / (2 * k + 1)
+        return 2 / math.pi * (theta + sin * total)
+    term, total = 1.0, 0.0  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ... up to cos^(dof-2))
+    for k in range(1, dof // 2 + 1):
+        total += term
+        term *= cos * cos * (2 * k - 1) / (2 * k)
+    return sin * total
+
+
+@lru_cache(maxsize=256)
+def t_quantile(p: float, dof: int) -> float:
+    """The `p` quantile (0.5 <= p < 1) of Student's t with `dof` >= 1 degrees of freedom: exact CDF, bisection
+    to 1e-12 (t_quantile(0.975, 4) = 2.776445...)."""
+    if not 0.5 <= p < 1 or dof < 1:
+        raise ValueError(f"t_quantile({p}, {dof}): need 0.5 <= p < 1 and at least 1 degree of freedom")
+    target, hi = 2 * p - 1, 1.0
+    while _t_central(hi, dof) < target:
+        hi *= 2
+    lo = 0.0
+    while hi - lo > 1e-12 * max(1.0, hi):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_central(mid, dof) < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+def t_interval(mean: np.ndarray, sd: np.ndarray, count: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
+    """Student t `ci` interval (lo, hi) of a mean from the sample mean, sample sd (ddof 1) and count, elementwise;
+    NaN where count < 2."""
+    count = np.asarray(count, int)
+    q = np.array([t_quantile((1 + ci) / 2, int(c) - 1) if c >= 2 else math.nan for c in count.ravel()])
+    half = q.reshape(count.shape) * np.asarray(sd, float) / np.sqrt(np.maximum(count, 1))
+    return np.asarray(mean, float) - half, np.asarray(mean, float) + half
+
+
+class Curve(NamedTuple):
+    """A monotone scratch curve: knots (`log_n`, `accuracy`) strictly increasing in both, and the measured range."""
+    log_n: np.ndarray
+    accuracy: np.ndarray
+    smallest: float  # the smallest and largest measured budget (labelled images)
+    largest: float
+
+
+def monotone_curve(budgets: np.ndarray, accuracies: np.ndarray) -> Curve:
+    """The isotonic (pool-adjacent-violators) fit of accuracy against log n: a dip is pooled with its neighbours
+    into their mean, placed at their mean log n, so no point is replaced by a noisy maximum.
+    budgets: labelled images, any order, each once; accuracies: their accuracy."""
+    order = np.argsort(budgets)
+    n, acc = np.asarray(budgets, float)[order], np.asarray(accuracies, float)[order]
+    blocks: list[list[float]] = []  # [sum of log n, sum of accuracy, count]
+    for x, y in zip(np.log(n), acc):
+        blocks.append([x, y, 1])
+        while len(blocks) > 1 and blocks[-2][1] * blocks[-1][2] >= blocks[-1][1] * blocks[-2][2]:  # not increasing
+            x2, y2, c2 = blocks.pop()
+            blocks[-1] = [blocks[-1][0] + x2, blocks[-1][1] + y2, blocks[-1][2] + c2]
+    knots = np.array([[x / c, y / c] for x, y, c in blocks])
+    return Curve(knots[:, 0], knots[:, 1], float(n[0]), float(n[-1]))
+
+
+def falls(budgets: np.ndarray, accuracies: np.ndarray) -> list[tuple[float, float, float, float]]:
+    """Where accuracy falls from one budget to the next: (budget, next budget, its accuracy, the next's)."""
+    order = np.argsort(budgets)
+    n, acc = np.asarray(budgets, float)[order], np.asarray(accuracies, float)[order]
+    return [(n[i], n[i + 1], acc[i], acc[i + 1]) for i in range(len(n) - 1) if acc[i + 1] < acc[i]]
+
+
+def read_off(accuracy: float, curve: Curve) -> tuple[float, str]:
+    """Labels n' at which `curve` reaches `accuracy`, linear in log n between knots, and whether n' is a bound:
+    (n', '') inside the curve's range, (largest budget, '>=') above its top, (smallest budget, '<=') at or
+    below its bottom."""
+    if accuracy > curve.accuracy[-1]:
+        return curve.largest, ">="
+    if accuracy <= curve.accuracy[0]:
+        return curve.smallest, "<="
+    i = int(np.searchsorted(curve.accuracy, accuracy))  # accuracy[i - 1] < accuracy <= accuracy[i]
+    t = (accuracy - curve.accuracy[i - 1]) / (curve.accuracy[i] - curve.accuracy[i - 1])
+    return float(math.exp(curve.log_n[i - 1] + t * (curve.log_n[i] - curve.log_n[i - 1]))), ""
