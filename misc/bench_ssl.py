@@ -11,13 +11,16 @@ size of its config), `misc/move_snapshots.py` moves its checkpoint, and `main.py
 `Wrapper.finetune_classifier = False` trains a linear probe (batch 256, lr 0.2) on the frozen features,
 in-domain (the same set, with its labels; test accuracy) and transferred to digits (validation
 accuracy). The baseline `random` probes a randomly initialised backbone (same seed, same
-budget), whose BatchNorm layers keep their initial statistics; `calibrated` is the same backbone
-with the statistics of one pass over the set at learning rate 0, as every pretrained backbone
-has them. CMC's backbone encodes the L channel of the same images in CIELAB: it has baselines of
-its own (`random_lab`, `calibrated_lab`), and its probes are CMCTask's linear probe on the
-frozen backbone (`Wrapper.finetune_selfsup = False`, `<dataset>/r9/cmc`), which sees the L view. Also
-reported: each method's online linear probe accuracy at the end of pretraining. Everything lives
-under DATA_DIR/bench_ssl and is removed at the end; progress goes to stderr.
+budget), whose BatchNorm layers keep their initial statistics: `Wrapper.calibrate_random = False`,
+as a linear probe of a random backbone otherwise measures them on its own training images
+(selfstudy.models.calibrate). `calibrated` is the same backbone with the statistics of one pass
+over the synthetic set at learning rate 0, taken as a snapshot, as every pretrained backbone has
+them (from the synthetic set, also when probed on digits). CMC's backbone encodes the L channel
+of the same images in CIELAB: it has baselines of its own (`random_lab`, `calibrated_lab`), and
+its probes are CMCTask's linear probe on the frozen backbone (`Wrapper.finetune_selfsup = False`,
+`<dataset>/r9/cmc`), which sees the L view. Also reported: each method's online linear probe
+accuracy at the end of pretraining. Everything lives under DATA_DIR/bench_ssl and is removed at
+the end; progress goes to stderr.
 
 The default code 1110 varies texture, colour and viewpoint. Colour is not tied to the class,
 so a random backbone's colour features do not give the class away, and the fixed light,
@@ -92,7 +95,8 @@ def main() -> None:
             # on the frozen backbone's features of the L view (Wrapper.finetune_selfsup = False).
             probe_config, frozen = ("cmc", "Wrapper.finetune_selfsup = False") if lab else (
                 "classify", "Wrapper.finetune_classifier = False")
-            start = []
+            start = ["Wrapper.calibrate_random = False"] if source == "random" else []  # (random_lab: a
+            # probe of CMCTask, a self-supervised task, is never calibrated)
             if source.startswith("calibrated"):  # one pass at learning rate 0: random weights, BatchNorm statistics
                 run("main.py", "-l", "-q", "-e", f"pre_{source}", "-g", f"syn/r9/{probe_config}", "-p", *common, *probe,
                     *syn, "scheduler.milestones = [1]", "scheduler.target_lrs = [0.0]", env=env)

@@ -32,6 +32,7 @@ from selfstudy.data.splits import PIXEL_FIELDS, num_batches
 from selfstudy.errors import UserError
 from selfstudy.folders import SNAPSHOT, write_json
 from selfstudy.models import Wrapper, build_model
+from selfstudy.models.calibrate import calibrate_random_backbone
 from selfstudy.legacy import print_notes
 from selfstudy.optim import PlateauSchedule, Schedule, build_optimizer, build_schedule
 from selfstudy.precision import autocast_dtype
@@ -205,6 +206,9 @@ class Trial:
         self.mean = torch.tensor(parts.dataset.train.mean, device=self.device)
         self.std = torch.tensor(parts.dataset.train.std, device=self.device)
         self.device_generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        if self.model.calibrate_random:  # before training or encoding; draws no random number
+            calibrate_random_backbone(self.model.backbone, parts.dataset, parts.options, self.device, self.batch_size,
+                                      self.autocast)
         self.step = 0
         self.epoch = 0
         self.best_accuracy = 0.0

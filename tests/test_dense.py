@@ -15,18 +15,43 @@ from conftest import TINY, Workspace
 from selfstudy.data import DividedSplit, FolderDataset, data_options, hdf5
 from selfstudy.data.base import budget_keys
 from selfstudy.tasks.classify import ClassifyTask, mean_iou, segmentation_loss
-from selfstudy.tasks.depth import depth_loss
+from selfstudy.tasks.depth import DepthTask, depth_loss, depth_metrics
 from selfstudy.trial import MetricSums
 
 
 def test_depth_metrics_by_hand() -> None:
     target = torch.tensor([[[2.0, 4.0], [0.0, 3.0]]])  # one background pixel (0) is ignored
-    loss, metrics = depth_loss(target.clone(), target)
+    loss, sums = depth_loss(target.clone(), target)
+    metrics = depth_metrics(sums["depth_sums"])
     assert loss.item() == 0 and metrics["delta_1.25"].item() == 1 and metrics["rmse"].item() == 0
-    loss, metrics = depth_loss(target * 1.2, target)
-    assert loss.item() == pytest.approx(0.2 * 3.0)  # mean of 0.4, 0.8, 0.6
+    loss, sums = depth_loss(target * 1.2, target)
+    metrics = depth_metrics(sums["depth_sums"])
+    assert sums["depth_sums"][0].item() == 3  # pixels with depth
+    assert loss.item() == pytest.approx(0.2 * 3.0) == metrics["mae"].item()  # mean of 0.4, 0.8, 0.6
     assert metrics["delta_1.25"].item() == 1 and metrics["delta_1.1"].item() == 0
     assert metrics["rmse"].item() == pytest.approx(np.sqrt((0.16 + 0.64 + 0.36) / 3))
+
+
+def test_depth_rmse_is_computed_over_the_split_not_averaged_over_batches() -> None:
+    """Batch 1 (one image): errors 0.1, 0.5, 0.2 on depths 2, 4, 3 (its background pixel's 5 is
+    ignored). Batch 2 (two images): one pixel with depth, error 1 on depth 2. Over the split's
+    4 pixels the RMSE is sqrt((0.01 + 0.25 + 0.04 + 1) / 4); the batches' RMSEs averaged by
+    images, (sqrt(0.30 / 3) + 2 * 1) / 3, would be 0.772 instead of 0.570."""
+    first = torch.tensor([[[2.0, 4.0], [0.0, 3.0]]])
+    second = torch.tensor([[[0.0, 0.0], [0.0, 2.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    errors = (torch.tensor([[[0.1, 0.5], [5.0, 0.2]]]), torch.tensor([[[0.0, 0.0], [0.0, 1.0]], [[0.0] * 2] * 2]))
+    task, sums = DepthTask(), MetricSums()
+    for target, error in zip((first, second), errors):
+        loss, metrics = depth_loss(target + error, target)
+        sums.add({"loss": loss, **metrics}, len(target))
+    result = sums.means("valid", task)
+    assert result["valid_rmse"] == pytest.approx(np.sqrt(1.30 / 4), rel=1e-6)
+    assert result["valid_rmse"] < 0.6 < (np.sqrt(0.30 / 3) + 2 * 1.0) / 3  # not the batches' mean
+    assert result["valid_mae"] == pytest.approx((0.1 + 0.5 + 0.2 + 1) / 4, rel=1e-6)
+    assert result["valid_delta_1.25"] == result["valid_accuracy"] == 3 / 4  # 1.05, 1.125, 1.067 pass; 1.5 fails
+    assert result["valid_delta_1.1"] == 2 / 4
+    assert result["valid_loss"] == pytest.approx((0.8 / 3 + 2 * 1.0) / 3, rel=1e-6)  # the objective, per batch
+    assert "valid_depth_sums" not in result
 
 
 def one_hot_logits(predicted: torch.Tensor, classes: int) -> torch.Tensor:

@@ -87,6 +87,10 @@ class Wrapper(nn.Module):
         ask how well given features solve a pretext task.
     dense_pred: per-pixel logits: the classifier becomes a 1x1 convolution on the backbone's
         feature map, upsampled bilinearly to the input size (segmentation).
+    calibrate_random: a linear probe of a random backbone (finetune_classifier False, no
+        run_selfsup, no pretrained) first measures its BatchNorm statistics on one pass over
+        the training images (`selfstudy.models.calibrate`), as pretrained ones have. False
+        keeps the initial ones (mean 0, variance 1).
     model_choice, run_classifier: 2020 settings (see `check_2020_settings`).
     With a frozen backbone or run_selfsup, features are standardised (BatchNorm without
     affine parameters) before the classifier and probes.
@@ -96,7 +100,8 @@ class Wrapper(nn.Module):
                  classifier: str = "linear", mlp_hidden: int = 512, finetune_classifier: bool | None = None,
                  warmup_fc: int = 0, pretrained: str | None = None, ignore_pretrained_fc: bool = False,
                  run_selfsup: bool = False, dense_pred: bool = False, finetune_selfsup: bool = True,
-                 model_choice: str | None = None, run_classifier: bool = True, pretrained_format: str = "auto"):
+                 model_choice: str | None = None, run_classifier: bool = True, pretrained_format: str = "auto",
+                 calibrate_random: bool = True):
         super().__init__()
         check_2020_settings(model_choice, run_classifier, run_selfsup)
         if not finetune_selfsup and not run_selfsup:  # harmless in 2020 too: there is no self-supervised loss
@@ -128,6 +133,7 @@ class Wrapper(nn.Module):
         # the backbone never trains: a probe of frozen features, or a method's heads on them
         self.always_frozen = (finetune_classifier is False and not run_selfsup) or not finetune_selfsup
         self.run_classifier = run_classifier
+        self.calibrate_random = calibrate_random and self.always_frozen and not run_selfsup and not pretrained
         self.labels_train_backbone = (run_classifier and bool(finetune_classifier) if run_selfsup
                                       else not self.always_frozen)
         # Probes on frozen or detached features see them standardised (a fixed affine map at

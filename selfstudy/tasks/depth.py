@@ -15,23 +15,37 @@ from selfstudy.models import Wrapper
 from selfstudy.tasks.base import Task
 
 DEPTH_PRIOR = 3.2  # the head starts at the camera's distance to the scene centre (render.scene.CAMERA_Z)
+DEPTH_SUMS = ("pixels", "abs_error", "squared_error", "under_1.25", "under_1.1")  # what `depth_sums` holds
 
 
 def depth_loss(prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean absolute error over pixels with depth (target > 0) of prediction and target B x H x W,
-    in scene units, with the usual accuracies delta < 1.25 and delta < 1.1 (the fraction of
-    pixels with max(p / t, t / p) below the bound) and the root mean squared error."""
+    """Mean absolute error (scene units) over the pixels with depth (target > 0) of prediction
+    and target B x H x W, and the batch's 'depth_sums' (5, float64: `DEPTH_SUMS`), which an
+    epoch sums over its split before `depth_metrics`."""
     valid = target > 0
     p, t = prediction.float()[valid], target.float()[valid]
     ratio = torch.maximum(p / t, t / p.clamp(min=1e-6))
     loss = (p - t).abs().mean()
-    return loss, {"delta_1.25": (ratio < 1.25).float().mean(), "delta_1.1": (ratio < 1.1).float().mean(),
-                  "rmse": (p - t).pow(2).mean().sqrt()}
+    error = (p - t).detach().double()
+    sums = torch.stack([error.new_tensor(len(error)), error.abs().sum(), error.pow(2).sum(),
+                        (ratio < 1.25).sum().double(), (ratio < 1.1).sum().double()])
+    return loss, {"depth_sums": sums}
+
+
+def depth_metrics(sums: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The metrics of the pixels `sums` (`DEPTH_SUMS`, of a batch or a whole split) counts:
+    'mae' and 'rmse' in scene units, the usual accuracies 'delta_1.25' and 'delta_1.1' (the
+    fraction of pixels with max(p / t, t / p) below the bound). NaN without a pixel."""
+    pixels, abs_error, squared_error, under_125, under_11 = sums.double().unbind()
+    return {"mae": abs_error / pixels, "rmse": (squared_error / pixels).sqrt(), "delta_1.25": under_125 / pixels,
+            "delta_1.1": under_11 / pixels}
 
 
 @gin.configurable
 class DepthTask(Task):
-    """A 1x1 convolution on the backbone's feature map, upsampled to the image, predicts depth."""
+    """A 1x1 convolution on the backbone's feature map, upsampled to the image, predicts depth.
+    'loss' is the batches' L1 (each batch's mean over its pixels, averaged over batches by
+    images); 'mae', 'rmse' and the delta accuracies are over all the split's pixels with depth."""
 
     needs = ("depth",)
 
@@ -48,4 +62,9 @@ class DepthTask(Task):
         prediction = F.interpolate(self.head(feature_map), size=batch.images.shape[-2:], mode="bilinear",
                                    align_corners=False)[:, 0]
         loss, metrics = depth_loss(prediction, batch.depth)
-        return loss, {"loss": loss.detach(), "accuracy": metrics["delta_1.25"], **metrics}
+        return loss, {"loss": loss.detach(), **metrics}
+
+    def epoch_metrics(self, counts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Over the split's pixels, not averaged over its batches: 'accuracy' is delta_1.25."""
+        metrics = depth_metrics(counts["depth_sums"])
+        return {"accuracy": metrics["delta_1.25"], **metrics}
