@@ -29,7 +29,6 @@ stages = [
          "gin_config": tune.grid_search(["syn/r9/rotate", "syn/r9/simclr"]),
          "SynDataset.dataset_choice": "1111",
          "ResNet.width": 16,
-         "session.precision": "bf16",
          "session.test_iters": 0,
          "scheduler.milestones": [1, 15],  # epochs
      }},

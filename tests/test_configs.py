@@ -23,6 +23,7 @@ from selfstudy.trial import check_trial, open_trial
 
 QUICK = [*TINY, "session.train_iters = 2", "session.valid_iters = 1", "session.test_iters = 1",
          "init_resnet.choice = 'resnet9'", "MoCoTask.queue_size = 32"]  # below the tiny sets' images
+GRID_BUDGETS = {"probe_grid.budgets": [10, 20]}  # a probe grid's, within the tiny synthetic sets
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,8 @@ def test_every_registered_task_has_a_shipped_config() -> None:
 def test_gin_config_builds_and_trains_three_epochs(name: str, with_cifar: Path, tmp_path: Path) -> None:
     own_schedule = [b for b in QUICK if not b.startswith("scheduler.")]  # each config's learning rates
     config = {"gin_config": [name], "seed": 0, "gin_params": dict(split_binding(b) for b in own_schedule)}
+    if name.startswith("syn/") and "probe_grid" in name:
+        config.update(GRID_BUDGETS)
     check_trial(config)
     trial = open_trial(config, tmp_path / "trial")  # a probe grid's config builds a grid trial
     metrics = trial.run_epoch()
@@ -102,7 +105,9 @@ def test_ray_config_expands_to_valid_trials(name: str, with_cifar: Path) -> None
         variants = expand(param_space(Request(gin_params=tiny), ray_config))
         assert variants
         budget = "BaseDataset.semisupervised"  # the tiny sets rendered here hold fewer images than real budgets
-        check_variants([{**c, budget: min(c[budget], 20)} if c.get(budget) else c for c in variants])
+        small = [{**c, budget: min(c[budget], 20)} if c.get(budget) else c for c in variants]
+        small = [{**c, "BaseDataset.num_valid": 64} if "BaseDataset.num_valid" in c else c for c in small]
+        check_variants([{**c, **GRID_BUDGETS} if "probe_grid" in str(c.get("gin_config")) else c for c in small])
 
 
 def test_grid_search_derives_batch_size_from_budget() -> None:

@@ -22,6 +22,7 @@ import paths
 from selfstudy import folders
 from selfstudy.errors import UserError
 from util import vis
+from util.ranks import rank_agreement, ranks, spearman
 
 BUDGET = "BaseDataset.semisupervised"
 SCRATCH_CURVE = {10: 0.5, 100: 0.7, 1000: 0.9}  # labelled images -> test accuracy
@@ -259,3 +260,71 @@ def test_the_utility_figure_prints_bounds_selection_labels_and_provenance(
     module.write_text("stages = []  # edited after the study ran\n")
     assert utility_figure().main(["-e", "study"]) == 0
     assert f"sha256 {sha} (the file differs now);" in capsys.readouterr().out
+
+
+def test_the_utility_figure_compares_each_matching_stage_with_its_own_scratch_trials(
+        exp_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    study = exp_dir / "data"
+    folders.write_json(study / folders.EXPERIMENT_FILE, {"stages": ["transfer_a", "transfer_b"], "completed": []})
+    rotate = {"Wrapper.pretrained": '"data/pretrain/rotate"'}
+    for stage, gain in (("transfer_a", 0.0), ("transfer_b", 0.1)):  # b's backbone is worth more labels
+        for seed in range(2):
+            for n, acc in SCRATCH_CURVE.items():
+                write_trial(study / stage / f"s{seed}_{n}", config(n, seed), [acc + (0.1 if stage == "transfer_a" else 0)])
+            write_trial(study / stage / f"r{seed}", config(100, seed, **rotate), [0.8 + gain])
+    output = tmp_path / "data"
+    assert utility_figure().main(["-e", "data", "--stage", "transfer_*", "-o", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert "stages 'transfer_a', 'transfer_b'" in printed.splitlines()[0]
+    a, b = printed.split("stage transfer_a:")[1].split("stage transfer_b:")
+    assert "| rotate | 100 | 2 | not recorded | 0.800 [0.800, 0.800] | 0.00 [0.00, 0.00] |" in a  # its own scratch
+    assert "| rotate | 100 | 2 | not recorded | 0.900 [0.900, 0.900] | 9.00 [9.00, 9.00] |" in b
+    single = utility_figure().main(["-e", "data", "--stage", "transfer_a", "-o", str(tmp_path / "one")])
+    assert single == 0
+    assert Image.open(f"{output}_utility.png").width == 2 * Image.open(f"{tmp_path / 'one'}_utility.png").width
+
+
+def test_rank_correlation_of_two_protocols() -> None:
+    assert ranks(np.array([0.3, 0.1, 0.3, 0.5])).tolist() == [2.5, 4.0, 2.5, 1.0]  # ties share their mean rank
+    assert spearman(np.array([1.0, 2, 3, 4]), np.array([1.0, 3, 2, 4])) == pytest.approx(0.8)
+    sources = ["scratch", "rotate", "simclr", "moco"]
+    linear = pd.DataFrame([(s, seed, 0.5 + 0.1 * k + 0.01 * seed) for k, s in enumerate(sources) for seed in range(3)],
+                          columns=["source", "seed", "accuracy"])
+    same = rank_agreement(linear, linear.assign(accuracy=linear["accuracy"] + 0.2))
+    assert (same["rho"], same["rho_lo"], same["rho_hi"], same["sources"], same["seeds"]) == (1.0, 1.0, 1.0, 4, 3)
+    assert rank_agreement(linear, linear.assign(accuracy=-linear["accuracy"]))["rho"] == -1.0
+    noisy = linear.assign(accuracy=linear["accuracy"] + np.where(linear["seed"] == 0, 0.3, 0) * (linear["source"] == "rotate"))
+    found = rank_agreement(linear, noisy)  # one seed lifts rotate to the top: the interval shows it
+    assert found["rho_lo"] < found["rho"] <= found["rho_hi"] == 1.0
+    with pytest.raises(ValueError, match="at least 3 sources"):
+        rank_agreement(linear[linear["source"].isin(sources[:2])], linear)
+
+
+def test_the_rank_figure_ranks_sources_under_both_protocols(exp_dir: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    study = exp_dir / "lvf"
+    folders.write_json(study / folders.EXPERIMENT_FILE, {"stages": ["linear", "finetune"], "completed": []})
+    linear = {"scratch": 0.3, "rotate": 0.7, "simclr": 0.6}
+    finetune = {"scratch": 0.8, "rotate": 0.85, "simclr": 0.9}  # simclr and rotate swap places
+    for stage, accuracies in (("linear", linear), ("finetune", finetune)):
+        for source, acc in accuracies.items():
+            start = {} if source == "scratch" else {"Wrapper.pretrained": f'"lvf/pretrain/{source}"'}
+            for seed in range(2):
+                write_trial(study / stage / f"{source}{seed}", config(100, seed, **start), [acc], valid_labels=20)
+    output = tmp_path / "ranks"
+    assert rank_figure().main(["-e", "lvf", "-o", str(output)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("Drawn by `python misc/rank_figure.py -e lvf -o") and "selection: 20 validation" \
+        in printed[0]
+    assert "| rotate | 0.700 (1) | 0.850 (2) |" in printed and "| scratch | 0.300 (3) | 0.800 (3) |" in printed
+    assert "Spearman's rho at 100 labels: 0.50 [0.50, 0.50] (3 sources, 2 seeds)" in printed
+    assert Image.open(f"{output}.png").text["Description"] == printed[0]
+    assert rank_figure().main(["-e", "lvf", "--linear", "probe"]) == 2
+    assert "has no stage 'probe' (stages: finetune, linear)" in capsys.readouterr().err
+
+
+def rank_figure():
+    spec = importlib.util.spec_from_file_location("rank_figure", paths.ROOT / "misc" / "rank_figure.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -191,6 +191,14 @@ def utility_per_seed(df: pd.DataFrame, *, source_col: str = "source", budget_col
     return _utility_rows(_points(df, cols), cols)
 
 
+def accuracy_per_seed(df: pd.DataFrame, *, source_col: str = "source", budget_col: str = "BaseDataset.semisupervised",
+                      seed_col: str = "seed", metric: str | None = None) -> pd.DataFrame:
+    """One row per (source, budget, seed) with `accuracy` (the metric; trials repeated with the same
+    source, budget and seed averaged; of a probe grid, the best head per budget by validation
+    accuracy) and `valid_labels`: the points every summary here starts from."""
+    return _points(df, _cols(df, source_col, budget_col, seed_col, metric))
+
+
 def _check_ci(ci: float) -> None:
     if not 0 < ci < 1:
         raise ValueError(f"ci = {ci}: give the confidence level as a fraction, e.g. 0.95")

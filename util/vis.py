@@ -46,11 +46,11 @@ from selfstudy.config import config_columns  # noqa: F401  (re-exported)
 from selfstudy.errors import UserError
 from selfstudy.folders import DIVERGED
 from util.plots import accuracy_plot, utility_plot  # noqa: F401
-from util.utility import (COMPLETED, PRETRAINED, SCRATCH, TEST_METRIC, best_heads, calc_utility,  # noqa: F401
-                          labels_needed, selection_labels, source_label, summary, utility_per_seed)
+from util.utility import (COMPLETED, PRETRAINED, SCRATCH, TEST_METRIC, accuracy_per_seed, best_heads,  # noqa: F401
+                          calc_utility, labels_needed, selection_labels, source_label, summary, utility_per_seed)
 
-__all__ = ["COMPLETED", "DIVERGED", "PRETRAINED", "SCRATCH", "TEST_METRIC", "accuracy_plot", "best_heads",
-           "calc_utility", "config_columns", "experiment_dir", "labels_needed", "load_experiment", "load_history",
+__all__ = ["COMPLETED", "DIVERGED", "PRETRAINED", "SCRATCH", "TEST_METRIC", "accuracy_per_seed", "accuracy_plot",
+           "best_heads", "calc_utility", "config_columns", "experiment_dir", "labels_needed", "load_experiment", "load_history",
            "selection_labels", "source_label", "summary", "trial_dirs", "utility_per_seed", "utility_plot"]
 METRIC_PREFIXES = ("train_", "valid_", "test_")
 

@@ -1,0 +1,75 @@
+"""Where a figure or table comes from: the commit of this checkout and of the trials, the study
+module's sha256, the labels selection used and the date, as one line and as PNG metadata keys."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import subprocess
+from datetime import date
+from pathlib import Path
+
+import paths
+from selfstudy import folders
+from selfstudy.errors import UserError
+from selfstudy.rayconfig import config_path
+
+
+def git_describe() -> str:
+    """`git describe --always --dirty` of this checkout ('unknown' outside git)."""
+    try:
+        out = subprocess.run(["git", "-C", str(paths.ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(paths.ROOT)) if path.is_relative_to(paths.ROOT) else str(path)
+
+
+def study_module(exp_dir: Path) -> str:
+    """'study config/headline.py sha256 <hex>' from experiment.json: the hash recorded when the study started
+    (a plain sweep records only its Ray config's name: that file is hashed now, and the line says so)."""
+    record = folders.read_experiment(exp_dir) or {}
+    if not record.get("ray_config"):
+        return "study module not recorded"
+    if "module_sha256" in record:
+        path = Path(record["ray_config"])
+        now = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        changed = "" if now == record["module_sha256"] else " (the file differs now)" if now else " (the file is gone)"
+        return f"study {shown(path)} sha256 {record['module_sha256']}{changed}"
+    try:
+        path = config_path(record["ray_config"])
+    except UserError:
+        return f"Ray config {record['ray_config']} (its file is gone)"
+    return f"Ray config {shown(path)} sha256 {hashlib.sha256(path.read_bytes()).hexdigest()} (hashed now)"
+
+
+def trial_commits(stage_dir: Path) -> str:
+    """The commits the stage's trials ran at (trial.json), shortened: 'trials at 7996507' ('not recorded')."""
+    commits = []
+    for trial_dir in folders.trial_dirs(stage_dir):
+        path = trial_dir / "trial.json"
+        commit = json.loads(path.read_text()).get("git_commit") if path.is_file() else None
+        commits.append(commit[:7] + "-dirty" * commit.endswith("-dirty") if commit else "not recorded")
+    return "trials at " + (", ".join(sorted(set(commits))) or "no commit")
+
+
+def figure_provenance(script: str, argv: list[str], exp_dir: Path, stages: list[str], selection: str,
+                      measure: str) -> dict[str, str]:
+    """PNG metadata keys (`Commit`, `Trials`, `Study`, `Selection`, `Creation Time`) of a figure that
+    `script` drew with `argv` from `stages` of the experiment in `exp_dir`; `Description` holds
+    it all in one line, ending with `measure` (what the numbers are)."""
+    command = shlex.join(["python", script, *argv])
+    commits = sorted({trial_commits(exp_dir / stage) for stage in stages})
+    facts = {"Commit": git_describe(), "Trials": "; ".join(commits), "Study": study_module(exp_dir),
+             "Selection": selection, "Creation Time": date.today().isoformat()}
+    named = ", ".join(f"'{stage}'" for stage in stages)
+    facts["Description"] = (f"Drawn by `{command}` at commit {facts['Commit']} on {facts['Creation Time']} from "
+                            f"stage{'s' * (len(stages) > 1)} {named} ({facts['Trials']}); {facts['Study']}; "
+                            f"{selection}; {measure}.")
+    return facts
