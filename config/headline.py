@@ -5,7 +5,7 @@
     python misc/utility_figure.py -e headline -o docs/headline
 
 Stage `pretrain`: rotation prediction and SimCLR on the 8,000 training images (labels unused) of
-1111 (ten solids; colour, texture, lighting and viewpoint all vary), ResNet-9 of width 16.
+1111 (ten solids; colour, texture, lighting and viewpoint all vary), ResNet-9 of width 8.
 Stage `transfer`: the whole network fine-tuned on 5 label budgets, from 100 images to the full
 training split, from scratch and from each pretrained backbone, 5 seeds each: 75 trials of 400
 steps (config/syn/r9/transfer.gin). Each seed labels its own class-balanced images (nested:
@@ -22,13 +22,13 @@ BUDGETS = [100, 300, 1000, 3000, 8000]  # labelled training images; 8,000 is the
 SEEDS = [0, 1, 2, 3, 4]
 
 metric, mode = "mean_accuracy", "max"  # the validation accuracy picks each trial's best epoch
-search_space = {"BaseDataset.num_valid": 2000}  # held out of training in both stages: the validation pool
+# in both stages: 2,000 images held out of training (the validation pool), ResNet-9 of width 8
+search_space = {"BaseDataset.num_valid": 2000, "ResNet.width": 8}
 stages = [
     {"name": "pretrain",
      "search_space": {
          "gin_config": tune.grid_search(["syn/r9/rotate", "syn/r9/simclr"]),
          "SynDataset.dataset_choice": "1111",
-         "ResNet.width": 16,
          "session.test_iters": 0,
          "scheduler.milestones": [1, 15],  # epochs
      }},

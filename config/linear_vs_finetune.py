@@ -5,7 +5,7 @@
     python misc/rank_figure.py -e linear_vs_finetune -o docs/linear_vs_finetune
 
 Stage `pretrain`: rotation prediction, SimCLR, MoCo v2 and BYOL on the 8,000 training images of
-1111 (labels unused), ResNet-9 of width 16, 15 epochs each (the headline's recipe).
+1111 (labels unused), ResNet-9 of width 8, 15 epochs each (the headline's recipe).
 Stage `linear`: a probe grid (config/syn/r9/probe_grid.gin) on each frozen backbone and on a
 random one whose BatchNorm statistics are calibrated on the images: 3 learning rates x 2 weight
 decays per budget, the best head by validation accuracy. Stage `finetune`: the whole network
@@ -22,13 +22,12 @@ BUDGETS = [100, 1000]
 SEEDS = [0, 1, 2]
 
 metric, mode = "mean_accuracy", "max"
-search_space = {"BaseDataset.num_valid": 2000}  # the validation pool, held out of training in every stage
+search_space = {"BaseDataset.num_valid": 2000, "ResNet.width": 8}  # in every stage: the validation pool, the width
 stages = [
     {"name": "pretrain",
      "search_space": {
          "gin_config": tune.grid_search(["syn/r9/rotate", "syn/r9/simclr", "syn/r9/moco", "syn/r9/byol"]),
          "SynDataset.dataset_choice": "1111",
-         "ResNet.width": 16,
          "session.test_iters": 0,
          "scheduler.milestones": [1, 15],  # epochs
      }},

@@ -7,7 +7,7 @@
 Four synthetic sets that differ in which factors of variation vary per image (README,
 "Synthetic datasets"): 0000 (none: each class has one colour, viewpoint and light and no
 texture), 1000 (texture), 0110 (colour and viewpoint) and 1111 (all four). For each set, stage
-`pretrain_<code>` pretrains ResNet-9 (width 16) with rotation prediction on its 8,000 training
+`pretrain_<code>` pretrains ResNet-9 (width 8) with rotation prediction on its 8,000 training
 images (labels unused, 15 epochs), and stage `transfer_<code>` fine-tunes the whole network on
 the same set at 100, 1,000 and 8,000 labels, from scratch and from that backbone, 3 seeds: each
 seed labels its own images and selects on a budget-sized validation split (a fifth of the
@@ -21,7 +21,7 @@ BUDGETS = [100, 1000, 8000]
 SEEDS = [0, 1, 2]
 
 metric, mode = "mean_accuracy", "max"
-search_space = {"BaseDataset.num_valid": 2000, "ResNet.width": 16}
+search_space = {"BaseDataset.num_valid": 2000, "ResNet.width": 8}
 stages = []
 for code in CODES:
     stages += [
