@@ -54,6 +54,20 @@ def test_torchvision_resnets_keep_torchvision_names(arch: str) -> None:
     assert ours.out_dim == theirs.fc.in_features
 
 
+@pytest.mark.parametrize("arch", ["resnet9", "resnet18", "resnet50"])
+def test_a_backbone_built_for_shapes_only_has_the_widths_of_a_real_one(arch: str) -> None:
+    """check_trial builds the model on the meta device, where the output width is read off the
+    last BatchNorm instead of a forward pass: the same width for every stage, halved or not."""
+    for feat_layer in [None, 0, 1, "layer2"]:
+        for is_half in (False, True):
+            kwargs = {"feat_layer": feat_layer, "is_half": is_half, "width": 8, "in_channels": 1}
+            real = ResNet(arch, **kwargs)
+            with torch.device("meta"):
+                shapes = ResNet(arch, **kwargs)
+            assert next(shapes.parameters()).is_meta
+            assert shapes.out_dim == real.out_dim == real(torch.zeros(1, 1, 32, 32)).shape[1], (feat_layer, is_half)
+
+
 def test_resnet_options() -> None:
     net = ResNet("resnet18", input_res=32, feat_layer="layer3", freeze_at_k=0, out_feats=24)
     assert net.out_dim == 24 and net.stage_names[-1] == "layer3"

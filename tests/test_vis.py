@@ -65,6 +65,13 @@ def test_a_dip_in_the_scratch_curve_is_pooled_with_its_neighbour_before_invertin
     assert vis.labels_needed(0.76, budgets, dipping) == (1000, ">=")  # above the fit, though 100 labels scored 0.8
 
 
+def test_a_plateau_is_reached_at_its_first_budget() -> None:
+    # scratch at the ceiling from 300 labels on: a pretrained 1.0 needs 300 scratch labels, not the plateau's middle
+    budgets, ceiling = np.array([100, 300, 1000]), np.array([0.95, 1.0, 1.0])
+    assert vis.labels_needed(1.0, budgets, ceiling) == (pytest.approx(300), "")
+    assert vis.labels_needed(0.975, budgets, ceiling) == (pytest.approx(math.sqrt(100 * 300)), "")
+
+
 def test_a_seed_without_scratch_trials_uses_the_mean_scratch_curve() -> None:
     other = {10: 0.3, 100: 0.5, 1000: 0.7}
     frame = trials(scratch((0,)) + scratch((2,), other) + [("rotate", 10, 0, 0.6), ("rotate", 10, 1, 0.6)])

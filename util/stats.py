@@ -65,14 +65,16 @@ class Curve(NamedTuple):
 
 def monotone_curve(budgets: np.ndarray, accuracies: np.ndarray) -> Curve:
     """The isotonic (pool-adjacent-violators) fit of accuracy against log n: a dip is pooled with its neighbours
-    into their mean, placed at their mean log n, so no point is replaced by a noisy maximum.
+    into their mean, placed at their mean log n, so no point is replaced by a noisy maximum. Equal accuracies
+    (a plateau, e.g. 1.000 at 300 and 1,000 labels) stay apart: the accuracy is first reached at the smaller
+    budget, which is what scratch training needs, not at the plateau's middle.
     budgets: labelled images, any order, each once; accuracies: their accuracy."""
     order = np.argsort(budgets)
     n, acc = np.asarray(budgets, float)[order], np.asarray(accuracies, float)[order]
     blocks: list[list[float]] = []  # [sum of log n, sum of accuracy, count]
     for x, y in zip(np.log(n), acc):
         blocks.append([x, y, 1])
-        while len(blocks) > 1 and blocks[-2][1] * blocks[-1][2] >= blocks[-1][1] * blocks[-2][2]:  # not increasing
+        while len(blocks) > 1 and blocks[-2][1] * blocks[-1][2] > blocks[-1][1] * blocks[-2][2]:  # falling
             x2, y2, c2 = blocks.pop()
             blocks[-1] = [blocks[-1][0] + x2, blocks[-1][1] + y2, blocks[-1][2] + c2]
     knots = np.array([[x / c, y / c] for x, y, c in blocks])

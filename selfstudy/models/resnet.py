@@ -184,13 +184,22 @@ class ResNet(nn.Module):
         raise UserError(f"ResNet.feat_layer {feat_layer!r} is not a stage of this backbone; choose from: "
                         f"{', '.join(self.stage_names)}, their numbers 0-{len(self.stage_names) - 1}, or -1 (the last)")
 
+    def _stage_modules(self) -> list[nn.Module]:
+        return [module for stage in self._stages() for module in stage.modules()]
+
     def _stages(self, count: int | None = None) -> list[nn.Module]:
         names = self.stage_names[:count]
         return [getattr(self, s) for n in names for s in (STEM if n == "stem" else (n,))]
 
     @torch.no_grad()
     def _channels(self, in_channels: int, input_res: int) -> int:
-        probe = torch.zeros(1, in_channels, input_res, input_res, device=next(self.parameters()).device)
+        """Channels of the last stage's output: a forward pass of one blank image, or, on the meta
+        device (shapes only), the last BatchNorm's width (every stage ends in one; a meta forward
+        through BatchNorm would import torch's compiler, seconds before a run's first check)."""
+        device = next(self.parameters()).device
+        if device.type == "meta":
+            return [m for m in self._stage_modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
+        probe = torch.zeros(1, in_channels, input_res, input_res, device=device)
         was_training = self.training
         self.eval()
         for module in self._stages():
