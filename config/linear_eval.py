@@ -10,7 +10,7 @@ Stage `pretrain`: rotation prediction and SimCLR on digits (labels train only th
 probes), ResNet-9 of width 16. Stage `probe`: a probe grid (config/digits/r9/probe_grid.gin:
 3 peak learning rates x 2 weight decays x 3 label budgets = 18 linear heads, features encoded
 once) on each frozen pretrained backbone and on a random one ('scratch'), 3 seeds: 9 trials,
-162 heads. About 80 s on a 2-core CPU. The utility functions take each trial's best head per budget by validation accuracy
+162 heads. About 3.5 minutes on the 2-core CPU. The utility functions take each trial's best head per budget by validation accuracy
 and compare its `test_at_best`; 'scratch' here is a linear probe of random features, whose
 BatchNorm statistics are calibrated on one pass over the training images
 (`Wrapper.calibrate_random`), as a pretrained backbone's are: without that, the utility would
