@@ -63,6 +63,22 @@ def build_optimizer(
         raise UserError(f"optimizer {cls.__name__}: {err}; fix the optimizer.* bindings") from None
 
 
+NO_PARAMETERS = "optimizer got an empty parameter list"  # torch's words
+
+
+def check_optimizer(params: list[torch.nn.Parameter]) -> None:
+    """Raise the `UserError` that `build_optimizer(params)` would meet, without building one: torch checks
+    the settings (lr, momentum, ...) before it looks at the parameters, so an empty parameter list stops
+    it right after them. (Setting up real parameters imports torch's compiler: 3 s before a run's checks.)
+    No trainable parameter at all is refused as `build_optimizer` refuses it."""
+    try:
+        build_optimizer(params[:0])
+    except UserError as err:
+        if params and NO_PARAMETERS in str(err):
+            return
+        raise
+
+
 def check_milestones(milestones: tuple[int, ...]) -> None:
     if not milestones or any(b <= a for a, b in zip((0,) + milestones, milestones)):
         raise UserError(f"scheduler.milestones {list(milestones)} must be positive and increasing epochs (the run "

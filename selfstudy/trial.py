@@ -34,7 +34,7 @@ from selfstudy.folders import SNAPSHOT, write_json
 from selfstudy.models import Wrapper, build_model
 from selfstudy.models.calibrate import calibrate_random_backbone
 from selfstudy.legacy import print_notes
-from selfstudy.optim import PlateauSchedule, Schedule, build_optimizer, build_schedule
+from selfstudy.optim import PlateauSchedule, Schedule, build_optimizer, build_schedule, check_optimizer
 from selfstudy.precision import autocast_dtype
 from selfstudy.selection import Selection, copy_weights
 from selfstudy.settings import SessionSettings, explain_nondeterminism, session_settings, set_determinism
@@ -113,7 +113,7 @@ def check_trial(config: dict[str, Any]) -> None:
     """
     parts = build_parts(config, torch.device("meta"))
     parts.dataset.verify()
-    build_optimizer(trainable(parts.model, parts.task))
+    check_optimizer(trainable(parts.model, parts.task))
     rows, settings = parts.rows, parts.settings
     if settings.valid_iters and not len(rows["valid"]):
         raise UserError(f"{parts.dataset.name} has no validation images (BaseDataset.num_valid = "
