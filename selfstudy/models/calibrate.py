@@ -65,7 +65,7 @@ def calibrate_random_backbone(backbone: nn.Module, dataset: DatasetFiles, option
     evaluates), in file order, `batch_size` at a time; said in a note. Draws no random number,
     so a trial that calibrates at setup continues its random streams as without; a restored
     trial then takes the statistics of its snapshot (they are buffers of the model's state)."""
-    everything = dataclasses.replace(options, semisupervised=None)
+    everything = dataclasses.replace(options, semisupervised=None, valid_fraction=None)  # every training image
     split = dataset.load(everything, device, ("train",))["train"]
     try:
         count = calibrate_batchnorm(backbone, (batch.images for batch in split.batches(batch_size, -1)), autocast)
