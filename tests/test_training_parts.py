@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 
+import gin
 import pytest
 import torch
 import torchvision
@@ -13,7 +14,7 @@ from conftest import TINY
 from selfstudy.config import split_binding
 from selfstudy.errors import UserError
 from selfstudy.models import ResNet, Wrapper
-from selfstudy.optim import Schedule, build_optimizer, optimizer_class
+from selfstudy.optim import Schedule, build_optimizer, check_optimizer, optimizer_class
 from selfstudy.precision import autocast_dtype
 from selfstudy.tasks.classify import classify_loss
 from selfstudy.trial import Trial, explain_nondeterminism
@@ -66,6 +67,28 @@ def test_a_backbone_built_for_shapes_only_has_the_widths_of_a_real_one(arch: str
                 shapes = ResNet(arch, **kwargs)
             assert next(shapes.parameters()).is_meta
             assert shapes.out_dim == real.out_dim == real(torch.zeros(1, 1, 32, 32)).shape[1], (feat_layer, is_half)
+
+
+def test_the_optimizer_check_refuses_what_building_refuses() -> None:
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    check_optimizer(params)  # good settings pass
+    for bad, says in ((dict(momentum=-1.0), "Invalid momentum value"), (dict(bogus=1), "unexpected keyword")):
+        for run in (lambda: build_optimizer(params, **bad), lambda: check_optimizer_with(params, **bad)):
+            with pytest.raises(UserError, match=says):
+                run()
+    with pytest.raises(UserError, match="empty parameter list"):  # nothing to train
+        check_optimizer([])
+
+
+def check_optimizer_with(params: list[torch.nn.Parameter], **bindings: object) -> None:
+    """`check_optimizer` under optimizer.* bindings, as a run's check meets them."""
+    with gin.unlock_config():
+        for name, value in bindings.items():
+            gin.bind_parameter(f"optimizer.{name}", value)
+    try:
+        check_optimizer(params)
+    finally:
+        gin.clear_config()
 
 
 def test_resnet_options() -> None:

@@ -62,7 +62,15 @@ def test_a_dip_in_the_scratch_curve_is_pooled_with_its_neighbour_before_invertin
     assert bound == "" and needed == pytest.approx(10 ** (1 + 0.8 * 1.5))  # 0.7 is 4/5 of the way from 0.5 to 0.75
     budgets, dipping = np.array([10, 100, 1000]), np.array([0.5, 0.8, 0.7])
     assert vis.labels_needed(0.75, budgets, dipping) == (pytest.approx(10 ** 2.5), "")
-    assert vis.labels_needed(0.76, budgets, dipping) == (1000, ">=")  # above the fit, though 100 labels scored 0.8
+    assert vis.labels_needed(0.76, budgets, dipping) == (100, "")  # above the fit, but 100 labels measured 0.8
+    assert vis.labels_needed(0.81, budgets, dipping) == (1000, ">=")  # above every measured point
+
+
+def test_above_a_pooled_top_that_a_scratch_trial_reached_is_no_bound() -> None:
+    # 0.997 at 1000 and 0.992 at 3000 pool into 0.9945: 0.996 lies above the fit, but scratch measured it at 1000
+    budgets, falling = np.array([100, 1000, 3000]), np.array([0.9, 0.997, 0.992])
+    assert vis.labels_needed(0.996, budgets, falling) == (1000, "")
+    assert vis.labels_needed(0.998, budgets, falling) == (3000, ">=")  # above every measured point
 
 
 def test_a_plateau_is_reached_at_its_first_budget() -> None:

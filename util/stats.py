@@ -56,11 +56,20 @@ def t_interval(mean: np.ndarray, sd: np.ndarray, count: np.ndarray, ci: float) -
 
 
 class Curve(NamedTuple):
-    """A monotone scratch curve: knots (`log_n`, `accuracy`) strictly increasing in both, and the measured range."""
+    """A monotone scratch curve: knots (`log_n` increasing, `accuracy` never falling) and the measured
+    points it was fitted to (`budgets` in increasing order, labelled images, and their `measured` accuracy)."""
     log_n: np.ndarray
     accuracy: np.ndarray
-    smallest: float  # the smallest and largest measured budget (labelled images)
-    largest: float
+    budgets: np.ndarray
+    measured: np.ndarray
+
+    @property
+    def smallest(self) -> float:
+        return float(self.budgets[0])
+
+    @property
+    def largest(self) -> float:
+        return float(self.budgets[-1])
 
 
 def monotone_curve(budgets: np.ndarray, accuracies: np.ndarray) -> Curve:
@@ -78,7 +87,7 @@ def monotone_curve(budgets: np.ndarray, accuracies: np.ndarray) -> Curve:
             x2, y2, c2 = blocks.pop()
             blocks[-1] = [blocks[-1][0] + x2, blocks[-1][1] + y2, blocks[-1][2] + c2]
     knots = np.array([[x / c, y / c] for x, y, c in blocks])
-    return Curve(knots[:, 0], knots[:, 1], float(n[0]), float(n[-1]))
+    return Curve(knots[:, 0], knots[:, 1], n, acc)
 
 
 def falls(budgets: np.ndarray, accuracies: np.ndarray) -> list[tuple[float, float, float, float]]:
@@ -90,10 +99,13 @@ def falls(budgets: np.ndarray, accuracies: np.ndarray) -> list[tuple[float, floa
 
 def read_off(accuracy: float, curve: Curve) -> tuple[float, str]:
     """Labels n' at which `curve` reaches `accuracy`, linear in log n between knots, and whether n' is a bound:
-    (n', '') inside the curve's range, (largest budget, '>=') above its top, (smallest budget, '<=') at or
-    below its bottom."""
+    (n', '') inside the curve's range, (largest budget, '>=') above its top and above every measured point,
+    (smallest budget, '<=') at or below its bottom. Above the fit's top but not above every measured point
+    (the top pooled a fall, e.g. 0.997 at 3,000 labels and 0.992 at 8,000), n' is the smallest budget whose
+    measured accuracy reaches `accuracy`: a scratch trial did reach it there, so n' is no bound beyond it."""
     if accuracy > curve.accuracy[-1]:
-        return curve.largest, ">="
+        reached = curve.budgets[curve.measured >= accuracy]
+        return (float(reached[0]), "") if reached.size else (curve.largest, ">=")
     if accuracy <= curve.accuracy[0]:
         return curve.smallest, "<="
     i = int(np.searchsorted(curve.accuracy, accuracy))  # accuracy[i - 1] < accuracy <= accuracy[i]
