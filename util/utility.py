@@ -134,7 +134,7 @@ def labels_needed(accuracy: float, budgets: np.ndarray, accuracies: np.ndarray) 
     The curve is made monotone by pool-adjacent-violators in log n (a fall is pooled with its
     neighbours into their mean accuracy at their mean log n: `util.stats.monotone_curve`), then
     inverted linearly in log n. Returns (n', '') inside the measured range, (largest budget, '>=')
-    when `accuracy` is above the fitted curve, (smallest budget, '<=') when it is at or below its start.
+    when `accuracy` is above the fitted curve and every measured point (`util.stats.read_off`), (smallest budget, '<=') when it is at or below its start.
     """
     return read_off(accuracy, monotone_curve(budgets, accuracies))
 
