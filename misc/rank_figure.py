@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 from selfstudy.config import first_line  # noqa: E402
 from selfstudy.errors import UserError  # noqa: E402
 from util import vis  # noqa: E402
-from util.provenance import figure_provenance  # noqa: E402
+from util.provenance import figure_output, figure_provenance  # noqa: E402
 from util.ranks import rank_agreement, ranks  # noqa: E402
 
 BUDGET = "BaseDataset.semisupervised"
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = (args.linear, args.finetune)
     try:
+        output = figure_output(args.output) if args.output else None
         exp_dir = vis.experiment_dir(args.exp_id)
         frame = vis.load_experiment(exp_dir)
     except UserError as err:
@@ -115,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     selection = vis.selection_labels(pd.concat(points.values())["valid_labels"])
     facts = figure_provenance("misc/rank_figure.py", argv, exp_dir, list(names), selection,
                               "test_at_best; Spearman's rho with 95% bootstrap intervals over seeds")
-    if args.output:
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
+    if output:
         draw(found, names).savefig(f"{output}.png", dpi=120, metadata={**facts, "Title": f"{args.exp_id}: rankings"})
     print(facts["Description"] + "\n")
     print(markdown(found, names))

@@ -10,7 +10,7 @@ validation epoch (`test_at_best`, or `--metric`) by source, label budget and see
 Markdown row per source and budget: accuracy and utility with their 95% t-intervals over seeds
 (see `util.vis.summary`), and how many labelled validation images selection used. A utility marked
 `>=` is a lower bound (some seed's pretrained accuracy is above its whole scratch curve), `<=` an
-upper bound (at or below the smallest budget's), `?` both among the seeds; a bound has no interval
+upper bound (at or below the smallest budget's, or tied with scratch's best), `?` both among the seeds; a bound has no interval
 and says how many seeds are bounds. A line above the table, and the PNGs' metadata, give the
 provenance: the commit of this checkout and of the trials, the study module's sha256, the labels
 selection used and the date.
@@ -32,9 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from selfstudy.config import first_line  # noqa: E402
 from selfstudy.errors import UserError  # noqa: E402
 from util import vis  # noqa: E402
-from util.provenance import figure_provenance  # noqa: E402
+from util.provenance import figure_output, figure_provenance  # noqa: E402
 
-OUTSIDE = {">=": "beyond the largest scratch budget", "<=": "at or below scratch at the smallest budget",
+OUTSIDE = {">=": "beyond the largest scratch budget",
+           "<=": "at or below scratch at the smallest budget or tied with scratch's best",
            "?": "outside the scratch budgets, both ways"}
 
 
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", default=None, help="write <OUTPUT>_utility.png and <OUTPUT>_accuracy.png")
     args = parser.parse_args(argv)
     try:
+        output = figure_output(args.output) if args.output else None
         exp_dir = vis.experiment_dir(args.exp_id)
         frame = vis.load_experiment(exp_dir)
     except UserError as err:
@@ -114,9 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: stage '{stage}' of '{args.exp_id}': {first_line(err)}", file=sys.stderr)
                 return 2
         facts = provenance(exp_dir, chosen, pd.concat(tables.values()), metric, argv)
-        if args.output:
-            output = Path(args.output)
-            output.parent.mkdir(parents=True, exist_ok=True)
+        if output:
             for name, plot in (("utility", vis.utility_plot), ("accuracy", vis.accuracy_plot)):
                 draw(plot, trials, args.metric).savefig(
                     f"{output}_{name}.png", dpi=120,

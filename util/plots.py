@@ -84,7 +84,8 @@ def utility_plot(df: pd.DataFrame, path: str | Path | None = None, *, source_col
     """Utility (n'/n - 1 of the geometric mean n' over seeds, as in `calc_utility`) against labelled images
     on a log axis: one line per pretrained source, a line at 0 (no gain over scratch). Exact points are
     filled circles with their t-interval as an error bar; bounds are hollow, without an interval: triangle
-    up '>=' (beyond the largest scratch budget), triangle down '<=' (at or below the smallest), and a
+    up '>=' (beyond the largest scratch budget), triangle down '<=' (at or below the smallest, or tied with
+    scratch's best), and a
     '?' point (both among the seeds) a hollow diamond on the line at 0. The title says how many validation
     labels selection used. Returns the Figure; saves it to `path` when given (PNG without a suffix)."""
     from matplotlib.lines import Line2D

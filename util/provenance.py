@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import subprocess
 from datetime import date
@@ -14,6 +15,19 @@ import paths
 from selfstudy import folders
 from selfstudy.errors import UserError
 from selfstudy.rayconfig import config_path
+
+
+def figure_output(output: str) -> Path:
+    """The -o prefix of a figure script, its folder made; a `UserError` naming it when it cannot be written."""
+    path = Path(output)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"-o {output}: cannot make the folder {path.parent} ({err.strerror}); give -o a path you "
+                        "can write") from None
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"-o {output}: cannot write in {path.parent}; give -o a path you can write")
+    return path
 
 
 def git_describe() -> str:

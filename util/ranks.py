@@ -15,17 +15,9 @@ import pandas as pd
 def ranks(values: np.ndarray) -> np.ndarray:
     """Ranks from 1 (the largest value) along the last axis; ties share their mean rank."""
     values = np.asarray(values, float)
-    order = (-values).argsort(axis=-1, kind="stable")
-    rank = np.empty_like(values)
-    np.put_along_axis(rank, order, np.broadcast_to(np.arange(1, values.shape[-1] + 1, dtype=float), values.shape),
-                      axis=-1)
-    for index in np.ndindex(values.shape[:-1]):  # ties: the mean of their ranks
-        row, out = values[index], rank[index]
-        for value in np.unique(row):
-            tied = row == value
-            if tied.sum() > 1:
-                out[tied] = out[tied].mean()
-    return rank
+    pairs = values[..., :, None], values[..., None, :]
+    above, tied = (pairs[1] > pairs[0]).sum(axis=-1), (pairs[1] == pairs[0]).sum(axis=-1)
+    return above + (tied + 1) / 2  # the mean of the ranks above + 1 to above + tied
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -44,8 +36,14 @@ def rank_agreement(first: pd.DataFrame, second: pd.DataFrame, *, source_col: str
     (source, seed) each, e.g. one budget of `util.vis.accuracy_per_seed`), over the sources and
     seeds both have. Returns `rho`, `rho_lo`, `rho_hi` (percentile interval of `n_boot` joint
     resamples of the seeds, from an RNG seeded with `seed`), `sources`, `seeds` and `means`
-    (source -> (first, second) mean accuracy). With few seeds the interval is crude: 3 seeds
-    have 10 distinct resamples of their multiset, so it spans what they allow, no more."""
+    (source -> (first, second) mean accuracy).
+
+    What the interval covers: the rho of the sources' expected accuracies under the two protocols.
+    Simulated (5 sources 0.01 or 0.02 to 0.04 apart, accuracy noise sd 0.005 to 0.02 per trial, 400
+    to 1,000 studies each), the 95% interval covered the true rho in 0.90 to 1.00 of studies with 3
+    seeds, 0.94 to 1.00 with 5 and 0.98 to 1.00 with 10; least where the noise is as large as the gaps
+    between sources, most where it is small beside them (rho takes few values, so the interval then
+    covers more than its nominal level). `tests/test_vis.py` repeats the hardest case at 3 seeds."""
     if not 0 < ci < 1:
         raise ValueError(f"ci = {ci}: give the confidence level as a fraction, e.g. 0.95")
     tables = [frame.pivot_table(index=seed_col, columns=source_col, values="accuracy") for frame in (first, second)]

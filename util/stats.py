@@ -102,10 +102,17 @@ def read_off(accuracy: float, curve: Curve) -> tuple[float, str]:
     (n', '') inside the curve's range, (largest budget, '>=') above its top and above every measured point,
     (smallest budget, '<=') at or below its bottom. Above the fit's top but not above every measured point
     (the top pooled a fall, e.g. 0.997 at 3,000 labels and 0.992 at 8,000), n' is the smallest budget whose
-    measured accuracy reaches `accuracy`: a scratch trial did reach it there, so n' is no bound beyond it."""
+    measured accuracy reaches `accuracy`: a scratch trial did reach it there, so n' is no bound beyond it.
+    Equal to scratch's best measured accuracy (a tie at the ceiling, e.g. 1.000 where scratch reached 1.000
+    at 300 labels), n' is at most the first budget that measured it, (that budget, '<='): scratch may have
+    got there with fewer labels, and the tie cannot show by how many, so many tied seeds are no exact value."""
+    best = curve.measured.max()
+    if accuracy > best:
+        return curve.largest, ">="
+    if accuracy == best:
+        return float(curve.budgets[curve.measured == best][0]), "<="
     if accuracy > curve.accuracy[-1]:
-        reached = curve.budgets[curve.measured >= accuracy]
-        return (float(reached[0]), "") if reached.size else (curve.largest, ">=")
+        return float(curve.budgets[curve.measured >= accuracy][0]), ""
     if accuracy <= curve.accuracy[0]:
         return curve.smallest, "<="
     i = int(np.searchsorted(curve.accuracy, accuracy))  # accuracy[i - 1] < accuracy <= accuracy[i]

@@ -5,7 +5,8 @@ to reach a (read off the scratch curve, linear in log n between measured budgets
 n'/n - 1. 0 means pretraining is worth nothing, 1 that it saves as many labels as were used.
 The scratch curve is made monotone by an isotonic fit in log n (`util.stats.monotone_curve`;
 a warning names the seeds and budgets where it falls). Outside the measured scratch budgets n'
-is not extrapolated: the utility is then a bound (`bound` '>=' or '<='), and a (source, budget)
+is not extrapolated: the utility is then a bound (`bound` '>=' or '<='), as it is ('<=') where a
+pretrained trial ties scratch's best measured accuracy (a ceiling), and a (source, budget)
 where any seed is a bound is reported as a bound, never as a mean with an interval.
 Intervals are Student t-intervals over seeds (`calc_utility` says what they cover).
 
@@ -134,7 +135,8 @@ def labels_needed(accuracy: float, budgets: np.ndarray, accuracies: np.ndarray) 
     The curve is made monotone by pool-adjacent-violators in log n (a fall is pooled with its
     neighbours into their mean accuracy at their mean log n: `util.stats.monotone_curve`), then
     inverted linearly in log n. Returns (n', '') inside the measured range, (largest budget, '>=')
-    when `accuracy` is above the fitted curve and every measured point (`util.stats.read_off`), (smallest budget, '<=') when it is at or below its start.
+    when `accuracy` is above the fitted curve and every measured point (`util.stats.read_off`), (smallest budget, '<=')
+    when it is at or below its start, (the first budget that measured it, '<=') when it ties scratch's best.
     """
     return read_off(accuracy, monotone_curve(budgets, accuracies))
 
@@ -183,7 +185,8 @@ def utility_per_seed(df: pd.DataFrame, *, source_col: str = "source", budget_col
     are averaged. Returns one row per pretrained (source, budget, seed) with `accuracy` (a, the metric),
     `labels_needed` (n', labelled images scratch training needs for a; a bound where `bound` says so),
     `utility` (n'/n - 1, n = the budget), `bound` ('' exact; '>=': a beats the scratch curve, n' is
-    beyond the largest scratch budget; '<=': a is at or below scratch at the smallest budget) and
+    beyond the largest scratch budget; '<=': a is at or below scratch at the smallest budget, or ties scratch's
+    best measured accuracy, so scratch may need fewer labels than n') and
     `scratch_curve` ('seed': the scratch trials of the same seed, which trained on the same labelled
     images; 'mean': that seed has none, so the mean over seeds of the scratch accuracy at each budget).
     """
@@ -205,10 +208,13 @@ def _check_ci(ci: float) -> None:
 
 
 def _accuracy_stats(points: pd.DataFrame, cols: _Cols, ci: float) -> pd.DataFrame:
-    """Per (source, budget): mean `accuracy` over seeds, its t-interval, `seeds`, `valid_labels` (the largest)."""
+    """Per (source, budget): mean `accuracy` over seeds, its t-interval, `seeds`, `valid_labels` (the largest).
+    An accuracy's interval (`test_at_best` is every task's test 'accuracy') is cut to [0, 1], where the mean is."""
     groups = points.groupby([cols.source, cols.budget], sort=True)
     stats = groups["accuracy"].agg(["mean", "std", "count"])
     lo, hi = t_interval(stats["mean"], stats["std"], stats["count"], ci)
+    if cols.metric == TEST_METRIC or "accuracy" in cols.metric:
+        lo, hi = np.clip(lo, 0, 1), np.clip(hi, 0, 1)
     return pd.DataFrame({"accuracy": stats["mean"], "accuracy_lo": lo, "accuracy_hi": hi,
                          "seeds": stats["count"].astype(int), VALID_LABELS: groups[VALID_LABELS].max()}).reset_index()
 
@@ -239,7 +245,8 @@ def calc_utility(df: pd.DataFrame, *, source_col: str = "source", budget_col: st
     by noise than the plain mean), `utility_lo`, `utility_hi` (its Student t `ci` interval, seeds - 1
     degrees of freedom, on ln(n'/n); NaN with one seed), `bound`, `bound_seeds` (how many seeds
     are bounds) and `seeds` (how many). Where any seed is a bound, `bound` is '>=' (some n' are
-    beyond the largest scratch budget), '<=' (some at or below the smallest) or '?' (both), `utility`
+    beyond the largest scratch budget), '<=' (some at or below the smallest, or tied with scratch's best) or '?'
+    (both), `utility`
     is the bound on the geometric mean (the bounded seeds at their bound; NaN for '?') and there
     is no interval.
 
@@ -265,7 +272,7 @@ def summary(df: pd.DataFrame, *, source_col: str = "source", budget_col: str = "
     """Accuracy and utility per (source, budget), scratch included; indexed by (`source_col`, `budget_col`).
 
     Columns: `accuracy` (mean of `metric` over seeds), `accuracy_lo`, `accuracy_hi` (Student t `ci`
-    interval over seeds; NaN with one), `seeds` (how many), `valid_labels` (the most labelled validation
+    interval over seeds, cut to [0, 1] for an accuracy; NaN with one), `seeds` (how many), `valid_labels` (the most labelled validation
     images a trial of the group picked its epoch with; NaN where the trials do not report it), then
     `utility`, `utility_lo`, `utility_hi`, `bound`, `bound_seeds` as in `calc_utility` (NaN for scratch).
     """
