@@ -20,7 +20,7 @@ import torch
 
 from selfstudy.data import DividedSplit, ResidentSplit
 from selfstudy.data.base import split_digest
-from selfstudy.data.splits import num_batches
+from selfstudy.data.splits import evaluated_images, num_batches
 from selfstudy.errors import UserError
 from selfstudy.folders import PROBE_GRID_FILE, write_json
 from selfstudy.probe import HeadState, budget_rows, check_grid, grid_heads, heads_logits, per_head_loss
@@ -72,6 +72,7 @@ class GridTrial(Trial):
             norm = copy.deepcopy(self.model.feature_norm)
             self.groups.append(Group(*(torch.from_numpy(rows[split]).to(self.device) for split in ("train", "valid")),
                                      norm, members, steps))
+        self.labels = {"per budget": self.budget_labels}  # trial.json: what each budget's heads saw
         group_of = {k: group for group in self.groups for k in group.heads}
         self.states = [HeadState(head, self.model.classifier, group_of[k].steps_per_epoch,
                                  Selection(self.selection.metric, self.selection.mode))
@@ -198,7 +199,7 @@ class GridTrial(Trial):
             loss_sums += per_head_loss(logits, batch.targets).double() * len(batch.targets)
             correct += (logits.argmax(dim=2) == batch.targets).sum(dim=1)
             count += len(batch.targets)
-        labels = {"valid_labels": len(group.valid)} if split == "valid" else {}
+        labels = {"valid_labels": evaluated_images(len(group.valid), self.batch_size, iters)} if split == "valid" else {}
         return {k: {f"{split}_loss": float(loss) / max(count, 1), f"{split}_accuracy": float(hits) / max(count, 1),
                     **labels} for k, loss, hits in zip(group.heads, loss_sums.tolist(), correct.tolist())}
 

@@ -28,7 +28,7 @@ from selfstudy.config import bind_trial
 from selfstudy.data import (Batch, DatasetFiles, DividedSplit, ResidentSplit, batch_size_option, build_dataset,
                             data_options)
 from selfstudy.data.base import DataOptions, split_digest
-from selfstudy.data.splits import PIXEL_FIELDS, num_batches
+from selfstudy.data.splits import PIXEL_FIELDS, evaluated_images, num_batches
 from selfstudy.errors import UserError
 from selfstudy.folders import SNAPSHOT, write_json
 from selfstudy.models import Wrapper, build_model
@@ -92,8 +92,12 @@ def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
 
 
 def trial_seed(config: dict[str, Any]) -> int:
-    """The trial's seed (the Ray config's `seed`, 0 by default)."""
-    return int(config.get("seed", 0))
+    """The trial's seed (the Ray config's `seed`, 0 by default): a whole number from 0 to 2**32 - 1."""
+    seed = config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+        raise UserError(f"seed = {seed!r}: a trial's seed is a whole number from 0 to 2**32 - 1 "
+                        "(e.g. 'seed': tune.grid_search([0, 1, 2]) in the search_space)")
+    return int(seed)
 
 
 def check_heads(model: Wrapper, task: Task) -> None:
@@ -111,6 +115,7 @@ def check_trial(config: dict[str, Any]) -> None:
     The model is built on the meta device (shapes only); the dataset's files are checked
     but not loaded; the label budget and schedule are validated.
     """
+    trial_seed(config)
     parts = build_parts(config, torch.device("meta"))
     parts.dataset.verify()
     check_optimizer(trainable(parts.model, parts.task))
@@ -257,7 +262,8 @@ class Trial:
         with explain_nondeterminism():
             metrics = self.train_epoch()
             if self.settings.valid_iters:
-                metrics.update(self.evaluate("valid", self.settings.valid_iters), valid_labels=len(self.splits["valid"]))
+                metrics.update(self.evaluate("valid", self.settings.valid_iters), valid_labels=evaluated_images(
+                    len(self.splits["valid"]), self.batch_size, self.settings.valid_iters))
             if self.settings.test_iters and not self.test_at_end:
                 metrics.update(self.evaluate("test", self.settings.test_iters))
         diverged = [name for name, value in metrics.items() if name.endswith("loss") and not np.isfinite(value)]

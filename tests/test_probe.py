@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,9 @@ def test_a_diverged_head_is_reported_and_the_others_finish(workspace: Workspace)
     assert list(frame["BaseDataset.semisupervised"]) == [50] * 4 + [1200] * 4  # 0: all 1,200, by number
     assert list(frame["optimizer.weight_decay"]) == [0.0, 0.0, 5e-4, 5e-4] * 2
     assert list(frame["peak_lr"]) == [0.1, 1e38] * 4
+    trial_dir = next((workspace.exp_dir / "grid").glob("trial_*"))
+    labels = json.loads((trial_dir / "trial.json").read_text())["labels"]["per budget"]
+    assert {budget: seen["train"]["images"] for budget, seen in labels.items()} == {"50": 50, "1200": 1200}  # 0: all 1,200
     assert list(frame["scheduler.scale"]) == [0.5, 5e38] * 4  # the schedule peaks at 0.2 (digits/r9/classify)
     trained, diverged = frame[frame["peak_lr"] == 0.1], frame[frame["peak_lr"] == 1e38]
     assert (trained["status"] == "finished").all() and (trained["epoch"] == 2).all()

@@ -12,6 +12,7 @@ import torch
 from conftest import TINY, Workspace
 from selfstudy.data import DividedSplit, FolderDataset, ResidentSplit, data_options
 from selfstudy.data import hdf5
+from selfstudy.data.splits import evaluated_images
 
 CPU = torch.device("cpu")
 
@@ -70,6 +71,9 @@ def test_divided_matches_resident_in_order_and_spans_passes(numbered) -> None:
     expected = torch.cat([b.images for b in resident["train"].batches(32, -1)])
     assert torch.equal(torch.cat([b.images for b in ordered]), expected)
     assert len(list(divided["train"].batches(20, 40, shuffle=(0, 1)))) == 40  # more than two passes
+    for iters in (-1, 3, 20):  # the distinct images an evaluation reads: what a trial reports as valid_labels
+        read = torch.cat([rows_of(b) for b in resident["train"].batches(32, iters)])
+        assert evaluated_images(300, 32, iters) == len(set(read.tolist())) == {-1: 300, 3: 96, 20: 300}[iters]
     assert isinstance(divided["test"], ResidentSplit)  # 50 test images fit
     divided["train"].close()
 

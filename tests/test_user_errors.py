@@ -253,6 +253,8 @@ from ray import tune
 search_space = {"init_resnet.choice": tune.grid_search(["resnet9", "resnet7"])}
 """)
     assert_refused(workspace, "-r", str(config), says="unknown init_resnet.choice 'resnet7'")
+    config.write_text("from ray import tune\nsearch_space = {'seed': tune.grid_search([0, -1])}\n")
+    assert_refused(workspace, "-r", str(config), says="seed = -1: a trial's seed is a whole number from 0 to")
     config.write_text('search_space = {"batch_size": 3}\n')
     assert_refused(workspace, "-r", str(config), says="unknown key 'batch_size'")
     config.write_text('search_space = {"dataloader.batch_size": 3}\n')

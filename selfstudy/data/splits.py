@@ -89,6 +89,11 @@ class Placement:
         return t
 
 
+def evaluated_images(size: int, batch_size: int, iters: int) -> int:
+    """Distinct images an evaluation of `iters` batches (-1: a full pass) reads of a split of `size`, in order."""
+    return size if iters < 0 else min(size, iters * batch_size)
+
+
 def num_batches(size: int, batch_size: int, iters: int, train: bool) -> int:
     """Batches per epoch: `iters`, or a full pass when `iters == -1`.
 
