@@ -36,7 +36,7 @@ from util.provenance import figure_output, figure_provenance  # noqa: E402
 
 OUTSIDE = {">=": "beyond the largest scratch budget",
            "<=": "at or below scratch at the smallest budget or tied with scratch's best",
-           "?": "bounds both ways (outside the scratch budgets or tied with scratch's best)"}
+           "?": "bounds both ways: outside the scratch budgets or tied with scratch's best"}
 
 
 def utility_cell(row) -> str:
