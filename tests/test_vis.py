@@ -62,14 +62,16 @@ def test_a_dip_in_the_scratch_curve_is_pooled_with_its_neighbour_before_invertin
     assert bound == "" and needed == pytest.approx(10 ** (1 + 0.8 * 1.5))  # 0.7 is 4/5 of the way from 0.5 to 0.75
     budgets, dipping = np.array([10, 100, 1000]), np.array([0.5, 0.8, 0.7])
     assert vis.labels_needed(0.75, budgets, dipping) == (pytest.approx(10 ** 2.5), "")
-    assert vis.labels_needed(0.76, budgets, dipping) == (100, "")  # above the fit, but 100 labels measured 0.8
+    assert vis.labels_needed(0.76, budgets, dipping) == (100, "<=")  # above the fit, but 100 labels measured 0.8
     assert vis.labels_needed(0.81, budgets, dipping) == (1000, ">=")  # above every measured point
 
 
-def test_above_a_pooled_top_that_a_scratch_trial_reached_is_no_bound() -> None:
-    # 0.997 at 1000 and 0.992 at 3000 pool into 0.9945: 0.996 lies above the fit, but scratch measured it at 1000
+def test_above_a_pooled_top_that_a_scratch_trial_reached_is_a_bound_at_that_budget() -> None:
+    # 0.997 at 1000 and 0.992 at 3000 pool into 0.9945: 0.996 lies above the fit, but scratch measured it at 1000,
+    # so scratch needs at most 1000 labels, as for a tie with scratch's best (0.997, or the same count of images)
     budgets, falling = np.array([100, 1000, 3000]), np.array([0.9, 0.997, 0.992])
-    assert vis.labels_needed(0.996, budgets, falling) == (1000, "")
+    assert vis.labels_needed(0.996, budgets, falling) == (1000, "<=")
+    assert vis.labels_needed(0.997 + 1e-12, budgets, falling) == (1000, "<=")
     assert vis.labels_needed(0.998, budgets, falling) == (3000, ">=")  # above every measured point
 
 
@@ -155,6 +157,14 @@ def test_summary_is_indexed_by_source_and_budget() -> None:
     assert table["valid_labels"].isna().all()  # these trials do not report it
     assert table.loc[("scratch", 100), "seeds"] == 2 and math.isnan(table.loc[("scratch", 100), "utility"])
     assert table.loc[("rotate", 10), "utility"] > 0
+
+
+def test_only_an_accuracy_interval_is_cut_to_0_1() -> None:
+    points = scratch((0, 1)) + [("rotate", 10, 0, 0.98), ("rotate", 10, 1, 0.999)]
+    accuracy = vis.summary(trials(points))
+    assert accuracy.loc[("rotate", 10), "accuracy_hi"] == 1.0  # the t-interval reaches above 1: cut
+    loss = vis.summary(trials(points, metric=["valid_loss"] * len(points)))  # test_at_best is then test_loss
+    assert loss.loc[("rotate", 10), "accuracy_hi"] > 1.0
 
 
 def test_plots_write_png_files(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pandas as pd
 
 from util.utility import (SCRATCH, VALID_LABELS, _accuracy_stats, _check_ci, _cols, _points, _utility_rows,
-                          _utility_stats, selection_labels)
+                          _utility_stats, proportion, selection_labels)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -67,7 +67,7 @@ def accuracy_plot(df: pd.DataFrame, path: str | Path | None = None, *, source_co
     `path` when given (format from the suffix, PNG without one)."""
     _check_ci(ci)
     cols = _cols(df, source_col, budget_col, seed_col, metric)
-    stats = _accuracy_stats(_points(df, cols), cols, ci)
+    stats = _accuracy_stats(_points(df, cols), cols, ci, proportion(df, cols.metric))
     figure, ax = _axes(ax)
     for source in _ordered(stats[source_col]):
         rows = stats[stats[source_col] == source]

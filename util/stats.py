@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+TIE = 1e-9  # accuracies closer than this are equal (the same count of test images, summed in another order)
+
 
 def _t_central(t: float, dof: int) -> float:
     """P(|T| <= t) for Student's t with `dof` degrees of freedom, t >= 0 (Abramowitz & Stegun 26.7.3-4)."""
@@ -99,20 +101,18 @@ def falls(budgets: np.ndarray, accuracies: np.ndarray) -> list[tuple[float, floa
 
 def read_off(accuracy: float, curve: Curve) -> tuple[float, str]:
     """Labels n' at which `curve` reaches `accuracy`, linear in log n between knots, and whether n' is a bound:
-    (n', '') inside the curve's range, (largest budget, '>=') above its top and above every measured point,
-    (smallest budget, '<=') at or below its bottom. Above the fit's top but not above every measured point
-    (the top pooled a fall, e.g. 0.997 at 3,000 labels and 0.992 at 8,000), n' is the smallest budget whose
-    measured accuracy reaches `accuracy`: a scratch trial did reach it there, so n' is no bound beyond it.
-    Equal to scratch's best measured accuracy (a tie at the ceiling, e.g. 1.000 where scratch reached 1.000
-    at 300 labels), n' is at most the first budget that measured it, (that budget, '<='): scratch may have
-    got there with fewer labels, and the tie cannot show by how many, so many tied seeds are no exact value."""
+    (n', '') inside the fit's range, (largest budget, '>=') above every measured point, (smallest budget, '<=')
+    at or below the fit's bottom. Above the fit's top yet not above every measured point (the top pooled a
+    fall, e.g. 0.997 at 3,000 labels and 0.992 at 8,000), or equal to scratch's best measured accuracy (a tie
+    at the ceiling, e.g. 1.000 where scratch reached 1.000 at 300 labels), n' is at most the first budget whose
+    measured accuracy reaches `accuracy`: (that budget, '<='). A scratch trial got there with that many labels,
+    maybe with fewer, and the fit cannot say how many fewer, so seeds read off there are no exact value (five
+    of them would give an interval of width 0). Accuracies within `TIE` of each other are equal."""
     best = curve.measured.max()
-    if accuracy > best:
+    if accuracy > best + TIE:
         return curve.largest, ">="
-    if accuracy == best:
-        return float(curve.budgets[curve.measured == best][0]), "<="
-    if accuracy > curve.accuracy[-1]:
-        return float(curve.budgets[curve.measured >= accuracy][0]), ""
+    if accuracy >= best - TIE or accuracy > curve.accuracy[-1]:
+        return float(curve.budgets[curve.measured >= accuracy - TIE][0]), "<="
     if accuracy <= curve.accuracy[0]:
         return curve.smallest, "<="
     i = int(np.searchsorted(curve.accuracy, accuracy))  # accuracy[i - 1] < accuracy <= accuracy[i]

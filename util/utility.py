@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from selfstudy import folders
+from selfstudy.selection import test_metric
 from selfstudy.study import PRETRAINED
 from util.stats import falls, monotone_curve, read_off, t_interval
 
@@ -207,13 +208,23 @@ def _check_ci(ci: float) -> None:
         raise ValueError(f"ci = {ci}: give the confidence level as a fraction, e.g. 0.95")
 
 
-def _accuracy_stats(points: pd.DataFrame, cols: _Cols, ci: float) -> pd.DataFrame:
-    """Per (source, budget): mean `accuracy` over seeds, its t-interval, `seeds`, `valid_labels` (the largest).
-    An accuracy's interval (`test_at_best` is every task's test 'accuracy') is cut to [0, 1], where the mean is."""
+def proportion(df: pd.DataFrame, metric: str) -> bool:
+    """Whether `metric` is an accuracy, a proportion whose interval is cut to [0, 1]. `test_at_best` is the
+    test counterpart of each trial's selection metric (its `metric` param, 'mean_accuracy' where the trials
+    do not record it): an accuracy unless some trial selected on e.g. `valid_loss`."""
+    if metric != TEST_METRIC:
+        return "accuracy" in metric
+    selected = df["metric"].dropna().unique() if "metric" in df else ["mean_accuracy"]
+    return all("accuracy" in test_metric(str(name)) for name in selected)
+
+
+def _accuracy_stats(points: pd.DataFrame, cols: _Cols, ci: float, clip: bool) -> pd.DataFrame:
+    """Per (source, budget): mean `accuracy` over seeds, its t-interval (cut to [0, 1], where the mean is, when
+    `clip`: an accuracy, see `proportion`), `seeds`, `valid_labels` (the largest)."""
     groups = points.groupby([cols.source, cols.budget], sort=True)
     stats = groups["accuracy"].agg(["mean", "std", "count"])
     lo, hi = t_interval(stats["mean"], stats["std"], stats["count"], ci)
-    if cols.metric == TEST_METRIC or "accuracy" in cols.metric:
+    if clip:
         lo, hi = np.clip(lo, 0, 1), np.clip(hi, 0, 1)
     return pd.DataFrame({"accuracy": stats["mean"], "accuracy_lo": lo, "accuracy_hi": hi,
                          "seeds": stats["count"].astype(int), VALID_LABELS: groups[VALID_LABELS].max()}).reset_index()
@@ -279,7 +290,8 @@ def summary(df: pd.DataFrame, *, source_col: str = "source", budget_col: str = "
     _check_ci(ci)
     cols = _cols(df, source_col, budget_col, seed_col, metric)
     points = _points(df, cols)
-    accuracy = _accuracy_stats(points, cols, ci).set_index([cols.source, cols.budget])
+    accuracy = _accuracy_stats(points, cols, ci, proportion(df, cols.metric))
+    accuracy = accuracy.set_index([cols.source, cols.budget])
     utility = _utility_stats(_utility_rows(points, cols), cols, ci).set_index([cols.source, cols.budget])
     return accuracy.join(utility.drop(columns="seeds"), how="left")
 
