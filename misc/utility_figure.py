@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from selfstudy.config import first_line  # noqa: E402
 from selfstudy.errors import UserError  # noqa: E402
 from util import vis  # noqa: E402
-from util.provenance import figure_output, figure_provenance  # noqa: E402
+from util.provenance import figure_output, figure_provenance, make_parent  # noqa: E402
 
 OUTSIDE = {">=": "beyond the largest scratch budget",
            "<=": "at or below scratch at the smallest budget or tied with scratch's best",
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if output:
             for name, plot in (("utility", vis.utility_plot), ("accuracy", vis.accuracy_plot)):
                 draw(plot, trials, args.metric).savefig(
-                    f"{output}_{name}.png", dpi=120,
+                    make_parent(output.with_name(f"{output.name}_{name}.png")), dpi=120,
                     metadata={**facts, "Title": f"{args.exp_id}, stage {args.stage}: {name}"})
     for warning in {str(w.message) for w in caught}:
         print(f"warning: {warning}", file=sys.stderr)

@@ -375,6 +375,8 @@ def test_the_rank_figure_ranks_sources_under_both_protocols(exp_dir: Path, tmp_p
     for script in (rank_figure(), utility_figure()):  # -o under a file: one line, nothing drawn
         assert script.main(["-e", "lvf", "-o", str(blocker / "ranks")]) == 2
         assert capsys.readouterr().err.startswith(f"error: -o {blocker / 'ranks'}: cannot make the folder {blocker}")
+        assert script.main(["-e", "no_such_study", "-o", str(tmp_path / "new" / "ranks")]) == 2
+        assert "no_such_study" in capsys.readouterr().err and not (tmp_path / "new").exists()  # no folder made
 
 
 def rank_figure():

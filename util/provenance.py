@@ -18,15 +18,24 @@ from selfstudy.rayconfig import config_path
 
 
 def figure_output(output: str) -> Path:
-    """The -o prefix of a figure script, its folder made; a `UserError` naming it when it cannot be written."""
+    """The -o prefix of a figure script, checked before any work and made nothing of: its folder, or the
+    nearest folder above it that exists, must be a folder this user can write in (`make_parent` makes the
+    rest when the figures are drawn); a `UserError` naming it otherwise."""
     path = Path(output)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"-o {output}: cannot make the folder {path.parent} ({err.strerror}); give -o a path you "
-                        "can write") from None
-    if not os.access(path.parent, os.W_OK):
-        raise UserError(f"-o {output}: cannot write in {path.parent}; give -o a path you can write")
+    existing = path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"-o {output}: cannot make the folder {path.parent} ({existing} is a file); give -o a path "
+                        "you can write")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"-o {output}: cannot write in {existing}; give -o a path you can write")
+    return path
+
+
+def make_parent(path: Path) -> Path:
+    """`path` with its folder made, once there is something to write there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
