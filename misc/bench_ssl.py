@@ -3,7 +3,8 @@
 Prints one JSON line.
 
     python misc/bench_ssl.py [--code 1110] [--n 5000] [--pretrain-epochs 20] [--probe-epochs 10]
-                             [--methods rotate simclr moco byol vae amdim cmc]
+                             [--methods rotate simclr moco byol vae amdim cmc] [--no-baselines]
+                             [-p 'dataloader.batch_size = 64' ...]
 
 For each method: `main.py -l -g syn/r9/<method>` pretrains ResNet-9 on the set (at the batch
 size of its config), `misc/move_snapshots.py` moves its checkpoint, and `main.py -l -g
@@ -73,7 +74,12 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--probe-epochs", type=int, default=10)
     parser.add_argument("--width", type=int, default=32, help="ResNet.width")
-    parser.add_argument("--methods", nargs="*", default=list(METHODS))
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
+    parser.add_argument("-p", "--pretrain-params", nargs="*", default=[], metavar="BINDING",
+                        help="gin bindings for every method's pretraining, e.g. 'dataloader.batch_size = 64' to "
+                        "try a config's alternative (compare the *_probe_syn_valid figures)")
+    parser.add_argument("--no-baselines", action="store_true", help="leave out random, calibrated and their L-only "
+                        "twins (same seed: they do not change with the methods' settings)")
     args = parser.parse_args()
     root = paths.DATA_DIR / "bench_ssl"
     shutil.rmtree(root, ignore_errors=True)
@@ -83,14 +89,16 @@ def main() -> None:
     common = [f"ResNet.width = {args.width}", "BaseDataset.num_valid = 500"]
     probe = ["dataloader.batch_size = 256", "scheduler.target_lrs = [0.2, 0.0]"]  # every probe alike
     figures: dict[str, object] = {"code": args.code, "n": args.n, "pretrain_epochs": args.pretrain_epochs,
-                                  "probe_epochs": args.probe_epochs, "width": args.width}
+                                  "probe_epochs": args.probe_epochs, "width": args.width,
+                                  "pretrain_params": args.pretrain_params}
     try:
         run("misc/render_syn.py", "--code", args.code, "--n", str(args.n), "--res", "32", "-o", args.code, env=env)
-        sources = ["random", "calibrated", *(method for method in args.methods if method != "cmc")]
+        baselines = [] if args.no_baselines else ["random", "calibrated"]
+        sources = [*baselines, *(method for method in args.methods if method != "cmc")]
         if "cmc" in args.methods:  # the same images in CIELAB, and baselines that see only L, as CMC's backbone
             run("misc/render_syn.py", "--code", args.code, "--n", str(args.n), "--res", "32", "--to-lab",
                 "-o", f"{args.code}_lab", env=env)
-            sources += ["random_lab", "calibrated_lab", "cmc"]
+            sources += [*(f"{baseline}_lab" for baseline in baselines), "cmc"]
         for source in sources:
             lab = source == "cmc" or source.endswith("_lab")
             syn = [f"SynDataset.dataset_choice = '{args.code}{'_lab' if lab else ''}'"]
@@ -105,7 +113,7 @@ def main() -> None:
                     *syn, "scheduler.milestones = [1]", "scheduler.target_lrs = [0.0]", env=env)
             elif not source.startswith("random"):
                 run("main.py", "-l", "-q", "-e", f"pre_{source}", "-g", f"syn/r9/{source}", "-p", *common, *syn,
-                    f"scheduler.milestones = [1, {args.pretrain_epochs}]", env=env)
+                    f"scheduler.milestones = [1, {args.pretrain_epochs}]", *args.pretrain_params, env=env)
                 record(figures, f"{source}_online_probe", final(exp_dir, f"pre_{source}")["valid_accuracy"])
             if not source.startswith("random"):
                 run("misc/move_snapshots.py", "-e", f"pre_{source}", "-m", env=env)
