@@ -10,7 +10,8 @@ validation epoch (`test_at_best`, or `--metric`) by source, label budget and see
 Markdown row per source and budget: accuracy and utility with their 95% t-intervals over seeds
 (see `util.vis.summary`), and how many labelled validation images selection used. A utility marked
 `>=` is a lower bound (some seed's pretrained accuracy is above its whole scratch curve), `<=` an
-upper bound (at or below the smallest budget's, or tied with scratch's best), `?` both among the seeds; a bound has no interval
+upper bound (at or below the smallest budget's, or at the top scratch measured: tied with its best, or above
+its monotone fit where a scratch trial reached it), `?` both among the seeds; a bound has no interval
 and says how many seeds are bounds. A line above the table, and the PNGs' metadata, give the
 provenance: the commit of this checkout and of the trials, the study module's sha256, the labels
 selection used and the date.
@@ -35,8 +36,8 @@ from util import vis  # noqa: E402
 from util.provenance import figure_output, figure_provenance, make_parent  # noqa: E402
 
 OUTSIDE = {">=": "beyond the largest scratch budget",
-           "<=": "at or below scratch at the smallest budget or tied with scratch's best",
-           "?": "bounds both ways: outside the scratch budgets or tied with scratch's best"}
+           "<=": "at or below scratch at the smallest budget, or at the top scratch measured",
+           "?": "bounds both ways: outside the scratch budgets or at the top scratch measured"}
 
 
 def utility_cell(row) -> str:

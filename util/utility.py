@@ -6,7 +6,8 @@ n'/n - 1. 0 means pretraining is worth nothing, 1 that it saves as many labels a
 The scratch curve is made monotone by an isotonic fit in log n (`util.stats.monotone_curve`;
 a warning names the seeds and budgets where it falls). Outside the measured scratch budgets n'
 is not extrapolated: the utility is then a bound (`bound` '>=' or '<='), as it is ('<=') where a
-pretrained trial ties scratch's best measured accuracy (a ceiling), and a (source, budget)
+pretrained trial ties scratch's best measured accuracy (a ceiling) or lies above the fit where a
+scratch trial measured it (the top pooled a fall), and a (source, budget)
 where any seed is a bound is reported as a bound, never as a mean with an interval.
 Intervals are Student t-intervals over seeds (`calc_utility` says what they cover).
 
@@ -137,7 +138,8 @@ def labels_needed(accuracy: float, budgets: np.ndarray, accuracies: np.ndarray) 
     neighbours into their mean accuracy at their mean log n: `util.stats.monotone_curve`), then
     inverted linearly in log n. Returns (n', '') inside the measured range, (largest budget, '>=')
     when `accuracy` is above the fitted curve and every measured point (`util.stats.read_off`), (smallest budget, '<=')
-    when it is at or below its start, (the first budget that measured it, '<=') when it ties scratch's best.
+    when it is at or below its start, (the first budget that measured it, '<=') when it ties scratch's best
+    or lies above the fit's top but not above every measured point.
     """
     return read_off(accuracy, monotone_curve(budgets, accuracies))
 
@@ -186,8 +188,9 @@ def utility_per_seed(df: pd.DataFrame, *, source_col: str = "source", budget_col
     are averaged. Returns one row per pretrained (source, budget, seed) with `accuracy` (a, the metric),
     `labels_needed` (n', labelled images scratch training needs for a; a bound where `bound` says so),
     `utility` (n'/n - 1, n = the budget), `bound` ('' exact; '>=': a beats the scratch curve, n' is
-    beyond the largest scratch budget; '<=': a is at or below scratch at the smallest budget, or ties scratch's
-    best measured accuracy, so scratch may need fewer labels than n') and
+    beyond the largest scratch budget; '<=': a is at or below scratch at the smallest budget, or at the top scratch
+    measured (tied with its best, or above the fit where a scratch trial reached it), so scratch may need fewer
+    labels than n') and
     `scratch_curve` ('seed': the scratch trials of the same seed, which trained on the same labelled
     images; 'mean': that seed has none, so the mean over seeds of the scratch accuracy at each budget).
     """
@@ -256,7 +259,7 @@ def calc_utility(df: pd.DataFrame, *, source_col: str = "source", budget_col: st
     by noise than the plain mean), `utility_lo`, `utility_hi` (its Student t `ci` interval, seeds - 1
     degrees of freedom, on ln(n'/n); NaN with one seed), `bound`, `bound_seeds` (how many seeds
     are bounds) and `seeds` (how many). Where any seed is a bound, `bound` is '>=' (some n' are
-    beyond the largest scratch budget), '<=' (some at or below the smallest, or tied with scratch's best) or '?'
+    beyond the largest scratch budget), '<=' (some at or below the smallest, or at the top scratch measured: see `read_off`) or '?'
     (both), `utility`
     is the bound on the geometric mean (the bounded seeds at their bound; NaN for '?') and there
     is no interval.
