@@ -58,12 +58,18 @@ def test_utility_outside_the_scratch_budgets_is_a_bound() -> None:
 
 def test_a_dip_in_the_scratch_curve_is_pooled_with_its_neighbour_before_inverting() -> None:
     # 100 and 1000 labels pooled into 0.75 at 10 ** 2.5 (their mean log n), not the running maximum 0.8, 0.8
-    needed, bound = vis.labels_needed(0.7, np.array([1000, 10, 100]), np.array([0.7, 0.5, 0.8]))
-    assert bound == "" and needed == pytest.approx(10 ** (1 + 0.8 * 1.5))  # 0.7 is 4/5 of the way from 0.5 to 0.75
+    needed, bound = vis.labels_needed(0.6, np.array([1000, 10, 100]), np.array([0.7, 0.5, 0.8]))
+    assert bound == "" and needed == pytest.approx(10 ** (1 + 0.4 * 1.5))  # 0.6 is 2/5 of the way from 0.5 to 0.75
     budgets, dipping = np.array([10, 100, 1000]), np.array([0.5, 0.8, 0.7])
-    assert vis.labels_needed(0.75, budgets, dipping) == (pytest.approx(10 ** 2.5), "")
+    # the fit reaches 0.7 at 10 ** 2.2 and 0.75 at 10 ** 2.5, but scratch measured 0.8 with 100 labels: at most 100
+    assert vis.labels_needed(0.7, budgets, dipping) == (100, "<=")
+    assert vis.labels_needed(0.75, budgets, dipping) == (100, "<=")
     assert vis.labels_needed(0.76, budgets, dipping) == (100, "<=")  # above the fit, but 100 labels measured 0.8
     assert vis.labels_needed(0.81, budgets, dipping) == (1000, ">=")  # above every measured point
+    found = [vis.labels_needed(a, budgets, dipping)[0] for a in np.linspace(0.5, 0.8, 31)]
+    assert found == sorted(found)  # n' never falls as the accuracy rises
+    with pytest.raises(ValueError, match="NaN"):
+        vis.labels_needed(math.nan, budgets, dipping)
 
 
 def test_above_a_pooled_top_that_a_scratch_trial_reached_is_a_bound_at_that_budget() -> None:
@@ -72,6 +78,7 @@ def test_above_a_pooled_top_that_a_scratch_trial_reached_is_a_bound_at_that_budg
     budgets, falling = np.array([100, 1000, 3000]), np.array([0.9, 0.997, 0.992])
     assert vis.labels_needed(0.996, budgets, falling) == (1000, "<=")
     assert vis.labels_needed(0.997 + 1e-12, budgets, falling) == (1000, "<=")
+    assert vis.labels_needed(0.994, budgets, falling) == (1000, "<=")  # just under the pooled top, as above it
     assert vis.labels_needed(0.998, budgets, falling) == (3000, ">=")  # above every measured point
 
 

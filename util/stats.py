@@ -102,19 +102,26 @@ def falls(budgets: np.ndarray, accuracies: np.ndarray) -> list[tuple[float, floa
 def read_off(accuracy: float, curve: Curve) -> tuple[float, str]:
     """Labels n' at which `curve` reaches `accuracy`, linear in log n between knots, and whether n' is a bound:
     (n', '') inside the fit's range, (largest budget, '>=') above every measured point, (smallest budget, '<=')
-    at or below the fit's bottom. Above the fit's top yet not above every measured point (the top pooled a
-    fall, e.g. 0.997 at 3,000 labels and 0.992 at 8,000), or equal to scratch's best measured accuracy (a tie
-    at the ceiling, e.g. 1.000 where scratch reached 1.000 at 300 labels), n' is at most the first budget whose
-    measured accuracy reaches `accuracy`: (that budget, '<='). A scratch trial got there with that many labels,
-    maybe with fewer, and the fit cannot say how many fewer, so seeds read off there are no exact value (five
-    of them would give an interval of width 0). Accuracies within `TIE` of each other are equal."""
+    at or below the fit's bottom. Where a scratch trial measured `accuracy` (or more) with fewer labels than
+    the fit gives, n' is at most that trial's budget (the first such): (that budget, '<='). This is where the
+    fit pooled a fall (0.997 at 3,000 labels and 0.992 at 8,000 pool into 0.9945, which 0.996 or 0.994 lies
+    at or above) and where `accuracy` ties scratch's best measured accuracy (1.000 where scratch reached
+    1.000 at 300 labels). A scratch trial got there with that many labels, maybe with fewer, and the fit
+    cannot say how many fewer, so seeds read off there are no exact value (five of them would give an
+    interval of width 0). n' never falls as `accuracy` rises. Accuracies within `TIE` of each other are equal."""
+    if math.isnan(accuracy):
+        raise ValueError("read_off: the accuracy is NaN")
     best = curve.measured.max()
     if accuracy > best + TIE:
         return curve.largest, ">="
+    reached = float(curve.budgets[curve.measured >= accuracy - TIE][0])  # the first scratch trial that measured it
     if accuracy >= best - TIE or accuracy > curve.accuracy[-1]:
-        return float(curve.budgets[curve.measured >= accuracy - TIE][0]), "<="
-    if accuracy <= curve.accuracy[0]:
+        return reached, "<="
+    if accuracy <= curve.accuracy[0] + TIE:
         return curve.smallest, "<="
     i = int(np.searchsorted(curve.accuracy, accuracy))  # accuracy[i - 1] < accuracy <= accuracy[i]
     t = (accuracy - curve.accuracy[i - 1]) / (curve.accuracy[i] - curve.accuracy[i - 1])
-    return float(math.exp(curve.log_n[i - 1] + t * (curve.log_n[i] - curve.log_n[i - 1]))), ""
+    needed = float(math.exp(curve.log_n[i - 1] + t * (curve.log_n[i] - curve.log_n[i - 1])))
+    if reached < needed * (1 - 1e-12):
+        return reached, "<="
+    return needed, ""
