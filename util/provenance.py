@@ -23,8 +23,12 @@ def figure_output(output: str) -> Path:
     rest when the figures are drawn); a `UserError` naming it otherwise."""
     path = Path(output)
     existing = path.parent
-    while not existing.exists():
-        existing = existing.parent
+    try:
+        while not existing.exists():
+            existing = existing.parent
+    except OSError as err:
+        raise UserError(f"-o {output}: cannot look into {existing} ({err.strerror}); give -o a path you can "
+                        "write") from None
     if not existing.is_dir():
         raise UserError(f"-o {output}: cannot make the folder {path.parent} ({existing} is a file); give -o a path "
                         "you can write")
