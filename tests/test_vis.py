@@ -263,7 +263,7 @@ def utility_figure():
 
 
 def test_the_utility_figure_prints_bounds_selection_labels_and_provenance(
-        exp_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        exp_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     study, module = exp_dir / "study", tmp_path / "study.py"
     module.write_text("stages = []  # stands for the study's module\n")
     sha = hashlib.sha256(module.read_bytes()).hexdigest()
@@ -297,9 +297,17 @@ def test_the_utility_figure_prints_bounds_selection_labels_and_provenance(
         text = Image.open(f"{output}_{name}.png").text
         assert text["Commit"] == commit and text["Study"] == f"study {module} sha256 {sha}"
         assert text["Selection"] == "selection: 20 to 2000 validation labels" and text["Description"] == printed[0]
+    original = module.read_bytes()
     module.write_text("stages = []  # edited after the study ran\n")
     assert utility_figure().main(["-e", "study"]) == 0
     assert f"sha256 {sha} (the file differs now);" in capsys.readouterr().out
+    checkout = tmp_path / "config"  # the study ran from another checkout, since removed; this one has the file
+    checkout.mkdir()
+    (checkout / module.name).write_bytes(original)
+    module.unlink()
+    monkeypatch.setattr(paths, "CONFIG_DIR", checkout)
+    assert utility_figure().main(["-e", "study"]) == 0
+    assert f"sha256 {sha} (the same file ran from {module});" in capsys.readouterr().out
 
 
 def test_the_utility_figure_compares_each_matching_stage_with_its_own_scratch_trials(

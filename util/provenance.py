@@ -67,6 +67,9 @@ def study_module(exp_dir: Path) -> str:
     if "module_sha256" in record:
         path = Path(record["ray_config"])
         now = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        here = paths.CONFIG_DIR / path.name  # a study run from another checkout (a worktree since removed)
+        if now is None and here.is_file() and hashlib.sha256(here.read_bytes()).hexdigest() == record["module_sha256"]:
+            return f"study {shown(here)} sha256 {record['module_sha256']} (the same file ran from {path})"
         changed = "" if now == record["module_sha256"] else " (the file differs now)" if now else " (the file is gone)"
         return f"study {shown(path)} sha256 {record['module_sha256']}{changed}"
     try:
