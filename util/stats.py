@@ -104,8 +104,8 @@ def read_off(accuracy: float, curve: Curve) -> tuple[float, str]:
     (n', '') inside the fit's range, (largest budget, '>=') above every measured point, (smallest budget, '<=')
     at or below the fit's bottom. Where a scratch trial measured `accuracy` (or more) with fewer labels than
     the fit gives, n' is at most that trial's budget (the first such): (that budget, '<='). This is where the
-    fit pooled a fall (0.997 at 3,000 labels and 0.992 at 8,000 pool into 0.9945, which 0.996 or 0.994 lies
-    at or above) and where `accuracy` ties scratch's best measured accuracy (1.000 where scratch reached
+    fit pooled a fall (0.997 at 3,000 labels and 0.992 at 8,000 pool into 0.9945: 0.996 lies above the fit,
+    and the fit reaches 0.994 only beyond 3,000 labels) and where `accuracy` ties scratch's best measured accuracy (1.000 where scratch reached
     1.000 at 300 labels). A scratch trial got there with that many labels, maybe with fewer, and the fit
     cannot say how many fewer, so seeds read off there are no exact value (five of them would give an
     interval of width 0). n' never falls as `accuracy` rises. Accuracies within `TIE` of each other are equal."""
