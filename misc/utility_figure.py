@@ -63,6 +63,21 @@ def markdown(table, metric: str) -> str:
     return "\n".join(lines)
 
 
+def metric_problem(rows: pd.DataFrame, metric: str | None) -> str | None:
+    """Why `--metric` (None: test_at_best) cannot be compared over these trials, in the
+    command line's words; None when it can."""
+    numeric = [str(c) for c in rows.select_dtypes("number") if rows[c].notna().any()]
+    if metric is None:
+        if vis.TEST_METRIC in rows and rows[vis.TEST_METRIC].notna().any():
+            return None
+        return (f"the trials have no {vis.TEST_METRIC} (they did not evaluate the test split: session.test_iters = 0); "
+                "pass --metric best_accuracy (the best validation accuracy: optimistic, it is what selected the "
+                "epoch) or evaluate the test split")
+    if metric not in numeric:
+        return f"--metric {metric}: the trials report no such score; choose one of: {', '.join(sorted(numeric))}"
+    return None
+
+
 def provenance(exp_dir: Path, stages: list[str], table, metric: str, argv: list[str]) -> dict[str, str]:
     """What drew the table and figures, as PNG metadata keys (see `util.provenance`)."""
     return figure_provenance("misc/utility_figure.py", argv, exp_dir, stages, vis.selection_labels(table["valid_labels"]),
@@ -105,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     trials = {stage: frame[frame["stage"] == stage] for stage in chosen}
     metric = args.metric or vis.TEST_METRIC
+    for stage, rows in trials.items():
+        problem = metric_problem(rows, args.metric)
+        if problem:
+            print(f"error: stage '{stage}' of '{args.exp_id}': {problem}", file=sys.stderr)
+            return 2
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tables = {}
@@ -119,9 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         facts = provenance(exp_dir, chosen, pd.concat(tables.values()), metric, argv)
         if output:
             for name, plot in (("utility", vis.utility_plot), ("accuracy", vis.accuracy_plot)):
-                draw(plot, trials, args.metric).savefig(
-                    make_parent(output.with_name(f"{output.name}_{name}.png")), dpi=120,
-                    metadata={**facts, "Title": f"{args.exp_id}, stage {args.stage}: {name}"})
+                path = output.with_name(f"{output.name}_{name}.png")
+                try:
+                    draw(plot, trials, args.metric).savefig(make_parent(path), dpi=120, metadata={
+                        **facts, "Title": f"{args.exp_id}, stage {args.stage}: {name}"})
+                except OSError as err:
+                    print(f"error: cannot write {path}: {err.strerror or err}; choose another -o", file=sys.stderr)
+                    return 2
     for warning in {str(w.message) for w in caught}:
         print(f"warning: {warning}", file=sys.stderr)
     print(facts["Description"])

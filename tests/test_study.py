@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from ray.tune import ExperimentAnalysis
 
 from conftest import ROOT, Workspace, write_ray_config
 from selfstudy import folders
@@ -126,18 +127,28 @@ def test_a_killed_study_resumes_in_its_transfer_stage_without_rerunning_trials(w
         found = folders.trial_dirs(transfer) if transfer.is_dir() else []
         return [t for t in found if folders.trial_status(t).state == "finished"]
 
-    wait_for(lambda: len(finished_transfer_trials()) >= 2, process, "two finished transfer trials", limit=400)
+    def recorded_finished() -> set[str]:
+        """The transfer trials that Ray's saved run state lists as finished. Tune saves it every
+        10 s or so: a trial that finished since runs its last epochs again from its checkpoint,
+        to the same numbers, which the checks at the end cover."""
+        try:
+            trials = ExperimentAnalysis(str(transfer)).trials
+        except (ValueError, OSError, json.JSONDecodeError):  # no state saved yet, or being replaced
+            return set()
+        return {Path(trial.path).name for trial in trials if trial.status == "TERMINATED"}
+
+    wait_for(lambda: len(recorded_finished()) >= 2, process, "two finished transfer trials", limit=400)
     os.killpg(process.pid, signal.SIGKILL)  # the driver and every Ray process it started
     process.communicate(timeout=60)
     assert 2 <= len(finished_transfer_trials()) < 6  # killed in the middle of the stage
-    before = {t.name: (len(folders.read_results(t)), json.loads((t / "trial.json").read_text())["pid"])
-              for t in finished_transfer_trials()}
+    before = {name: (len(folders.read_results(transfer / name)),
+                     json.loads((transfer / name / "trial.json").read_text())["pid"]) for name in recorded_finished()}
     pretrain_results = {t.name: (t / folders.RESULTS_FILE).read_text()
                         for t in folders.trial_dirs(workspace.exp_dir / "study" / "pretrain")}
 
     resumed = workspace.run("-e", "study", "--resume", "-q", timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    for name, (epochs, pid) in before.items():  # finished trials were not run again
+    for name, (epochs, pid) in before.items():  # trials recorded as finished were not run again
         assert len(folders.read_results(transfer / name)) == epochs
         assert json.loads((transfer / name / "trial.json").read_text())["pid"] == pid
     assert {t.name: (t / folders.RESULTS_FILE).read_text()

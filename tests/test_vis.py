@@ -331,6 +331,13 @@ def test_the_utility_figure_compares_each_matching_stage_with_its_own_scratch_tr
     single = utility_figure().main(["-e", "data", "--stage", "transfer_a", "-o", str(tmp_path / "one")])
     assert single == 0
     assert Image.open(f"{output}_utility.png").width == 2 * Image.open(f"{tmp_path / 'one'}_utility.png").width
+    capsys.readouterr()
+    assert utility_figure().main(["-e", "data", "--stage", "transfer_a", "--metric", "nosuch"]) == 2
+    assert capsys.readouterr().err.startswith("error: stage 'transfer_a' of 'data': --metric nosuch: the trials "
+                                              "report no such score; choose one of: ")
+    (tmp_path / "taken_utility.png").mkdir()  # where the figure would go: found only when it is drawn
+    assert utility_figure().main(["-e", "data", "--stage", "transfer_a", "-o", str(tmp_path / "taken")]) == 2
+    assert capsys.readouterr().err == f"error: cannot write {tmp_path / 'taken_utility.png'}: Is a directory; choose another -o\n"
 
 
 def test_rank_correlation_of_two_protocols() -> None:
