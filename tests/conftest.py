@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,14 +48,64 @@ class Workspace:
 
     def run(self, *args: str, script: str = "main.py", timeout: int = 300,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        """Run a CLI of the project; returns the finished process (stdout/stderr as text)."""
-        return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env or self.env(),
-                              capture_output=True, text=True, timeout=timeout)
+        """Run a CLI of the project in a process of its own (forked warm: tests/cli_zygote.py);
+        returns the finished process (stdout/stderr as text)."""
+        global _zygote
+        if _zygote is None:
+            _zygote = Zygote(self.env())
+        return _zygote.run(str(ROOT / script), list(args), env or self.env(), timeout)
 
     def popen(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, env=self.env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                                 preexec_fn=_interruptible)
+
+
+class Zygote:
+    """tests/cli_zygote.py: forks a process for each CLI run from a Python that has imported the
+    libraries; started at the first run, stopped when the tests end."""
+
+    def __init__(self, env: dict[str, str]):
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "cli_zygote.py")], cwd=ROOT, env=env,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.pending = b""
+        atexit.register(self.process.stdin.close)  # its loop ends, and it exits
+
+    def reply(self, timeout: float | None) -> dict | None:
+        """The zygote's next line, or None if none comes within `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self.pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise RuntimeError("the CLI zygote (tests/cli_zygote.py) stopped")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def run(self, script: str, args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            request = {"script": script, "args": args, "env": env, "cwd": str(ROOT), "stdout": str(out),
+                       "stderr": str(err)}
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+            pid = self.reply(None)["pid"]
+            done = self.reply(timeout)
+            if done is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                self.reply(None)
+                raise subprocess.TimeoutExpired([script, *args], timeout, out.read_text(errors="replace"),
+                                                err.read_text(errors="replace"))
+            return subprocess.CompletedProcess([sys.executable, script, *args], done["status"],
+                                               out.read_text(errors="replace"), err.read_text(errors="replace"))
+
+
+_zygote: Zygote | None = None
 
 
 def _interruptible() -> None:
