@@ -51,9 +51,13 @@ class Workspace:
         """Run a CLI of the project in a process of its own (forked warm: tests/cli_zygote.py);
         returns the finished process (stdout/stderr as text)."""
         global _zygote
-        if _zygote is None:
+        if _zygote is None or _zygote.process.poll() is not None:  # none yet, or it stopped
             _zygote = Zygote(self.env())
-        return _zygote.run(str(ROOT / script), list(args), env or self.env(), timeout)
+        try:
+            return _zygote.run(str(ROOT / script), list(args), env or self.env(), timeout)
+        except KeyboardInterrupt:  # the run was killed mid-protocol: the next run gets a new zygote
+            _zygote.process.kill()
+            raise
 
     def popen(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, env=self.env(),
@@ -67,7 +71,7 @@ class Zygote:
 
     def __init__(self, env: dict[str, str]):
         self.process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "cli_zygote.py")], cwd=ROOT, env=env,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # bytes: read with os.read
         self.pending = b""
         atexit.register(self.process.stdin.close)  # its loop ends, and it exits
 
@@ -91,18 +95,24 @@ class Zygote:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
             request = {"script": script, "args": args, "env": env, "cwd": str(ROOT), "stdout": str(out),
                        "stderr": str(err)}
-            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.write((json.dumps(request) + "\n").encode())
             self.process.stdin.flush()
             pid = self.reply(None)["pid"]
-            done = self.reply(timeout)
+            try:
+                done = self.reply(timeout)
+            except BaseException:  # Ctrl-C of the tests: the run and what it started stop too
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                raise
+            command = [sys.executable, script, *args]
             if done is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
                 self.reply(None)
-                raise subprocess.TimeoutExpired([script, *args], timeout, out.read_text(errors="replace"),
+                raise subprocess.TimeoutExpired(command, timeout, out.read_text(errors="replace"),
                                                 err.read_text(errors="replace"))
-            return subprocess.CompletedProcess([sys.executable, script, *args], done["status"],
-                                               out.read_text(errors="replace"), err.read_text(errors="replace"))
+            return subprocess.CompletedProcess(command, done["status"], out.read_text(errors="replace"),
+                                               err.read_text(errors="replace"))
 
 
 _zygote: Zygote | None = None

@@ -35,12 +35,14 @@ TINY_FIXED_MILESTONES = [b for b in TINY if not b.startswith("scheduler.target_l
 METRICS = ["train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "best_accuracy"]
 
 
-def wait_for(condition: Callable[[], bool], process: subprocess.Popen, what: str, limit: float = 240) -> None:
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen, what: str, limit: float = 240,
+             every: float = 0.2) -> None:
+    """Poll `condition` each `every` seconds until it holds; fail if the run ends first or `limit` passes."""
     deadline = time.time() + limit
     while not condition():
         assert process.poll() is None, f"the run ended before {what}: {process.stdout.read()}"
         assert time.time() < deadline, f"no {what} within {limit} s"
-        time.sleep(0.2)
+        time.sleep(every)
 
 
 def epochs_reported(trial_dir: Path) -> int:

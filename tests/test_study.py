@@ -128,21 +128,26 @@ def test_a_killed_study_resumes_in_its_transfer_stage_without_rerunning_trials(w
         return [t for t in found if folders.trial_status(t).state == "finished"]
 
     def recorded_finished() -> set[str]:
-        """The transfer trials that Ray's saved run state lists as finished. Tune saves it every
-        10 s or so: a trial that finished since runs its last epochs again from its checkpoint,
-        to the same numbers, which the checks at the end cover."""
+        """The transfer trials that Ray's saved run state lists as finished (Tune saves it about
+        every second under TUNE_GLOBAL_CHECKPOINT_S = 1): --resume must not run them again. A
+        trial that finished after the last save runs its last epochs again from its checkpoint."""
         try:
             trials = ExperimentAnalysis(str(transfer)).trials
         except (ValueError, OSError, json.JSONDecodeError):  # no state saved yet, or being replaced
             return set()
-        return {Path(trial.path).name for trial in trials if trial.status == "TERMINATED"}
+        recorded = {Path(trial.path).name for trial in trials if trial.status == "TERMINATED"}
+        seen.update(recorded)  # the state file is rewritten in place: a later read can miss it
+        return recorded
 
-    wait_for(lambda: len(recorded_finished()) >= 2, process, "two finished transfer trials", limit=400)
+    seen: set[str] = set()
+    wait_for(lambda: len(recorded_finished()) >= 2, process, "two finished transfer trials", limit=400, every=1.0)
     os.killpg(process.pid, signal.SIGKILL)  # the driver and every Ray process it started
     process.communicate(timeout=60)
     assert 2 <= len(finished_transfer_trials()) < 6  # killed in the middle of the stage
+    recorded_finished()  # what the last save holds, where it can be read
+    assert len(seen) >= 2
     before = {name: (len(folders.read_results(transfer / name)),
-                     json.loads((transfer / name / "trial.json").read_text())["pid"]) for name in recorded_finished()}
+                     json.loads((transfer / name / "trial.json").read_text())["pid"]) for name in seen}
     pretrain_results = {t.name: (t / folders.RESULTS_FILE).read_text()
                         for t in folders.trial_dirs(workspace.exp_dir / "study" / "pretrain")}
 
