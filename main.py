@@ -1,70 +1,8 @@
-"""selfstudy's command line: run a sweep of gin-configured trials with Ray Tune."""
+"""selfstudy's command line: run a sweep of gin-configured trials with Ray Tune (see selfstudy/cli.py)."""
 
-from __future__ import annotations
-
-import argparse
 import sys
 
-EXAMPLES = """examples:
-  python main.py                                    quick offline run: ResNet-9 on digits
-  python main.py -g cifar/r9/classify               gin config from config/ (.gin left out)
-  python main.py -p 'init_resnet.choice = "resnet50"' 'dataloader.batch_size = 128'
-  python main.py -e cifar_test_0000                 results under EXP_DIR/cifar_test_0000
-  python main.py -r grid_search                     sweep of the Ray config config/grid_search.py
-  python main.py -r hparam_search                   Optuna proposes, ASHA stops trials early
-  python main.py -r headline -e headline            a study: pretraining, then transfer at label budgets
-                                                    (render its data first: see config/headline.py)
-  python main.py -l                                 in this process, no Ray workers (debugging)
-  python main.py -p 'Wrapper.pretrained = "pretrain-rotate/xlg0010"'
-  python main.py -p 'session.test_iters = -1'       also evaluate the test split
-  python main.py -e my_sweep --resume               continue an interrupted experiment
-"""
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="main.py", description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-e", "--exp_id", default="default", help="experiment name: results go to EXP_DIR/EXP_ID")
-    parser.add_argument("-r", "--ray_config", default="single_run",
-                        help="Ray config or study: a module of config/ (e.g. grid_search) or a path to a .py file")
-    parser.add_argument("-g", "--gin_config", nargs="+", action="extend", default=[],
-                        help="gin configs relative to config/ (or paths to .gin files), .gin optional (default: "
-                             "digits/r9/classify); -g may be repeated")
-    parser.add_argument("-p", "--gin_param", nargs="+", action="extend", default=[], metavar="BINDING",
-                        help="gin bindings, e.g. 'dataloader.batch_size = 128'; -p may be repeated")
-    parser.add_argument("-l", "--local_mode", action="store_true", help="run trials in this process, without Ray")
-    parser.add_argument("-a", "--address", default=None, help="address of a running Ray cluster to join")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only the final results")
-    parser.add_argument("-c", "--checkpoint_at_end", action="store_true", help="checkpoint every trial at its end")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the interrupted experiment EXP_ID; finished trials are not run again")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    from selfstudy.config import first_line
-    from selfstudy.errors import UserError
-    from selfstudy.experiment import Request, run
-    from selfstudy.report import EXIT_INTERRUPTED, interrupted_hint
-    from selfstudy.folders import exp_dir
-
-    from selfstudy.config import portable_gin_name
-
-    request = Request(exp_id=args.exp_id, ray_config=args.ray_config,
-                      gin_config=[portable_gin_name(name) for name in args.gin_config],
-                      gin_params=args.gin_param, local=args.local_mode, address=args.address, quiet=args.quiet,
-                      checkpoint_at_end=args.checkpoint_at_end, resume=args.resume)
-    try:
-        return run(request)
-    except UserError as err:
-        print(f"error: {first_line(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        started = exp_dir(args.exp_id).is_dir()
-        print(interrupted_hint(args.exp_id) if started else "interrupted before anything was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
-
+from selfstudy.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

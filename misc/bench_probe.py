@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from selfstudy.config import split_binding  # noqa: E402
-from selfstudy.trial import open_trial  # noqa: E402
+from selfstudy.trials import open_trial  # noqa: E402
 
 LRS, WEIGHT_DECAYS = [0.03, 0.1, 0.3, 1.0], [0.0, 5e-4]
 GRIDS = {  # probe_grid.* of each run; None everywhere: an ordinary probe trial

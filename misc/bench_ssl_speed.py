@@ -32,7 +32,7 @@ from selfstudy.config import split_binding  # noqa: E402
 from selfstudy.data import Batch  # noqa: E402
 from selfstudy.optim import build_optimizer  # noqa: E402
 from selfstudy.precision import autocast_dtype  # noqa: E402
-from selfstudy.trial import build_parts, trainable  # noqa: E402
+from selfstudy.build import build_parts, trainable  # noqa: E402
 
 
 def kornia_views(augment, images: torch.Tensor) -> Callable[[], object]:

@@ -71,7 +71,7 @@ def main() -> None:
         parser.error("--trials-per-gpu must be at least 1")
     import torch
 
-    from selfstudy.experiment import trial_resources
+    from selfstudy.sweep import trial_resources
 
     cluster = {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
     slots_of = trial_resources(RayConfig("bench", {}, trials_per_gpu=args.trials_per_gpu), cluster)

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import TYPE_CHECKING
 
 import paths
 from selfstudy.errors import UserError
-
-if TYPE_CHECKING:
-    from selfstudy.experiment import Request
 
 
 def cluster_resources() -> dict[str, float]:
@@ -43,26 +39,27 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
                             f"one with `ray start --head --port {port}` on {host}, or check the address") from None
 
 
-def start_ray(request: Request) -> None:
-    """Start (or join, with -a) Ray; workers see this checkout and its data/experiment folders."""
+def start_ray(address: str | None, quiet: bool) -> None:
+    """Start Ray (or join the cluster at `address`, -a); workers see this checkout and its data
+    and experiment folders. `quiet` (-q): the workers' output and Ray's warnings stay unshown."""
     import logging
 
     import ray
 
     if ray.is_initialized():  # a study's later stage
         return
-    if request.address:
-        check_address(request.address)
+    if address:
+        check_address(address)
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(paths.ROOT), os.environ.get("PYTHONPATH")])),
            "SELFSTUDY_EXP_DIR": str(paths.EXP_DIR), "SELFSTUDY_DATA_DIR": str(paths.DATA_DIR)}
     try:
-        ray.init(address=request.address, include_dashboard=False, log_to_driver=not request.quiet,
-                 logging_level=logging.ERROR if request.quiet else logging.WARNING,
+        ray.init(address=address, include_dashboard=False, log_to_driver=not quiet,
+                 logging_level=logging.ERROR if quiet else logging.WARNING,
                  runtime_env={"env_vars": env})
     except ConnectionError as err:  # e.g. `-a auto` with no cluster on this machine
-        if not request.address:
+        if not address:
             raise
-        raise UserError(f"-a {request.address}: {str(err).strip().splitlines()[0].rstrip('.')}; start a cluster with "
+        raise UserError(f"-a {address}: {str(err).strip().splitlines()[0].rstrip('.')}; start a cluster with "
                         "`ray start --head` or check the address") from None
     # Tune's own interruption hint names its Python API; `finish` names --resume instead.
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)

@@ -9,4 +9,3 @@ import selfstudy.optim  # noqa: F401
 import selfstudy.probe  # noqa: F401  (probe_grid.*)
 import selfstudy.tasks  # noqa: F401
 import selfstudy.settings  # noqa: F401  (session.*)
-import selfstudy.trial  # noqa: F401

@@ -104,9 +104,8 @@ def check_keys(config: dict[str, Any]) -> None:
 
 
 def bind_trial(config: dict[str, Any]) -> None:
-    """Clear gin and parse the trial's files and bindings; errors become one-line `UserError`s."""
-    import selfstudy.components  # noqa: F401  (registers every configurable)
-
+    """Clear gin and parse the trial's files and bindings; errors become one-line `UserError`s.
+    The configurables must be registered first (`selfstudy.build` imports `selfstudy.components`)."""
     names = config.get("gin_config") or [DEFAULT_GIN_CONFIG]
     if isinstance(names, str):
         names = [names]

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from selfstudy import folders
+from selfstudy.checkpoint import load_snapshot
 from selfstudy.errors import UserError
 from selfstudy.rayconfig import RayConfig
-from selfstudy.trial import open_trial
+from selfstudy.trials import open_trial
 
 
 def local_trial_dir(exp_dir: Path, index: int) -> Path:
@@ -55,8 +56,6 @@ def complete(trial_dir: Path, ray_config: RayConfig) -> bool:
         return False
     if not ray_config.checkpoint_at_end or trial_dir.name in folders.moved_snapshots(trial_dir.parent):
         return True
-    from selfstudy.checkpoint import load_snapshot
-
     snapshot = folders.latest_snapshot(trial_dir)
     last_epoch = folders.read_results(trial_dir)[-1]["training_iteration"]
     return snapshot is not None and load_snapshot(snapshot, "--resume")["epoch"] == last_epoch

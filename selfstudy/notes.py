@@ -1,5 +1,6 @@
-"""2020 settings whose job is gone or done another way (and settings that do less than they seem
-to, such as augment.* beside a plain probe grid): accepted, and said once, in one line each.
+"""Notes: one line each, said once, for settings that are accepted but whose job is gone or done
+another way (most of them 2020 settings), and for settings that do less than they seem to, such
+as augment.* beside a plain probe grid.
 
 A gin function that accepts such a setting calls `note(...)`; `print_notes` prints every note
 not printed yet in this process: the driver calls it after checking the sweep, before anything

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import gin
 import torch
 
-from selfstudy import legacy
+from selfstudy import notes
 from selfstudy.errors import UserError
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -55,7 +55,7 @@ def build_optimizer(
             raise UserError("optimizer.bias_correction = False has no torch equivalent: remove it")
         if params and all(p.is_cuda for p in params):
             kwargs.setdefault("fused", True)
-        legacy.note(f"optimizer.optim_fn = 'FusedAdam' (apex) is torch.optim.{optim_fn}, fused on CUDA")
+        notes.note(f"optimizer.optim_fn = 'FusedAdam' (apex) is torch.optim.{optim_fn}, fused on CUDA")
     cls = optimizer_class(optim_fn)
     try:
         return cls(params, lr=lr, **kwargs)

@@ -23,7 +23,7 @@ the others go on.
 With `BaseDataset.max_images` the images are read a division at a time to be encoded, but the
 features of the whole split fit: the heads' batches are drawn over all of it, not division by
 division as the probe trial draws them (so in another order). The trial itself is
-`selfstudy.probe_trial.GridTrial`.
+`selfstudy.probe_trial.GridTrial`, which also checks that a grid fits its trial (`check_grid`).
 
 `views = V > 0` encodes V augmented views of each training image once (the trial's `augment.*`)
 and trains epoch e on view (e - 1) mod V: cheaper than augmenting afresh every epoch, and
@@ -46,15 +46,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from selfstudy import legacy
-from selfstudy.config import binding_keys
 from selfstudy.data import DatasetFiles
 from selfstudy.data.base import DataOptions
 from selfstudy.errors import UserError
 from selfstudy.optim import PlateauSchedule, Schedule, build_optimizer, build_schedule
 from selfstudy.selection import Selection
 from selfstudy.tasks.classify import ClassifyTask
-from selfstudy.trial import Parts
 
 
 @dataclass(frozen=True)
@@ -177,47 +174,6 @@ def check_grid_task(task: Any) -> None:
         raise UserError(f"probe_grid.* trains linear heads on each image's class, but session.task is "
                         f"{type(task).__name__}{' with is_pose' if isinstance(task, ClassifyTask) else ''}: use "
                         "session.task = 'ClassifyTask' (without is_pose), or drop the probe_grid.* settings")
-
-
-def check_grid(parts: Parts, config: dict[str, Any]) -> GridOptions | None:
-    """The trial's grid, if it is a grid trial; a `UserError` if its model, task, settings or
-    budgets do not fit. `config`: the trial's, whose own bindings (a sweep's, -p) a grid axis
-    must not silently replace (a gin file's defaults it may)."""
-    grid = trial_grid()  # (build_parts has checked its task)
-    if grid is None:
-        return None
-    model = parts.model
-    if model.dense_pred:
-        raise UserError("probe_grid.* trains linear heads on each image's class: set Wrapper.dense_pred = False and "
-                        "use a classification set")
-    if not model.always_frozen or model.run_selfsup:
-        raise UserError("probe_grid.* trains linear probes on a frozen backbone: set Wrapper.finetune_classifier = "
-                        "False (and leave Wrapper.run_selfsup False)")
-    if not isinstance(model.classifier, torch.nn.Linear) or len(model.more_heads):
-        raise UserError("probe_grid.* trains linear heads, one output per class: leave Wrapper.classifier = 'linear' "
-                        "and Wrapper.out_classes a single number")
-    if parts.settings.restore_session:
-        raise UserError("session.restore_session continues a trial; a probe grid starts its heads afresh: drop it "
-                        "(Wrapper.pretrained gives the backbone)")
-    own = {**binding_keys(config), **(config.get("gin_params") or {})}
-    for axis, setting in (("lrs", "scheduler.scale"), ("weight_decays", "optimizer.weight_decay")):
-        if getattr(grid, axis) is not None and setting in own:
-            raise UserError(f"{setting} and probe_grid.{axis} both set each head's "
-                            f"{'learning rates' if axis == 'lrs' else 'weight decay'}: keep one of them")
-    augment = parts.augment
-    evaluated = [split for split in ("valid", "test") if augment.applies_to(split)]
-    if augment.changes_images and evaluated:
-        raise UserError(f"augment.do_augment augments the {' and '.join(evaluated)} split, but a probe grid evaluates "
-                        "the plain images: leave only 'train' in augment.do_augment")
-    augments = augment.applies_to("train") and augment.changes_images
-    if grid.views and not augments:
-        raise UserError(f"probe_grid.views = {grid.views} encodes augmented views, but augment.* leaves the training "
-                        "images as they are: set probe_grid.views = 0, or turn on an augmentation (e.g. augment.crop)")
-    if not grid.views and augments:
-        legacy.note("probe_grid.views = 0: the heads train on features of the plain training images (augment.* is "
-                    "not applied); set probe_grid.views to encode augmented views")
-    grid_heads(grid, parts.dataset, parts.options)  # refuses budgets and learning rates that cannot be
-    return grid
 
 
 def budget_rows(dataset: DatasetFiles, options: DataOptions, budget: int | None) -> dict[str, np.ndarray]:

@@ -18,14 +18,54 @@ from typing import Any
 import numpy as np
 import torch
 
+from selfstudy import notes
+from selfstudy.build import Parts
+from selfstudy.config import binding_keys
 from selfstudy.data import DividedSplit, ResidentSplit
 from selfstudy.data.base import split_digest
 from selfstudy.data.splits import evaluated_images, num_batches
 from selfstudy.errors import UserError
 from selfstudy.folders import PROBE_GRID_FILE, write_json
-from selfstudy.probe import HeadState, budget_rows, check_grid, grid_heads, heads_logits, per_head_loss
+from selfstudy.probe import GridOptions, HeadState, budget_rows, grid_heads, heads_logits, per_head_loss
 from selfstudy.selection import Selection
-from selfstudy.trial import Parts, Trial
+from selfstudy.trial import Trial
+
+
+def check_grid(parts: Parts, grid: GridOptions, config: dict[str, Any]) -> None:
+    """A `UserError` if the grid does not fit its trial's model, task, settings or budgets. `config`: the trial's, whose own bindings (a sweep's, -p) a grid axis
+    must not silently replace (a gin file's defaults it may)."""
+    model = parts.model
+    if model.dense_pred:
+        raise UserError("probe_grid.* trains linear heads on each image's class: set Wrapper.dense_pred = False and "
+                        "use a classification set")
+    if not model.always_frozen or model.run_selfsup:
+        raise UserError("probe_grid.* trains linear probes on a frozen backbone: set Wrapper.finetune_classifier = "
+                        "False (and leave Wrapper.run_selfsup False)")
+    if not isinstance(model.classifier, torch.nn.Linear) or len(model.more_heads):
+        raise UserError("probe_grid.* trains linear heads, one output per class: leave Wrapper.classifier = 'linear' "
+                        "and Wrapper.out_classes a single number")
+    if parts.settings.restore_session:
+        raise UserError("session.restore_session continues a trial; a probe grid starts its heads afresh: drop it "
+                        "(Wrapper.pretrained gives the backbone)")
+    own = {**binding_keys(config), **(config.get("gin_params") or {})}
+    for axis, setting in (("lrs", "scheduler.scale"), ("weight_decays", "optimizer.weight_decay")):
+        if getattr(grid, axis) is not None and setting in own:
+            raise UserError(f"{setting} and probe_grid.{axis} both set each head's "
+                            f"{'learning rates' if axis == 'lrs' else 'weight decay'}: keep one of them")
+    augment = parts.augment
+    evaluated = [split for split in ("valid", "test") if augment.applies_to(split)]
+    if augment.changes_images and evaluated:
+        raise UserError(f"augment.do_augment augments the {' and '.join(evaluated)} split, but a probe grid evaluates "
+                        "the plain images: leave only 'train' in augment.do_augment")
+    augments = augment.applies_to("train") and augment.changes_images
+    if grid.views and not augments:
+        raise UserError(f"probe_grid.views = {grid.views} encodes augmented views, but augment.* leaves the training "
+                        "images as they are: set probe_grid.views = 0, or turn on an augmentation (e.g. augment.crop)")
+    if not grid.views and augments:
+        notes.note("probe_grid.views = 0: the heads train on features of the plain training images (augment.* is "
+                    "not applied); set probe_grid.views to encode augmented views")
+    grid_heads(grid, parts.dataset, parts.options)  # refuses budgets and learning rates that cannot be
+
 
 
 @dataclass
@@ -44,7 +84,8 @@ class GridTrial(Trial):
 
     def setup_training(self, parts: Parts) -> None:
         """Encode the splits (every training image, of every budget) and build each head."""
-        self.grid = check_grid(parts, self.config)
+        self.grid = parts.grid
+        check_grid(parts, self.grid, self.config)
         self.heads = grid_heads(self.grid, parts.dataset, parts.options)
         self.test_at_end = bool(self.settings.test_iters) and self.settings.test_when == "best"
         wanted = ("train",) + ("valid",) * bool(self.settings.valid_iters) + ("test",) * bool(self.settings.test_iters)
@@ -86,8 +127,8 @@ class GridTrial(Trial):
         features, targets = [], []
         for batch in split.batches(self.batch_size, -1):
             if augment:
-                batch = self.augment.batch(batch, self.mean, self.std, self.device_generator)
-            with self.autocast():
+                batch = self.prep.augment.batch(batch, self.prep.mean, self.prep.std, self.prep.generator)
+            with self.prep.autocast():
                 features.append(self.model.backbone(batch.images).float())
             targets.append(batch.targets)
         return torch.cat(features), torch.cat(targets)

@@ -1,4 +1,4 @@
-"""The Ray Tune Trainable: a thin adapter around `Trial`.
+"""The Ray glue: the Ray Tune Trainable, a thin adapter around a `Trial`.
 
 One `step()` is one epoch. Checkpoints are directories holding one `snapshot` file. A worker
 process may run several trials of a sweep one after another (`reset_config`).
@@ -15,11 +15,11 @@ import ray
 import torch
 from ray import tune
 
-from selfstudy import folders, legacy
-from selfstudy.trial import open_trial
+from selfstudy import folders, notes
+from selfstudy.trials import open_trial
 
 
-class Session(tune.Trainable):
+class RayTrial(tune.Trainable):
     def setup(self, config: dict[str, Any]) -> None:
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
         # Tune runs a trial in a scratch working directory; its results live in trial_fs_path.
@@ -39,7 +39,7 @@ class Session(tune.Trainable):
         gc.collect()  # the last trial's tensors, before the next one's are made
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        legacy.forget_printed()  # the next trial's output says its own notes
+        notes.forget_printed()  # the next trial's output says its own notes
         self.setup(new_config)
         return True
 

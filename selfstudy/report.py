@@ -7,10 +7,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 import paths
 from selfstudy import folders
+from selfstudy.config import config_columns
 from selfstudy.folders import DIVERGED
+from selfstudy.results import load_experiment, load_history
 
 EXIT_INTERRUPTED = 130
 HEAD_COLUMNS = ("head", "BaseDataset.semisupervised", "optimizer.weight_decay", "peak_lr")  # what tells heads apart
@@ -21,11 +24,6 @@ def finish(directory: Path, exp_id: str) -> int:
     one per head) with its status, then each failure and each diverged head; the exit code says
     whether every trial completed (0; a diverged head of a finished grid does not count against
     it), some failed (1) or some have not finished (130: `--resume` of `exp_id` continues)."""
-    import pandas as pd
-
-    from selfstudy.config import config_columns
-    from util.vis import load_experiment, load_history
-
     frame = load_experiment(directory)
     notes = loss_notes(load_history(directory)) if len(frame) else {}
     if notes:

@@ -12,7 +12,7 @@ import torch
 
 from selfstudy.data import DatasetFiles
 from selfstudy.errors import UserError
-from selfstudy.legacy import note
+from selfstudy.notes import note
 from selfstudy.tasks import Task
 
 

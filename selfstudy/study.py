@@ -31,6 +31,7 @@ import copy
 import dataclasses
 import hashlib
 import re
+import shutil
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -38,12 +39,15 @@ from types import ModuleType
 from typing import Any
 
 from selfstudy import folders
+from selfstudy.build import build_parts
 from selfstudy.config import config_columns, first_line
 from selfstudy.errors import UserError
-from selfstudy.rayconfig import RayConfig, make_ray_config
+from selfstudy.rayconfig import RayConfig, import_config, make_ray_config
+from selfstudy.report import finish, resume_command
+from selfstudy.results import PRETRAINED
+from selfstudy.sweep import Request, check_variants, expand, launch, param_space, resume_in
 
 STAGE_KEYS = ("name", "pretrained_from", "scratch", "snapshot_name")
-PRETRAINED = "Wrapper.pretrained"
 
 
 @dataclass
@@ -179,12 +183,10 @@ def published(exp_id: str, stage_dir: Path) -> list[str]:
                   folders.moved_snapshots(stage_dir).values())
 
 
-def stage_space(request: Any, stage: Stage, sources: list[str] | None) -> dict[str, Any]:
+def stage_space(request: Request, stage: Stage, sources: list[str] | None) -> dict[str, Any]:
     """The stage's Tune param_space; `sources`: the `Wrapper.pretrained` values of its source
     stage (None before that stage ran: the check then builds every trial from scratch)."""
     from ray import tune
-
-    from selfstudy.experiment import param_space
 
     space = param_space(request, stage.config)
     if stage.pretrained_from:
@@ -196,11 +198,9 @@ def stage_space(request: Any, stage: Stage, sources: list[str] | None) -> dict[s
     return space
 
 
-def run_study(request: Any, study: Study, directory: Path) -> int:
+def run_study(request: Request, study: Study, directory: Path) -> int:
     """Check every stage (the snapshots of earlier stages are not there yet: later stages are
     checked from scratch, and their snapshot names predicted), then run the stages in order."""
-    from selfstudy.experiment import check_variants, expand
-
     variants_of: dict[str, list[dict[str, Any]]] = {}
     for stage in study.stages:
         if request.checkpoint_at_end:
@@ -230,8 +230,6 @@ def backbone_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """The backbone's layer shapes that `config` builds (on the meta device: no memory, no data)."""
     import torch
 
-    from selfstudy.trial import build_parts
-
     model = build_parts(config, torch.device("meta")).model
     return {name: tuple(value.shape) for name, value in model.state_dict().items() if name.startswith("backbone.")}
 
@@ -249,10 +247,8 @@ def check_backbones(stage: Stage, sources: list[dict[str, Any]], variants: list[
                                 "backbone settings (init_resnet.choice, ResNet.*)")
 
 
-def resume_study(request: Any, directory: Path, record: dict[str, Any]) -> int:
+def resume_study(request: Request, directory: Path, record: dict[str, Any]) -> int:
     """Continue a study: completed stages are skipped, the one that stopped continues."""
-    from selfstudy.rayconfig import import_config
-
     path = Path(record["ray_config"])
     if not path.is_file():
         raise UserError(f"--resume of study '{request.exp_id}' needs its module {path}, which is gone: put it back")
@@ -272,13 +268,8 @@ def module_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def run_stages(request: Any, study: Study, directory: Path, record: dict[str, Any]) -> int:
+def run_stages(request: Request, study: Study, directory: Path, record: dict[str, Any]) -> int:
     """Run every stage not yet completed, in order; stop at the first that does not complete."""
-    import shutil
-
-    from selfstudy.experiment import check_variants, expand, launch, resume_in
-    from selfstudy.report import finish, resume_command
-
     for stage in study.stages:
         if stage.name in record["completed"]:
             print(f"stage '{stage.name}' of study '{request.exp_id}' completed earlier: not run again")

@@ -159,11 +159,11 @@ def test_two_views_differ_but_share_labels_and_indices(workspace) -> None:
     bindings = [*TINY, "BaseDataset.double_sample = True", "augment.cutout = 8", "augment.resized_crop = 0.3"]
     trial = Trial({"gin_config": ["digits/r9/classify"], "gin_params": dict(split_binding(b) for b in bindings)})
     batch = next(trial.splits["train"].batches(32, 1, shuffle=(0, 1)))
-    views = trial.prepare(batch, "train")
+    views = trial.prep(batch, "train")
     assert views.view2 is not None and views.view2.shape == views.images.shape
     assert not torch.equal(views.images, views.view2)
     assert not torch.equal(views.images, batch.images) and not torch.equal(views.view2, batch.images)
     assert torch.equal(views.targets, batch.targets) and torch.equal(views.index, batch.index)
-    evaluated = trial.prepare(next(trial.splits["valid"].batches(32, 1)), "valid")
+    evaluated = trial.prep(next(trial.splits["valid"].batches(32, 1)), "valid")
     assert torch.equal(evaluated.images, evaluated.view2)  # no augmentation outside training: same view
     trial.close()

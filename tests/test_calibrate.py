@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 from conftest import Workspace
-from selfstudy import legacy
+from selfstudy import notes
 from selfstudy.folders import SNAPSHOT
 from selfstudy.models.calibrate import calibrate_batchnorm
 from selfstudy.models.resnet import ResNet
 from selfstudy.probe_trial import GridTrial
-from selfstudy.trial import Trial, open_trial
+from selfstudy.trial import Trial
+from selfstudy.trials import open_trial
 
 # A linear probe of a random ResNet-9 (width 8) on digits' 1,200 training images, batches of 64.
 PROBE = {"seed": 3, "Wrapper.finetune_classifier": False, "augment.crop": 0, "ResNet.width": 8,
@@ -54,11 +55,11 @@ def test_calibration_gives_the_mean_of_the_batches_statistics_and_changes_nothin
 
 
 def test_a_random_probe_is_calibrated_on_every_training_image(workspace: Workspace) -> None:
-    legacy.forget_printed()
+    notes.forget_printed()
     trial = open_trial(PROBE)
     assert type(trial) is Trial and trial.model.calibrate_random
     assert any("Wrapper.calibrate_random: the random backbone's BatchNorm statistics are those of one pass over "
-               "the 1200 training images (19 batches)" in text for text in legacy.seen())
+               "the 1200 training images (19 batches)" in text for text in notes.seen())
     batches = [batch.images for batch in trial.splits["train"].batches(64, -1)]  # all 1,200 in file order, plain
     assert len(trial.splits["train"]) == 1200 and len(batches) == 19
     backbone = trial.model.backbone
@@ -76,10 +77,10 @@ def test_a_random_probe_is_calibrated_on_every_training_image(workspace: Workspa
 
 def test_calibration_draws_no_random_number_and_can_be_switched_off(workspace: Workspace) -> None:
     calibrated = open_trial(PROBE)
-    streams = torch.get_rng_state(), calibrated.device_generator.get_state()
+    streams = torch.get_rng_state(), calibrated.prep.generator.get_state()
     plain = open_trial({**PROBE, "Wrapper.calibrate_random": False})
     assert torch.equal(torch.get_rng_state(), streams[0])  # the same draws after setup, calibrated or not
-    assert torch.equal(plain.device_generator.get_state(), streams[1])
+    assert torch.equal(plain.prep.generator.get_state(), streams[1])
     bn = plain.model.backbone.prep[1]
     assert not plain.model.calibrate_random and bn.running_mean.abs().max() == 0 and (bn.running_var == 1).all()
     assert torch.equal(plain.model.backbone.prep[0].weight, calibrated.model.backbone.prep[0].weight)

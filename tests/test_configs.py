@@ -14,12 +14,12 @@ from conftest import TINY, make_fake_cifar
 from selfstudy.config import available_gin_configs, split_binding
 from selfstudy.data import hdf5
 from selfstudy.data.syn import render_split
-from selfstudy.experiment import Request, check_variants, expand, param_space
+from selfstudy.sweep import Request, check_variants, expand, param_space
 from selfstudy.rayconfig import available_ray_configs, config_path, import_config, load_ray_config
 from selfstudy.study import is_study, load_study
 from selfstudy.render import STANDARD_CODES
 from selfstudy.tasks import TASKS
-from selfstudy.trial import check_trial, open_trial
+from selfstudy.trials import check_trial, open_trial
 
 QUICK = [*TINY, "session.train_iters = 2", "session.valid_iters = 1", "session.test_iters = 1",
          "init_resnet.choice = 'resnet9'", "MoCoTask.queue_size = 32"]  # below the tiny sets' images
@@ -120,7 +120,7 @@ def test_grid_search_derives_batch_size_from_budget() -> None:
 
 def test_trial_resources_follow_the_machine() -> None:
     from selfstudy.errors import UserError
-    from selfstudy.experiment import trial_resources
+    from selfstudy.sweep import trial_resources
     from selfstudy.rayconfig import RayConfig
 
     plain = RayConfig(name="plain", search_space={})

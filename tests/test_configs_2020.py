@@ -17,7 +17,9 @@ from selfstudy.config import split_binding
 from selfstudy.data.folder import to_lab
 from selfstudy.data.syn import SynDataset
 from selfstudy.errors import UserError
-from selfstudy.trial import Trial, build_parts, check_trial
+from selfstudy.build import build_parts
+from selfstudy.trial import Trial
+from selfstudy.trials import check_trial
 from util import vis
 
 CORPUS = Path(__file__).parent / "configs_2020"

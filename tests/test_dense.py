@@ -16,7 +16,7 @@ from selfstudy.data import DividedSplit, FolderDataset, data_options, hdf5
 from selfstudy.data.base import budget_keys
 from selfstudy.tasks.classify import ClassifyTask, mean_iou, segmentation_loss
 from selfstudy.tasks.depth import DepthTask, depth_loss, depth_metrics
-from selfstudy.trial import MetricSums
+from selfstudy.train import MetricSums
 
 
 def test_depth_metrics_by_hand() -> None:

@@ -211,7 +211,7 @@ def test_tune_output_settings_last_only_for_the_run() -> None:
     import logging
     import os
 
-    from selfstudy.experiment import tune_output
+    from selfstudy.sweep import tune_output
 
     summary = logging.getLogger("ray.tune.tune")
     names = ("TUNE_PRINT_ALL_TRIAL_ERRORS", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S")

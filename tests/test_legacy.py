@@ -15,7 +15,8 @@ from selfstudy.models import Wrapper
 from selfstudy.models.resnet import ResNet
 from selfstudy.optim import build_optimizer, build_schedule
 from selfstudy.rayconfig import load_ray_config
-from selfstudy.trial import Trial, build_parts
+from selfstudy.build import build_parts
+from selfstudy.trial import Trial
 from util import vis
 
 
@@ -303,7 +304,7 @@ def test_a_plateau_schedule_resumes_as_if_never_interrupted(workspace: Workspace
     config = {"gin_config": ["digits/r9/classify"], "seed": 0, "gin_params": plateau}
     straight = Trial(config)
     lrs = [straight.run_epoch()["lr"] for _ in range(2)]
-    assert lrs == pytest.approx([0.05, 0.05]) and straight.schedule.lr(0) == pytest.approx(0.025)
+    assert lrs == pytest.approx([0.05, 0.05]) and straight.opt.schedule.lr(0) == pytest.approx(0.025)
     straight.save(tmp_path / "ckpt")
     third = straight.run_epoch()
     straight.close()
@@ -312,7 +313,7 @@ def test_a_plateau_schedule_resumes_as_if_never_interrupted(workspace: Workspace
     again = resumed.run_epoch()
     resumed.close()
     assert again["lr"] == third["lr"] == pytest.approx(0.025) and again["train_loss"] == third["train_loss"]
-    assert resumed.schedule.lr(0) == straight.schedule.lr(0) == pytest.approx(0.0125)
+    assert resumed.opt.schedule.lr(0) == straight.opt.schedule.lr(0) == pytest.approx(0.0125)
 
 
 def test_2020_mistakes_get_one_line(tmp_path: Path) -> None:

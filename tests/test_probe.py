@@ -16,7 +16,8 @@ from selfstudy.checkpoint import save_snapshot
 from selfstudy.models import Wrapper
 from selfstudy.models.resnet import ResNet
 from selfstudy.probe_trial import GridTrial
-from selfstudy.trial import Trial, open_trial
+from selfstudy.trial import Trial
+from selfstudy.trials import open_trial
 from util import vis
 
 # A linear probe of a random ResNet-9 (width 8) on digits: 3 epochs, plain images, test split too.

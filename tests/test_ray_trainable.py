@@ -11,7 +11,7 @@ import torch
 import ray.tune.trainable.trainable as ray_trainable
 from conftest import TINY, Workspace
 from selfstudy.config import split_binding
-from selfstudy.session import Session
+from selfstudy.ray_trainable import RayTrial
 
 
 @pytest.fixture(autouse=True)
@@ -29,13 +29,13 @@ def test_restored_trainable_continues_with_identical_metrics(workspace: Workspac
     config = trial_config("BaseDataset.semisupervised = 100", "augment.cutout = 6", "augment.color_jitter = 0.3",
                           "scheduler.milestones = [1, 3]", "scheduler.target_lrs = [0.05, 0.0]",
                           "session.deterministic = True")
-    first = Session(config=config)
+    first = RayTrial(config=config)
     first.train()
     first.save(str(tmp_path / "checkpoint"))
     expected = [first.train(), first.train()]
     first.stop()
 
-    second = Session(config=config)
+    second = RayTrial(config=config)
     second.restore(str(tmp_path / "checkpoint"))
     resumed = [second.train(), second.train()]
     second.stop()
@@ -46,7 +46,7 @@ def test_restored_trainable_continues_with_identical_metrics(workspace: Workspac
 
 
 def test_one_step_is_one_epoch_with_train_valid_test(workspace: Workspace) -> None:
-    session = Session(config=trial_config("session.test_iters = -1", "session.train_iters = 3"))
+    session = RayTrial(config=trial_config("session.test_iters = -1", "session.train_iters = 3"))
     result = session.train()
     session.stop()
     assert result["epoch"] == 1 and not result["done"]
@@ -57,9 +57,9 @@ def test_one_step_is_one_epoch_with_train_valid_test(workspace: Workspace) -> No
 
 
 def test_bf16_autocast_trains(workspace: Workspace) -> None:
-    session = Session(config=trial_config("session.precision = 'bf16'", "session.train_iters = 4",
+    session = RayTrial(config=trial_config("session.precision = 'bf16'", "session.train_iters = 4",
                                           "BaseDataset.semisupervised = 100"))
     first, second = session.train(), session.train()
     session.stop()
-    assert session.trial.amp_dtype is torch.bfloat16
+    assert session.trial.prep.amp_dtype is torch.bfloat16
     assert math.isfinite(first["train_loss"]) and second["train_loss"] < first["train_loss"]

@@ -170,7 +170,7 @@ def test_two_heads_learn_class_and_pose(tmp_path: Path, monkeypatch: pytest.Monk
                 "Wrapper.out_classes = [10, 5]", "ResNet.width = 8"]
     trial = Trial({"gin_config": ["syn/r9/classify"], "seed": 0,
                    "gin_params": dict(split_binding(b) for b in bindings)})
-    batch = trial.prepare(next(trial.splits["train"].batches(64, 1, shuffle=(0, 1))), "train")
+    batch = trial.prep(next(trial.splits["train"].batches(64, 1, shuffle=(0, 1))), "train")
 
     def losses() -> tuple[float, float]:  # on batch statistics, as in training
         trial.model.train()
@@ -184,11 +184,11 @@ def test_two_heads_learn_class_and_pose(tmp_path: Path, monkeypatch: pytest.Monk
     for _ in range(20):
         trial.model.train()
         loss, metrics = trial.task.loss(trial.model, batch)
-        trial.optimizer.zero_grad()
+        trial.opt.optimizer.zero_grad()
         loss.backward()
-        for group in trial.optimizer.param_groups:
+        for group in trial.opt.optimizer.param_groups:
             group["lr"] = 0.05
-        trial.optimizer.step()
+        trial.opt.optimizer.step()
     assert {"accuracy", "pose_accuracy"} <= set(metrics)
     after = losses()
     assert after[0] < before[0] * 0.9 and after[1] < before[1] * 0.9, (before, after)

@@ -15,7 +15,7 @@ from conftest import TINY
 from selfstudy.tasks.amdim import AMDIMTask, amdim_nce
 from selfstudy.config import split_binding
 from selfstudy.data import Batch
-from selfstudy import legacy
+from selfstudy import notes
 from selfstudy.errors import UserError
 from selfstudy.models import ResNet, Wrapper
 from selfstudy.tasks.byol import BYOLTask, byol_loss, ema_momentum
@@ -186,7 +186,7 @@ def test_twenty_steps_lower_the_loss(workspace, name: str) -> None:
     lr = LEARNING_RATES.get(name, 0.02)
     trial = ssl_trial(name, f"optimizer.lr = {lr}", "MoCoTask.queue_size = 48", *EXTRA.get(name, []))
     steps = STEPS.get(name, 20)
-    batch = trial.prepare(next(trial.splits["train"].batches(32, 1, shuffle=(0, 1))), "train")
+    batch = trial.prep(next(trial.splits["train"].batches(32, 1, shuffle=(0, 1))), "train")
     start_state = copy.deepcopy(trial.task.state_dict())
 
     def objective() -> float:  # the method's own loss on the batch (batch statistics), against the starting queue
@@ -206,11 +206,11 @@ def test_twenty_steps_lower_the_loss(workspace, name: str) -> None:
     for step in range(steps):
         trial.model.train(), trial.task.train()
         loss, metrics = trial.task.loss(trial.model, batch)
-        trial.optimizer.zero_grad()
+        trial.opt.optimizer.zero_grad()
         loss.backward()
-        for group in trial.optimizer.param_groups:
+        for group in trial.opt.optimizer.param_groups:
             group["lr"] = lr
-        trial.optimizer.step()
+        trial.opt.optimizer.step()
         trial.task.after_step(trial.model, step, steps)
         assert {"loss", "accuracy", "mlp_accuracy"} <= set(metrics)
     assert objective() < before * 0.95, (name, before, objective())
@@ -227,7 +227,7 @@ def test_finetune_selfsup_false_trains_the_heads_on_a_frozen_backbone(workspace)
     trial.close()
     gin.clear_config()  # the trial's bindings (run_selfsup) would reach Wrapper
     supervised = Wrapper(ResNet("resnet9", width=4), num_classes=3, finetune_selfsup=False)  # 2020: harmless
-    assert any("finetune_selfsup = False has no job without Wrapper.run_selfsup" in n for n in legacy.seen())
+    assert any("finetune_selfsup = False has no job without Wrapper.run_selfsup" in n for n in notes.seen())
     assert not supervised.always_frozen
 
 
@@ -249,7 +249,7 @@ def test_cmc_evaluates_an_image_against_its_own_other_view(workspace) -> None:
     """The bank has rows of training images only: in training an image's positive is its bank row,
     in evaluation the other view of the image itself, so a validation index names no bank row."""
     trial = ssl_trial("cmc")
-    batch = trial.prepare(next(trial.splits["valid"].batches(16, 1)), "valid")
+    batch = trial.prep(next(trial.splits["valid"].batches(16, 1)), "valid")
     moved = batch._replace(index=batch.index + 1)
 
     def loss(training: bool, indexed: Batch) -> float:

@@ -17,7 +17,8 @@ from selfstudy.models import ResNet, Wrapper
 from selfstudy.optim import Schedule, build_optimizer, check_optimizer, optimizer_class
 from selfstudy.precision import autocast_dtype
 from selfstudy.tasks.classify import classify_loss
-from selfstudy.trial import Trial, explain_nondeterminism
+from selfstudy.settings import explain_nondeterminism
+from selfstudy.trial import Trial
 
 
 def test_schedule_is_piecewise_linear_through_milestones() -> None:

@@ -1,4 +1,4 @@
-"""The statistics of util.utility: simulated studies with a known true utility (coverage of the 95%
+"""The statistics of util.pretraining_utility: simulated studies with a known true utility (coverage of the 95%
 interval, bias of n'), the t quantile, the non-monotone warning and the default metric."""
 
 from __future__ import annotations

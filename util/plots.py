@@ -1,8 +1,8 @@
 """Plots of accuracy and utility of pretraining against labelled images (log axis); `util.vis` re-exports them.
 
-Both take the trials and column names as `util.utility.summary` does, return a pyplot-free
+Both take the trials and column names as `util.pretraining_utility.summary` does, return a pyplot-free
 matplotlib Figure (or draw on `ax`), and save it when given a path. Each title says how many
-validation labels selection used (`util.utility.selection_labels`).
+validation labels selection used (`util.pretraining_utility.selection_labels`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import pandas as pd
 
-from util.utility import (SCRATCH, VALID_LABELS, _accuracy_stats, _check_ci, _cols, _points, _utility_rows,
-                          _utility_stats, proportion, selection_labels)
+from util.pretraining_utility import (SCRATCH, VALID_LABELS, _accuracy_stats, _check_ci, _cols, _points,
+                                      _utility_rows, _utility_stats, proportion, selection_labels)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

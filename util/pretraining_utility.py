@@ -27,26 +27,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from selfstudy import folders
+from selfstudy.results import COMPLETED, PRETRAINED, SCRATCH, source_label
 from selfstudy.selection import test_metric
-from selfstudy.study import PRETRAINED
 from util.stats import falls, monotone_curve, read_off, t_interval
 
-SCRATCH = "scratch"  # the `source` of a trial trained from random weights
-COMPLETED = ("finished", "stopped")  # the statuses whose metrics count
 TEST_METRIC = "test_at_best"  # the default metric
 VALID_LABELS = "valid_labels"  # labelled validation images a trial picked its epoch with (a reported metric)
-
-
-def source_label(pretrained: Any) -> str:
-    """'scratch' for a missing, None, NaN or empty `Wrapper.pretrained`, else its last path component
-    ('study/pretrain/syn_r9_rotate' -> 'syn_r9_rotate'); a final 'snapshot' (a path to the file) is skipped."""
-    if pretrained is None or (isinstance(pretrained, float) and math.isnan(pretrained)):
-        return SCRATCH
-    parts = [part for part in str(pretrained).strip().replace("\\", "/").split("/") if part]
-    if parts and parts[-1] == folders.SNAPSHOT:
-        parts.pop()
-    return parts[-1] if parts else SCRATCH
 
 
 class _Cols(NamedTuple):

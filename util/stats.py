@@ -1,4 +1,4 @@
-"""The statistics behind `util.utility`: a monotone scratch curve, n' read off it, t-intervals.
+"""The statistics behind `util.pretraining_utility`: a monotone scratch curve, n' read off it, t-intervals.
 
 Pure numpy (no scipy: Student's t quantile is computed here, exactly, for whole degrees of
 freedom). Budgets are numbers of labelled images; accuracies are fractions.

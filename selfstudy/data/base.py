@@ -26,10 +26,11 @@ import paths
 from selfstudy.data import cache, hdf5
 from selfstudy.data.splits import DividedSplit, Placement, ResidentSplit
 from selfstudy.errors import UserError
-from selfstudy.legacy import note
+from selfstudy.notes import note
 from selfstudy.render import pose_label
 
 SPLIT_SEED = 0  # fixes the validation pool across trials
+Rows = dict[str, np.ndarray]  # rows of the training file by split, 'train' and 'valid' (DatasetFiles.split_rows)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from selfstudy import legacy
+from selfstudy import notes
 from selfstudy.data import DatasetFiles
 from selfstudy.data.base import DataOptions
 
@@ -72,6 +72,6 @@ def calibrate_random_backbone(backbone: nn.Module, dataset: DatasetFiles, option
         count = calibrate_batchnorm(backbone, (batch.images for batch in split.batches(batch_size, -1)), autocast)
     finally:
         split.close()
-    legacy.note(f"Wrapper.calibrate_random: the random backbone's BatchNorm statistics are those of one pass over "
+    notes.note(f"Wrapper.calibrate_random: the random backbone's BatchNorm statistics are those of one pass over "
                 f"the {len(split)} training images ({count} batches); set it to False to keep mean 0, variance 1")
 

@@ -26,7 +26,7 @@ import gin
 import torch
 from torch import nn
 
-from selfstudy import legacy
+from selfstudy import notes
 from selfstudy.errors import UserError
 
 
@@ -159,7 +159,7 @@ class ResNet(nn.Module):
         if out_feats is not None and (isinstance(out_feats, bool) or not isinstance(out_feats, int) or out_feats < 0):
             raise UserError(f"ResNet.out_feats = {out_feats!r} must be a number of channels, or None (no projection)")
         if isinstance(feat_layer, int) and feat_layer >= 0 and out_feats:  # 2020: a stage's pooled output
-            legacy.note(f"ResNet.out_feats = {out_feats} is not used with ResNet.feat_layer = {feat_layer}: as in 2020, "
+            notes.note(f"ResNet.out_feats = {out_feats} is not used with ResNet.feat_layer = {feat_layer}: as in 2020, "
                         "features are that stage's pooled output, unprojected")
             out_feats = None
         if not out_feats:

@@ -11,7 +11,7 @@ from torch import nn
 
 from selfstudy import weights as weights_io
 from selfstudy.checkpoint import first_difference, read_data, resolve_snapshot
-from selfstudy import legacy
+from selfstudy import notes
 from selfstudy.errors import UserError
 from selfstudy.models.resnet import ResNet
 
@@ -55,10 +55,10 @@ def check_2020_settings(model_choice: str | None, run_classifier: bool, run_self
         if model_choice not in MODEL_CHOICES:
             raise UserError(f"unknown Wrapper.model_choice {model_choice!r}; choose from: {', '.join(MODEL_CHOICES)} "
                             "(or leave it out: the task brings its heads)")
-        legacy.note(f"Wrapper.model_choice = {model_choice!r}: every task's backbone is init_resnet.choice and the task "
+        notes.note(f"Wrapper.model_choice = {model_choice!r}: every task's backbone is init_resnet.choice and the task "
                     "(session.task) adds its own heads, so the setting is not needed")
     if not run_classifier and run_selfsup:
-        legacy.note("Wrapper.run_classifier = False: the linear and MLP probes still train, on detached features, "
+        notes.note("Wrapper.run_classifier = False: the linear and MLP probes still train, on detached features, "
                     "so they report accuracy without changing the backbone")
 
 
@@ -105,7 +105,7 @@ class Wrapper(nn.Module):
         super().__init__()
         check_2020_settings(model_choice, run_classifier, run_selfsup)
         if not finetune_selfsup and not run_selfsup:  # harmless in 2020 too: there is no self-supervised loss
-            legacy.note("Wrapper.finetune_selfsup = False has no job without Wrapper.run_selfsup (no self-supervised "
+            notes.note("Wrapper.finetune_selfsup = False has no job without Wrapper.run_selfsup (no self-supervised "
                         "loss to keep from the backbone)")
             finetune_selfsup = True
         if not finetune_selfsup and finetune_classifier:
@@ -114,7 +114,7 @@ class Wrapper(nn.Module):
                             "(Wrapper.run_selfsup = False) or drop one of the two settings")
         sizes = head_sizes(out_classes, num_classes)
         if len(sizes) > 1 and (dense_pred or run_selfsup):  # 2020 configs: [11, 1] dense, [10, 5] pretraining
-            legacy.note(f"Wrapper.out_classes = {list(sizes)} with Wrapper.{'dense_pred' if dense_pred else 'run_selfsup'}"
+            notes.note(f"Wrapper.out_classes = {list(sizes)} with Wrapper.{'dense_pred' if dense_pred else 'run_selfsup'}"
                         f": the {'per-pixel classifier learns' if dense_pred else 'probes learn'} the class ({sizes[0]} "
                         "outputs);"
                         " the other entries are not used")
@@ -167,7 +167,7 @@ class Wrapper(nn.Module):
         found = weights_io.detect(data) if layout == "auto" else layout
         if found != "selfstudy":
             if layout == "auto":
-                legacy.note(f"{setting}: a checkpoint in the {found} layout (told by its keys); its encoder initialises "
+                notes.note(f"{setting}: a checkpoint in the {found} layout (told by its keys); its encoder initialises "
                             "the backbone")
             self.load_encoder(weights_io.encoder_state(data, found), setting)
             return

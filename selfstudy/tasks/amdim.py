@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from selfstudy.data import Batch, DatasetFiles
-from selfstudy.data.base import DataOptions
+from selfstudy.data.base import DataOptions, Rows
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 from selfstudy.tasks.base import SelfSupervisedTask, check_settings
@@ -44,8 +44,8 @@ class AMDIMTask(SelfSupervisedTask):
                                      "reg": "nonnegative"}, locals())
         self.tclip, self.embedding, self.scales, self.reg = tclip, embedding, scales, reg
 
-    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
-        super().setup(model, dataset, options)
+    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
+        super().setup(model, dataset, options, rows)
         res = dataset.resolution(options)
         probe = torch.zeros(2, dataset.channels, res, res, device=next(model.backbone.parameters()).device)
         was_training = model.backbone.training

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from selfstudy.data import Batch, DatasetFiles
-from selfstudy.data.base import DataOptions
+from selfstudy.data.base import DataOptions, Rows
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 
@@ -43,8 +43,9 @@ class Task(nn.Module):
     needs: tuple[str, ...] = ()
     more_labels: tuple[str, ...] = ()  # what further heads of a list Wrapper.out_classes learn, in order
 
-    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
-        """Raise `UserError` if the dataset or options lack what the task needs; build heads."""
+    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
+        """Raise `UserError` if the dataset or options lack what the task needs; build heads.
+        `rows`: the trial's split plan, the training file's rows of each split (computed once)."""
 
     def loss(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Scalar loss to minimise and named metrics of the batch: scalars (e.g. 'accuracy'),
@@ -68,7 +69,7 @@ class SelfSupervisedTask(Task):
 
     needs_two_views = False
 
-    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
+    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
         name = type(self).__name__
         if self.needs_two_views and not options.double_sample:
             raise UserError(f"{name} compares two views of each image, but BaseDataset.double_sample is False: "

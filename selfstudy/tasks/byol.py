@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from selfstudy.data import Batch, DatasetFiles
-from selfstudy.data.base import DataOptions
+from selfstudy.data.base import DataOptions, Rows
 from selfstudy.models import Wrapper
 from selfstudy.tasks.base import SelfSupervisedTask, check_settings, projection_head
 from selfstudy.tasks.moco import momentum_update
@@ -40,8 +40,8 @@ class BYOLTask(SelfSupervisedTask):
                        locals())
         self.base_momentum, self.proj_dim, self.proj_hidden = base_momentum, proj_dim, proj_hidden
 
-    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
-        super().setup(model, dataset, options)
+    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
+        super().setup(model, dataset, options, rows)
         self.projector = projection_head(model.backbone.out_dim, self.proj_hidden, self.proj_dim)
         self.predictor = projection_head(self.proj_dim, self.proj_hidden, self.proj_dim)
         self.target_backbone = copy.deepcopy(model.backbone).requires_grad_(False)

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfstudy.data import Batch, DatasetFiles
-from selfstudy.data.base import DataOptions
-from selfstudy import legacy
+from selfstudy.data.base import DataOptions, Rows
+from selfstudy import notes
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 from selfstudy.tasks.base import Task
@@ -61,7 +61,7 @@ class ClassifyTask(Task):
         super().__init__()
         self.is_pose = is_pose
 
-    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
+    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
         dense = bool(dataset.train.target_shape)
         if dense and not model.dense_pred:
             raise UserError(f"{dataset.name} has a class per pixel, but Wrapper.dense_pred is False: set it to True "
@@ -73,7 +73,7 @@ class ClassifyTask(Task):
             raise UserError("Wrapper.run_classifier = False leaves ClassifyTask nothing to train: remove it, or set "
                             "Wrapper.run_selfsup = True with a self-supervised session.task")
         if model.more_heads and self.is_pose:  # 2020 pose configs give [10, 5]
-            legacy.note(f"Wrapper.out_classes = {list(model.head_sizes)} with ClassifyTask.is_pose: the pose is learnt "
+            notes.note(f"Wrapper.out_classes = {list(model.head_sizes)} with ClassifyTask.is_pose: the pose is learnt "
                         "alone, by a head of the task's own; the classifier's heads are not trained")
             model.drop_more_heads()
         elif model.more_heads:
@@ -81,7 +81,7 @@ class ClassifyTask(Task):
                 raise UserError(f"Wrapper.out_classes' second head learns the {NUM_POSES}-way pose: give it at least "
                                 f"{NUM_POSES} outputs")
             if not options.predict_pose:  # as in 2020 configs, e.g. [10, 5] on CIFAR
-                legacy.note(f"Wrapper.out_classes = {list(model.head_sizes)}: the second head would learn the pose, "
+                notes.note(f"Wrapper.out_classes = {list(model.head_sizes)}: the second head would learn the pose, "
                             "but BaseDataset.predict_pose is False, so only the first (the class) is built")
                 model.drop_more_heads()
         if self.is_pose:

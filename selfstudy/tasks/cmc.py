@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfstudy.data import Batch, DatasetFiles
-from selfstudy.data.base import DataOptions
+from selfstudy.data.base import DataOptions, Rows
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 from selfstudy.tasks.base import SelfSupervisedTask, check_settings
@@ -51,13 +51,13 @@ class CMCTask(SelfSupervisedTask):
         self.temperature, self.negatives, self.bank_momentum, self.embedding = (temperature, negatives,
                                                                                 bank_momentum, embedding)
 
-    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
-        super().setup(model, dataset, options)
+    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
+        super().setup(model, dataset, options, rows)
         if dataset.train.color_space != "lab":
             raise UserError(f"CMCTask contrasts the L and ab channels of LAB images, but {dataset.name} stores "
                             f"{dataset.train.color_space}: use a LAB dataset (CIFARDataset.to_lab, "
                             "DigitsDataset.to_lab, misc/make_dataset.py --to-lab, misc/render_syn.py --to-lab)")
-        images = len(dataset.split_rows(options)["train"])  # the bank follows the dataset, passed explicitly
+        images = len(rows["train"])  # the bank follows the dataset, passed explicitly
         self.ab_backbone = copy.deepcopy(model.backbone)
         for module in self.ab_backbone.modules():  # its own initialisation, not the L encoder's
             if hasattr(module, "reset_parameters"):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfstudy.data import Batch, DatasetFiles
-from selfstudy.data.base import DataOptions
+from selfstudy.data.base import DataOptions, Rows
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 from selfstudy.tasks.base import Task
@@ -49,7 +49,7 @@ class DepthTask(Task):
 
     needs = ("depth",)
 
-    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
+    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
         if "depth" not in dataset.train.extras:
             raise UserError(f"DepthTask needs depth maps, but {dataset.name} has none (a classification set): "
                             "render a multi-object set with misc/render_syn.py --multi")

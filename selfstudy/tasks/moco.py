@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from selfstudy.data import Batch, DatasetFiles
-from selfstudy.data.base import DataOptions
+from selfstudy.data.base import DataOptions, Rows
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 from selfstudy.tasks.base import SelfSupervisedTask, check_settings, projection_head
@@ -86,9 +86,9 @@ class MoCoTask(SelfSupervisedTask):
         self.temperature, self.momentum, self.queue_size = temperature, momentum, queue_size
         self.proj_dim, self.proj_hidden, self.bn_splits = proj_dim, proj_hidden, bn_splits
 
-    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
-        super().setup(model, dataset, options)
-        images = len(dataset.split_rows(options)["train"])
+    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
+        super().setup(model, dataset, options, rows)
+        images = len(rows["train"])
         if self.queue_size >= images:
             raise UserError(f"MoCoTask.queue_size = {self.queue_size} is not below the {images} training images of "
                             f"{dataset.name}: the queue would hold each image's own earlier keys as negatives; set it "

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfstudy.data import Batch, DatasetFiles
-from selfstudy.data.base import DataOptions
+from selfstudy.data.base import DataOptions, Rows
 from selfstudy.models import Wrapper
 from selfstudy.tasks.base import SelfSupervisedTask
 
@@ -31,8 +31,8 @@ class RotateTask(SelfSupervisedTask):
     """A linear head on the backbone's features predicts the rotation of every image, all four
     rotations of each image in the batch."""
 
-    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
-        super().setup(model, dataset, options)
+    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
+        super().setup(model, dataset, options, rows)
         self.head = nn.Linear(model.backbone.out_dim, 4)
 
     def objective(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from selfstudy.data import Batch, DatasetFiles
-from selfstudy.data.base import DataOptions
+from selfstudy.data.base import DataOptions, Rows
 from selfstudy.models import Wrapper
 from selfstudy.tasks.base import SelfSupervisedTask, check_settings, projection_head
 
@@ -36,8 +36,8 @@ class SimCLRTask(SelfSupervisedTask):
                        locals())
         self.temperature, self.proj_dim, self.proj_hidden = temperature, proj_dim, proj_hidden
 
-    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
-        super().setup(model, dataset, options)
+    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
+        super().setup(model, dataset, options, rows)
         self.projector = projection_head(model.backbone.out_dim, self.proj_hidden, self.proj_dim)
 
     def objective(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:

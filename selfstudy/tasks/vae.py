@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfstudy.data import Batch, DatasetFiles
-from selfstudy.data.base import DataOptions
+from selfstudy.data.base import DataOptions, Rows
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 from selfstudy.tasks.base import SelfSupervisedTask, check_settings
@@ -72,8 +72,8 @@ class VAETask(SelfSupervisedTask):
         check_settings("VAETask", {"lmd": "nonnegative", "latent": "count", "erase": "whole"}, locals())
         self.lmd, self.latent, self.erase = lmd, latent, erase
 
-    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions) -> None:
-        super().setup(model, dataset, options)
+    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
+        super().setup(model, dataset, options, rows)
         res = dataset.resolution(options)
         if self.erase > res:
             raise UserError(f"VAETask.erase = {self.erase} blanks a square larger than the {res}x{res} images of "

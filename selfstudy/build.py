@@ -1,0 +1,124 @@
+"""A trial's config -> its parts: gin parsed once, then dataset, split plan, augmentation, task and
+model, built before any image is loaded.
+
+`bind` parses the trial's gin files and bindings (the 2020 names translated, see
+`selfstudy.config`) and reads what must be known before anything is built: the `session.*`
+settings, the seed, and whether the trial is a probe grid's. `build` makes the parts from the
+bound config; the split plan (`DatasetFiles.split_rows`: which rows of the training file are the
+trial's train and valid splits) is computed once there and handed to the task and the loader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+import selfstudy.components  # noqa: F401  (registers every configurable gin may bind)
+from selfstudy.augment import Augment, augment_options, for_images
+from selfstudy.config import bind_trial
+from selfstudy.data import DatasetFiles, batch_size_option, build_dataset, data_options
+from selfstudy.data.base import DataOptions, Rows
+from selfstudy.data.splits import PIXEL_FIELDS
+from selfstudy.errors import UserError
+from selfstudy.models import Wrapper, build_model
+from selfstudy.probe import GridOptions, check_grid_task, trial_grid
+from selfstudy.settings import SessionSettings, session_settings
+from selfstudy.tasks import Task, build_task
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A trial's config, parsed into gin (which holds it until the next trial binds its own)."""
+
+    config: dict[str, Any]
+    settings: SessionSettings
+    seed: int
+    grid: GridOptions | None  # the probe grid's options (None: an ordinary trial)
+
+
+@dataclass
+class Parts:
+    """Everything a trial is built from, before any image is loaded."""
+
+    settings: SessionSettings
+    dataset: DatasetFiles
+    options: DataOptions
+    batch_size: int
+    augment: Augment
+    task: Task
+    model: Wrapper
+    rows: Rows  # the split plan: rows of the training file in the train and valid splits
+    grid: GridOptions | None  # the probe grid's options (None: an ordinary trial)
+
+
+def bind(config: dict[str, Any]) -> Bound:
+    """Parse the trial's gin config (the only place a trial's gin is parsed) and read its settings."""
+    seed = trial_seed(config)
+    bind_trial(config)
+    return Bound(config, session_settings(), seed, trial_grid())
+
+
+def build(bound: Bound, device: torch.device) -> Parts:
+    """The parts of the trial `bound` (as gin holds it now); the model is created on `device`."""
+    settings = bound.settings
+    dataset = build_dataset(settings.dataset)
+    options = data_options()
+    if options.subset_seed is None:  # each seed labels its own images
+        options = dataclasses.replace(options, subset_seed=bound.seed)
+    rows = dataset.split_rows(options)
+    augment = for_images(augment_options(), dataset.resolution(options), dataset.train.color_space)
+    task = build_task(settings.task)
+    with torch.device(device):
+        classes = dataset.num_classes + (1 if dataset.train.target_shape else 0)  # dense maps: 0 is background
+        model = build_model(dataset.channels, dataset.resolution(options), classes)
+        check_heads(model, task)
+        if bound.grid is not None:
+            check_grid_task(task)
+        task.setup(model, dataset, options, rows)
+    pixel_fields = ("targets",) * bool(dataset.train.target_shape) + tuple(n for n in task.needs if n in PIXEL_FIELDS)
+    augment.check(pixel_fields)
+    if options.double_sample and augment.transform_targets:
+        raise UserError("BaseDataset.double_sample and augment.transform_targets cannot be combined: two views "
+                        "would need two target maps; turn one of them off")
+    batch_size = batch_size_option()
+    dataset.check(options, batch_size)
+    if options.semisupervised == 1 and isinstance(model.feature_norm, torch.nn.BatchNorm1d):
+        raise UserError("BaseDataset.semisupervised = 1: the probe standardises its features over each batch, which "
+                        "takes 2 or more images: give a larger budget")
+    return Parts(settings, dataset, options, batch_size, augment, task, model, rows, bound.grid)
+
+
+def build_parts(config: dict[str, Any], device: torch.device) -> Parts:
+    """Parse the trial's gin config and build its parts; the model is created on `device`."""
+    return build(bind(config), device)
+
+
+def trial_seed(config: dict[str, Any]) -> int:
+    """The trial's seed (the Ray config's `seed`, 0 by default): a whole number from 0 to 2**32 - 1."""
+    seed = config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+        raise UserError(f"seed = {seed!r}: a trial's seed is a whole number from 0 to 2**32 - 1 "
+                        "(e.g. 'seed': tune.grid_search([0, 1, 2]) in the search_space)")
+    return int(seed)
+
+
+def check_heads(model: Wrapper, task: Task) -> None:
+    """The task must know what to train each of the model's heads on."""
+    if len(model.more_heads) > len(task.more_labels):
+        labels = ("class", *task.more_labels)
+        raise UserError(f"Wrapper.out_classes asks for {1 + len(model.more_heads)} heads, but {type(task).__name__} "
+                        f"trains {len(labels)} ({', '.join(labels)}): give Wrapper.out_classes at most {len(labels)} "
+                        "numbers")
+
+
+def trainable(model: Wrapper, task: Task) -> list[torch.nn.Parameter]:
+    """The parameters the optimizer updates: the model's and the task's heads, unless frozen."""
+    return [p for module in (model, task) for p in module.parameters() if p.requires_grad]

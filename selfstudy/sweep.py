@@ -1,0 +1,262 @@
+"""Sweeps: a request's trial configs, checked, then run through Ray Tune or in this process (-l),
+and continued after an interruption. An experiment is one sweep; a study (`selfstudy.study`)
+runs one per stage.
+
+Everything a user can get wrong is checked before anything is written: the gin files and
+bindings of every variant of the sweep (the model is built on the meta device, the dataset files
+are opened) and the resources each trial asks for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from selfstudy import folders
+from selfstudy.checkpoint import UnsafeSnapshot, load_snapshot
+from selfstudy.cluster import cluster_resources, start_ray
+from selfstudy.config import DEFAULT_GIN_CONFIG, resolve_gin_file, split_binding
+from selfstudy.errors import UserError
+from selfstudy.local import run_local
+from selfstudy.notes import print_notes
+from selfstudy.rayconfig import RayConfig, load_ray_config
+from selfstudy.trials import check_trial
+
+
+@dataclass
+class Request:
+    """What the user asked for on the command line."""
+
+    exp_id: str = "default"
+    ray_config: str = "single_run"
+    gin_config: list[str] = field(default_factory=list)
+    gin_params: list[str] = field(default_factory=list)
+    local: bool = False
+    address: str | None = None
+    quiet: bool = False
+    checkpoint_at_end: bool = False
+    resume: bool = False
+
+
+def trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def param_space(request: Request, ray_config: RayConfig) -> dict[str, Any]:
+    """The Tune param_space: reserved keys from the CLI, then the sweep's keys."""
+    bindings = dict(split_binding(text) for text in request.gin_params)
+    swept = set(ray_config.search_space)
+    clash = sorted(swept & set(bindings))
+    if clash:
+        raise UserError(f"{clash[0]} is swept by Ray config '{ray_config.name}' and bound by -p: drop one of them")
+    if request.gin_config and "gin_config" in swept:
+        raise UserError(f"Ray config '{ray_config.name}' sweeps gin_config: drop -g")
+    for key in ("metric", "mode"):
+        if key in swept:
+            raise UserError(f"Ray config '{ray_config.name}' has '{key}' in its search_space: set {key} = ... at the "
+                            "top of the module instead")
+    names = request.gin_config or [DEFAULT_GIN_CONFIG]
+    for name in names:
+        resolve_gin_file(name)
+    selection = {"metric": ray_config.metric, "mode": ray_config.mode}
+    return {"gin_config": names, "gin_params": bindings, "seed": 0, **selection, **ray_config.search_space}
+
+
+def expand(space: dict[str, Any], num_samples: int = 1) -> list[dict[str, Any]]:
+    """Concrete trial configs of a param_space, as Tune's basic variant generator makes them."""
+    from ray.tune.search.variant_generator import generate_variants
+
+    return [spec["config"] for _ in range(num_samples) for _, spec in generate_variants({"config": space})]
+
+
+def check_variants(variants: list[dict[str, Any]]) -> None:
+    """Raise the first `UserError` any distinct variant would meet at setup, or one for none at all."""
+    if not variants:
+        raise UserError("the search_space gives no trials: every tune.grid_search needs at least one value")
+    seen = set()
+    for config in variants:
+        key = json.dumps(config, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            check_trial(config)
+    print_notes()
+
+
+def per_trial(cpus: int, gpus: int, trials_per_gpu: int = 1) -> dict[str, float]:
+    """`trials_per_gpu` trials share each GPU where GPUs exist (with an equal share of the CPUs),
+    else a trial takes all CPUs."""
+    if not gpus:
+        return {"cpu": max(1, cpus)}
+    return {"cpu": max(1, cpus // (gpus * trials_per_gpu)), "gpu": 1 / trials_per_gpu}
+
+
+def trial_resources(ray_config: RayConfig, cluster: dict[str, float] | None = None) -> dict[str, float]:
+    """CPUs/GPUs per trial: the Ray config's, or derived from what exists, so no trial waits forever."""
+    if cluster is None:
+        import torch
+
+        cluster = {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
+    have_gpu = int(cluster.get("GPU", 0))
+    wanted = ray_config.resources_per_trial or per_trial(int(cluster.get("CPU", 1)), have_gpu,
+                                                         ray_config.trials_per_gpu)
+    if wanted.get("gpu", 0) > have_gpu:
+        raise UserError(f"Ray config '{ray_config.name}' asks {wanted['gpu']} GPU per trial but there are "
+                        f"{have_gpu}: lower resources_per_trial or run where GPUs exist")
+    return dict(wanted)
+
+
+def launch(request: Request, directory: Path, ray_config: RayConfig, space: dict[str, Any],
+           variants: list[dict[str, Any]]) -> None:
+    """Start the checked sweep `space` in `directory`: through Ray Tune, or in this process with -l."""
+    record = {"ray_config": ray_config.name, "local": request.local, "checkpointing": checkpointing(ray_config)}
+    if request.local:
+        resources = trial_resources(ray_config)
+        folders.write_json(directory / folders.EXPERIMENT_FILE, {**record, "resources": resources, "variants": variants})
+        run_local(directory, variants, ray_config, resources, request.quiet)
+        return
+    from ray import tune
+
+    start_ray(request.address, request.quiet)
+    resources = trial_resources(ray_config, cluster=cluster_resources())
+    tuner = tune.Tuner(
+        tune.with_resources(_trainable(), resources),
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            num_samples=ray_config.num_samples, **tune_selection(ray_config),
+            scheduler=ray_config.scheduler, search_alg=ray_config.search_alg,
+            max_concurrent_trials=ray_config.max_concurrent_trials or None, reuse_actors=ray_config.reuse_actors,
+            trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=directory.name, storage_path=str(directory.parent), verbose=0 if request.quiet else 1,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=ray_config.keep_checkpoints, checkpoint_frequency=ray_config.checkpoint_frequency,
+                checkpoint_at_end=ray_config.checkpoint_at_end),
+            failure_config=tune.FailureConfig(max_failures=ray_config.max_failures)),
+    )
+    folders.write_json(directory / folders.EXPERIMENT_FILE, {**record, "resources": resources})
+    fit(tuner, request.quiet)
+
+
+def tune_selection(ray_config: RayConfig) -> dict[str, str | None]:
+    """metric and mode for Tune, which refuses them when the scheduler was made with its own."""
+    if getattr(ray_config.scheduler, "metric", None) is not None:
+        return {"metric": None, "mode": None}
+    return {"metric": ray_config.metric, "mode": ray_config.mode}
+
+
+@contextlib.contextmanager
+def tune_output(quiet: bool) -> Iterator[None]:
+    """What Tune prints while it runs (its controller reads these settings when it starts; a
+    user's own environment setting still counts):
+    - never its warning that the experiment's state was snapshotted twice within 5 s (4 lines,
+      after every trial's second checkpoint when epochs are short; a snapshot costs milliseconds);
+    - with `quiet`, not each failed attempt's traceback, nor its list of incomplete trials, nor
+      its banner (printed at every verbosity): the report after the run gives every failed trial
+      a line, and the trial's error.txt keeps the tracebacks. Tune's other errors still print."""
+    settings = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+    if quiet:
+        settings["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
+    added = [name for name in settings if name not in os.environ]
+    os.environ.update({name: settings[name] for name in added})
+    summary = logging.getLogger("ray.tune.tune")
+    listed = IncompleteTrials()
+    if quiet:
+        summary.addFilter(listed)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+        summary.removeFilter(listed)
+
+
+class IncompleteTrials(logging.Filter):
+    """Drops Tune's 'Trials did not complete: [...]', which the report after the run says better."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Trials did not complete")
+
+
+def fit(tuner: Any, quiet: bool) -> None:
+    """Run the Tuner, printing as `tune_output` says. On Ctrl-C, Tune stops the trials gracefully
+    (saving their state) and returns; it then has put back the SIGINT handler it replaced, which
+    tells an interrupted run from a complete one. After a complete run, trials a scheduler ended
+    early are marked stopped."""
+    before = signal.getsignal(signal.SIGINT)
+    with tune_output(quiet):
+        grid = tuner.fit()
+    tune_handled_sigint = not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
+    interrupted = tune_handled_sigint and signal.getsignal(signal.SIGINT) is before
+    signal.signal(signal.SIGINT, before)  # a later Ctrl-C interrupts the report, not a finished Tune run
+    if interrupted:
+        raise KeyboardInterrupt
+    mark_stopped(grid)
+
+
+def checkpointing(ray_config: RayConfig) -> dict[str, int | bool]:
+    """The Ray config's checkpoint and retry settings, recorded so that --resume of -l needs no module."""
+    return {"checkpoint_frequency": ray_config.checkpoint_frequency, "checkpoint_at_end": ray_config.checkpoint_at_end,
+            "keep_checkpoints": ray_config.keep_checkpoints, "max_failures": ray_config.max_failures}
+
+
+def resume_in(request: Request, directory: Path, record: dict[str, Any] | None) -> None:
+    """Continue the sweep in `directory` (an experiment, or a stage of a study)."""
+    from ray import tune
+
+    check_unfinished(directory)
+    if record and record.get("local"):
+        ray_config = RayConfig(name=record["ray_config"], search_space={}, **record["checkpointing"])
+        run_local(directory, record["variants"], ray_config, record["resources"], request.quiet)
+        return
+    if not tune.Tuner.can_restore(str(directory)):
+        raise UserError(f"experiment '{request.exp_id}' stopped before Ray Tune saved its state, so there is nothing "
+                        f"to resume: delete {directory} and run it again")
+    start_ray(request.address, request.quiet)
+    resources = record["resources"] if record else trial_resources(load_ray_config("single_run"),
+                                                                   cluster=cluster_resources())
+    tuner = tune.Tuner.restore(str(directory), trainable=tune.with_resources(_trainable(), resources),
+                               resume_unfinished=True, resume_errored=True)
+    fit(tuner, request.quiet)
+
+
+def check_unfinished(directory: Path) -> None:
+    """Before anything runs again: every unfinished trial's config still builds, and none of its
+    checkpoints needs code to load (a planted snapshot is refused here, in one line). A damaged
+    one is left to the trial: Ray never restores a copy it did not finish."""
+    for trial_dir in folders.trial_dirs(directory):
+        if folders.trial_status(trial_dir).state in ("finished", "stopped"):
+            continue
+        check_trial(folders.read_params(trial_dir))
+        for checkpoint in folders.checkpoints(trial_dir):
+            try:
+                load_snapshot(checkpoint / folders.SNAPSHOT, f"--resume of {trial_dir.name}")
+            except UnsafeSnapshot:
+                raise
+            except UserError:
+                continue
+    print_notes()
+
+
+def _trainable() -> Any:
+    from selfstudy.ray_trainable import RayTrial  # imports ray: only where Ray runs the trials
+
+    return RayTrial
+
+
+def mark_stopped(grid: Any) -> None:
+    """Trials a scheduler ended before their last epoch are complete, not unfinished: say so in their folders."""
+    for trial in grid._experiment_analysis.trials:
+        if trial.status == "TERMINATED" and trial.path:
+            trial_dir = Path(trial.path)
+            if (trial_dir / folders.PARAMS_FILE).exists() and folders.trial_status(trial_dir).state == "running":
+                folders.write_json(trial_dir / folders.STOPPED_FILE, {"by": "the scheduler"})
+
+

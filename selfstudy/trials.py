@@ -1,0 +1,54 @@
+"""Which trial a config describes, checked or opened: a `Trial`, or a probe grid's `GridTrial`
+(`selfstudy.probe_trial`) when the config binds probe_grid.*. The driver checks every trial of a
+sweep here before anything runs; the Ray Trainable and `-l` open them here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selfstudy.build import bind, build, default_device, trainable
+from selfstudy.checkpoint import resolve_snapshot
+from selfstudy.data.splits import num_batches
+from selfstudy.errors import UserError
+from selfstudy.optim import PlateauSchedule, build_schedule, check_optimizer
+from selfstudy.precision import autocast_dtype
+from selfstudy.probe_trial import GridTrial, check_grid
+from selfstudy.trial import Trial
+
+
+def open_trial(config: dict[str, Any], trial_dir: Path | None = None, num_threads: int | None = None,
+               node_id: str | None = None) -> Trial:
+    """The trial `config` describes, built (gin parsed once) and ready for its first epoch."""
+    bound = bind(config)
+    kind = GridTrial if bound.grid is not None else Trial
+    return kind(config, trial_dir, num_threads=num_threads, node_id=node_id, bound=bound)
+
+
+def check_trial(config: dict[str, Any]) -> None:
+    """Raise the `UserError` a trial with this config would meet at setup, without training.
+
+    The model is built on the meta device (shapes only); the dataset's files are checked
+    but not loaded; the label budget and schedule are validated.
+    """
+    bound = bind(config)
+    parts = build(bound, torch.device("meta"))
+    parts.dataset.verify()
+    check_optimizer(trainable(parts.model, parts.task))
+    rows, settings = parts.rows, parts.settings
+    if settings.valid_iters and not len(rows["valid"]):
+        raise UserError(f"{parts.dataset.name} has no validation images (BaseDataset.num_valid = "
+                        f"{parts.options.num_valid}), but session.valid_iters = {settings.valid_iters} evaluates them: "
+                        "set BaseDataset.num_valid > 0, or session.valid_iters = 0 to select on training accuracy")
+    schedule = build_schedule(1.0, num_batches(len(rows["train"]), parts.batch_size, settings.train_iters, train=True))
+    if isinstance(schedule, PlateauSchedule) and schedule.metric.startswith("valid_") and not settings.valid_iters:
+        raise UserError(f"scheduler.metric = {schedule.metric!r} needs the validation split, but session.valid_iters = "
+                        "0: evaluate it, or set scheduler.metric to a train_* metric")
+    autocast_dtype(settings.precision, default_device())
+    if settings.restore_session:
+        resolve_snapshot(settings.restore_session, "session.restore_session")
+    if bound.grid is not None:
+        check_grid(parts, bound.grid, config)
