@@ -26,8 +26,10 @@ its probes are CMCTask's linear probe on the frozen backbone (`Wrapper.finetune_
 accuracy at the end of pretraining. Everything lives under DATA_DIR/bench_ssl and is removed at
 the end; progress goes to stderr.
 
-At the defaults (seven methods, width 16) it ran 48 minutes on the 2-core CPU at commit
-`4284633`, plus 12 for CMC alone (BENCHMARKS.md); `--methods` and `--no-baselines` run a part.
+At the defaults (seven methods, width 16) it takes about an hour on the 2-core CPU, in two
+parts measured (BENCHMARKS.md): rotate, SimCLR, the VAE and AMDIM without the baselines 1,563 s
+at commit `4c98266`; MoCo, BYOL and CMC with every baseline 2,311 s at `a818276` (other jobs
+shared the cores). `--methods` and `--no-baselines` run a part.
 
 The default code 1110 varies texture, colour and viewpoint. Colour is not tied to the class,
 so a random backbone's colour features do not give the class away, and the fixed light,
@@ -71,7 +73,13 @@ def final(exp_dir: Path, name: str) -> dict:
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The docstring as written, and each option's default."""
+    """The docstring as written, and each option's default where it says something (not for the
+    lists and the switch, whose help says what they default to)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if isinstance(action.default, (list, bool)):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 from selfstudy.config import first_line  # noqa: E402
 from selfstudy.errors import UserError  # noqa: E402
 from util import vis  # noqa: E402
-from util.provenance import figure_output, figure_provenance, make_parent  # noqa: E402
+from util.provenance import figure_output, figure_provenance, save_figures  # noqa: E402
 from util.ranks import rank_agreement, ranks  # noqa: E402
 
 BUDGET = "BaseDataset.semisupervised"
@@ -117,8 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     facts = figure_provenance("misc/rank_figure.py", argv, exp_dir, list(names), selection,
                               "test_at_best; Spearman's rho with 95% bootstrap intervals over seeds")
     if output:
-        draw(found, names).savefig(make_parent(output.with_name(f"{output.name}.png")), dpi=120,
-                                   metadata={**facts, "Title": f"{args.exp_id}: rankings"})
+        try:
+            save_figures({output.with_name(f"{output.name}.png"): (draw(found, names),
+                                                                   {**facts, "Title": f"{args.exp_id}: rankings"})})
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     print(facts["Description"] + "\n")
     print(markdown(found, names))
     return 0

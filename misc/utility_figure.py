@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from selfstudy.config import first_line  # noqa: E402
 from selfstudy.errors import UserError  # noqa: E402
 from util import vis  # noqa: E402
-from util.provenance import figure_output, figure_provenance, make_parent  # noqa: E402
+from util.pretraining_utility import metric_problem  # noqa: E402
+from util.provenance import figure_output, figure_provenance, save_figures  # noqa: E402
 
 OUTSIDE = {">=": "beyond the largest scratch budget",
            "<=": "at or below scratch at the smallest budget, or at the top scratch measured",
@@ -61,21 +62,6 @@ def markdown(table, metric: str) -> str:
         selection = "not recorded" if math.isnan(row.valid_labels) else f"{int(row.valid_labels)}"
         lines.append(f"| {source} | {int(budget)} | {int(row.seeds)} | {selection} | {accuracy} | {utility} |")
     return "\n".join(lines)
-
-
-def metric_problem(rows: pd.DataFrame, metric: str | None) -> str | None:
-    """Why `--metric` (None: test_at_best) cannot be compared over these trials, in the
-    command line's words; None when it can."""
-    numeric = [str(c) for c in rows.select_dtypes("number") if rows[c].notna().any()]
-    if metric is None:
-        if vis.TEST_METRIC in rows and rows[vis.TEST_METRIC].notna().any():
-            return None
-        return (f"the trials have no {vis.TEST_METRIC} (they did not evaluate the test split: session.test_iters = 0); "
-                "pass --metric best_accuracy (the best validation accuracy: optimistic, it is what selected the "
-                "epoch) or evaluate the test split")
-    if metric not in numeric:
-        return f"--metric {metric}: the trials report no such score; choose one of: {', '.join(sorted(numeric))}"
-    return None
 
 
 def provenance(exp_dir: Path, stages: list[str], table, metric: str, argv: list[str]) -> dict[str, str]:
@@ -121,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     trials = {stage: frame[frame["stage"] == stage] for stage in chosen}
     metric = args.metric or vis.TEST_METRIC
     for stage, rows in trials.items():
-        problem = metric_problem(rows, args.metric)
+        problem = metric_problem(rows, args.metric, how="--metric {}")
         if problem:
             print(f"error: stage '{stage}' of '{args.exp_id}': {problem}", file=sys.stderr)
             return 2
@@ -138,14 +124,16 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         facts = provenance(exp_dir, chosen, pd.concat(tables.values()), metric, argv)
         if output:
-            for name, plot in (("utility", vis.utility_plot), ("accuracy", vis.accuracy_plot)):
-                path = output.with_name(f"{output.name}_{name}.png")
-                try:
-                    draw(plot, trials, args.metric).savefig(make_parent(path), dpi=120, metadata={
-                        **facts, "Title": f"{args.exp_id}, stage {args.stage}: {name}"})
-                except OSError as err:
-                    print(f"error: cannot write {path}: {err.strerror or err}; choose another -o", file=sys.stderr)
-                    return 2
+            figures = {output.with_name(f"{output.name}_{name}.png"): (
+                draw(plot, trials, args.metric), {**facts, "Title": f"{args.exp_id}, stage {args.stage}: {name}"})
+                for name, plot in (("utility", vis.utility_plot), ("accuracy", vis.accuracy_plot))}
+            try:
+                save_figures(figures)
+            except UserError as err:
+                for warning in {str(w.message) for w in caught}:
+                    print(f"warning: {warning}", file=sys.stderr)
+                print(f"error: {err}", file=sys.stderr)
+                return 2
     for warning in {str(w.message) for w in caught}:
         print(f"warning: {warning}", file=sys.stderr)
     print(facts["Description"])

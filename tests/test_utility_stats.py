@@ -102,5 +102,5 @@ def test_the_default_metric_is_test_at_best_or_one_line_naming_what_to_pass() ->
     assert table.loc[("rotate", 10), "accuracy"] == 0.66
     assert table.loc[("rotate", 10), "utility"] == pytest.approx(10 ** (0.11 / 0.17) - 1)
     assert (table["valid_labels"] == 200).all()
-    with pytest.raises(ValueError, match="no test_at_best .*pass metric= one of their columns"):
+    with pytest.raises(ValueError, match=r"no test_at_best .*pass metric='<score>' with one of their scores \(none\)"):
         vis.summary(untested.drop(columns=["test_at_best", "best_accuracy"]))

@@ -335,9 +335,11 @@ def test_the_utility_figure_compares_each_matching_stage_with_its_own_scratch_tr
     assert utility_figure().main(["-e", "data", "--stage", "transfer_a", "--metric", "nosuch"]) == 2
     assert capsys.readouterr().err.startswith("error: stage 'transfer_a' of 'data': --metric nosuch: the trials "
                                               "report no such score; choose one of: ")
-    (tmp_path / "taken_utility.png").mkdir()  # where the figure would go: found only when it is drawn
+    (tmp_path / "taken_accuracy.png").mkdir()  # where the second figure would go: found only when it is drawn
     assert utility_figure().main(["-e", "data", "--stage", "transfer_a", "-o", str(tmp_path / "taken")]) == 2
-    assert capsys.readouterr().err == f"error: cannot write {tmp_path / 'taken_utility.png'}: Is a directory; choose another -o\n"
+    assert capsys.readouterr().err == (f"error: cannot write {tmp_path / 'taken_accuracy.png'}: Is a directory; "
+                                       "choose another -o\n")
+    assert sorted(p.name for p in tmp_path.glob("taken*")) == ["taken_accuracy.png"]  # the first was not left
 
 
 def test_rank_correlation_of_two_protocols() -> None:
@@ -390,6 +392,9 @@ def test_the_rank_figure_ranks_sources_under_both_protocols(exp_dir: Path, tmp_p
     assert "| rotate | 0.700 (1) | 0.850 (2) |" in printed and "| scratch | 0.300 (3) | 0.800 (3) |" in printed
     assert "Spearman's rho at 100 labels: 0.50 [0.50, 0.50] (3 sources, 2 seeds)" in printed
     assert Image.open(f"{output}.png").text["Description"] == printed[0]
+    (tmp_path / "taken.png").mkdir()  # where the figure would go: one line, no traceback
+    assert rank_figure().main(["-e", "lvf", "-o", str(tmp_path / "taken")]) == 2
+    assert capsys.readouterr().err == f"error: cannot write {tmp_path / 'taken.png'}: Is a directory; choose another -o\n"
     assert rank_figure().main(["-e", "lvf", "--linear", "probe"]) == 2
     assert "has no stage 'probe' (stages: finetune, linear)" in capsys.readouterr().err
     blocker = tmp_path / "a_file"

@@ -63,20 +63,42 @@ def best_heads(df: pd.DataFrame, *, budget_col: str = "BaseDataset.semisupervise
     return pd.concat([df[df["head"].isna()], picked]).sort_index()
 
 
+SCORES = ("mean_accuracy", "best_accuracy", TEST_METRIC)  # reported scores besides the train_/valid_/test_ metrics
+
+
+def score_columns(df: pd.DataFrame) -> list[str]:
+    """The trials' reported scores that a utility can be read from (numeric, measured somewhere),
+    not their settings or Ray's bookkeeping (seed, pid, timestamp, training_iteration, ...)."""
+    return sorted(str(c) for c in df.select_dtypes("number")
+                  if (str(c).startswith(("train_", "valid_", "test_")) or c in SCORES) and c != VALID_LABELS
+                  and df[c].notna().any())
+
+
+def metric_problem(df: pd.DataFrame, metric: str | None, how: str = "metric='{}'") -> str | None:
+    """Why `metric` (None: test_at_best) cannot be read off these trials, in one line naming what
+    to pass (`how`: the API's "metric='{}'" or a command's "--metric {}"); None when it can."""
+    scores = score_columns(df)
+    if metric is None:
+        if TEST_METRIC in scores:
+            return None
+        what = (f"{how.format('best_accuracy')} (best validation accuracy: optimistic, it is the selection metric)"
+                if "best_accuracy" in scores else f"{how.format('<score>')} with one of their scores "
+                f"({', '.join(scores) or 'none'})")
+        return (f"the trials have no {TEST_METRIC} (the test split was not evaluated: session.test_iters = 0); "
+                f"pass {what} or evaluate the test split")
+    if metric not in scores:
+        return f"{how.format(metric)}: the trials report no such score; choose one of: {', '.join(scores) or 'none'}"
+    return None
+
+
 def _cols(df: pd.DataFrame, source_col: str, budget_col: str, seed_col: str, metric: str | None) -> _Cols:
     """The column names, with `metric` None resolved: `test_at_best` where the trials have it, else one line
     that names what to pass."""
     if metric is None:
-        if TEST_METRIC in df and df[TEST_METRIC].notna().any():
-            metric = TEST_METRIC
-        elif "best_accuracy" in df:
-            raise ValueError(f"the trials have no {TEST_METRIC} (the test split was not evaluated: session.test_iters"
-                             " = 0); pass metric='best_accuracy' (best validation accuracy: optimistic, it is the "
-                             "selection metric) or evaluate the test split")
-        else:
-            raise ValueError(f"the trials have no {TEST_METRIC} (the test split was not evaluated: session.test_iters"
-                             f" = 0); pass metric= one of their columns ({', '.join(map(str, df))}) or evaluate "
-                             "the test split")
+        problem = metric_problem(df, None)
+        if problem:
+            raise ValueError(problem)
+        metric = TEST_METRIC
     return _Cols(source_col, budget_col, seed_col, metric)
 
 

@@ -3,6 +3,7 @@ module's sha256, the labels selection used and the date, as one line and as PNG 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import shlex
 import subprocess
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import paths
 from selfstudy import folders
@@ -19,7 +21,7 @@ from selfstudy.rayconfig import config_path
 
 def figure_output(output: str) -> Path:
     """The -o prefix of a figure script, checked before any work and made nothing of: its folder, or the
-    nearest folder above it that exists, must be a folder this user can write in (`make_parent` makes the
+    nearest folder above it that exists, must be a folder this user can write in (`save_figures` makes the
     rest when the figures are drawn); a `UserError` naming it otherwise."""
     path = Path(output)
     existing = path.parent
@@ -37,10 +39,26 @@ def figure_output(output: str) -> Path:
     return path
 
 
-def make_parent(path: Path) -> Path:
-    """`path` with its folder made, once there is something to write there."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+def save_figures(figures: dict[Path, tuple[Any, dict[str, str]]]) -> None:
+    """Write each matplotlib Figure, with its PNG metadata, to its path (folders made), all or none:
+    each is drawn to a file beside its path first, then every one moved into place. A path that
+    cannot be written is one `UserError` naming it; nothing of the figures is left behind."""
+    drawn: dict[Path, Path] = {}
+    path = next(iter(figures), None)
+    try:
+        for path, (figure, metadata) in figures.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            drawn[path] = path.with_name(f".{path.name}.tmp")
+            figure.savefig(drawn[path], format="png", dpi=120, metadata=metadata)
+        for path in drawn:  # the one place a move can fail where a draw beside it did not
+            if path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        for path, temporary in drawn.items():
+            os.replace(temporary, path)
+    except OSError as err:
+        for temporary in drawn.values():
+            temporary.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {err.strerror or err}; choose another -o") from None
 
 
 def git_describe() -> str:
