@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--probe-epochs", type=int, default=10, help="epochs of each linear probe")
     parser.add_argument("--width", type=int, default=16, help="ResNet.width")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS, metavar="METHOD",
-                        help=f"the methods to pretrain, of: {' '.join(METHODS)}")
+                        help=f"the methods to pretrain (all by default), of: {' '.join(METHODS)}")
     parser.add_argument("-p", "--pretrain-params", nargs="*", default=[], metavar="BINDING",
                         help="gin bindings for every method's pretraining, e.g. 'dataloader.batch_size = 64' to "
                         "try a config's alternative (compare the *_probe_syn_valid figures)")
