@@ -18,14 +18,14 @@ import hashlib
 import json
 import os
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import h5py
 import numpy as np
+from tqdm import tqdm
 
 from selfstudy.data import hdf5
 from selfstudy.errors import UserError
@@ -122,27 +122,28 @@ def _decode_entry(job: tuple[Path, int]) -> tuple[np.ndarray | None, str]:
     return decode(*job)
 
 
-@dataclass
 class Progress:
-    """A one-line progress bar on stderr (a line per tenth when stderr is not a terminal)."""
+    """The dataset maker's progress on stderr, a tqdm bar: "train: 120/1000 images, 80.5images/s";
+    where stderr is not a terminal, a line per tenth."""
 
-    label: str
-    total: int
-    done: int = 0
-    skipped: int = 0
-    started: float = field(default_factory=time.time)
-    shown: float = 0.0
+    def __init__(self, label: str, total: int):
+        terminal = sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=label, file=sys.stderr, unit="images", dynamic_ncols=terminal,
+                        bar_format="{desc}: {n_fmt}/{total_fmt} images, {rate_fmt}{postfix}",
+                        mininterval=0.2 if terminal else 0.0, miniters=None if terminal else max(1, total // 10))
+        self.skipped = 0
 
     def update(self, done: int, skipped: int, final: bool = False) -> None:
-        self.done, self.skipped = done, skipped
-        now = time.time()
-        tty = sys.stderr.isatty()
-        if not final and (now - self.shown < 0.2 if tty else done * 10 // self.total == self.shown):
-            return
-        self.shown = now if tty else done * 10 // self.total
-        rate = done / max(now - self.started, 1e-6)
-        line = f"{self.label}: {done}/{self.total} images, {rate:.0f}/s" + (f", {skipped} skipped" if skipped else "")
-        print(("\r" if tty else "") + line, end="\n" if final or not tty else "", file=sys.stderr, flush=True)
+        if skipped != self.skipped:
+            self.skipped = skipped
+            self.bar.set_postfix_str(f"{skipped} skipped", refresh=False)
+        self.bar.update(done - self.bar.n)
+        if final:
+            self.bar.refresh()
+
+    def close(self) -> None:
+        """End the bar's line, also before an error is said."""
+        self.bar.close()
 
 
 def fingerprint(entries: list[Entry], classes: list[str], res: int, lab: bool) -> str:
@@ -224,6 +225,7 @@ def fill(f: h5py.File, entries: list[Entry], classes: list[str], res: int, lab: 
         flush()
         progress.update(done, skipped, final=True)
     finally:
+        progress.close()
         if pool:
             pool.shutdown(cancel_futures=True)
 
