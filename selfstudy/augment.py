@@ -14,7 +14,6 @@ A flip also mirrors the per-image labels it changes (`MIRRORED_LABELS`: the pose
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
 
@@ -124,10 +123,8 @@ class Augment:
     def __post_init__(self) -> None:
         for name in ("color_jitter", "grayscale", "crop", "cutout", "resized_crop", "blur", "solarize"):
             value = getattr(self, name)
-            has_2020_form = name in ("color_jitter", "grayscale", "crop", "cutout")  # a bool: the 2020 default
-            if (isinstance(value, bool) and not has_2020_form) or not isinstance(value, (int, float)):
-                form = "a number or a bool (True: the 2020 default)" if has_2020_form else "a number (0: off)"
-                raise UserError(f"augment.{name} = {value!r} must be {form}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserError(f"augment.{name} = {value!r} must be a number (0: off)")
             upper = 1 if name in ("grayscale", "blur", "resized_crop", "solarize") else float("inf")
             if not 0 <= value <= upper:
                 raise UserError(f"augment.{name} = {value!r} must lie in [0, {upper:g}]")
@@ -265,13 +262,15 @@ class Augment:
         return batch._replace(images=out.images[:b], view2=out.images[b:] if double else None, **moved)
 
 
-@gin.configurable("augment")
+@gin.configurable("augment", denylist=["color_space"])
 def augment_options(color_jitter: float = 0.0, grayscale: float = 0.0, flip: bool = True, crop: int = 4,
                     cutout: int = 0, resized_crop: float = 0.0, blur: float = 0.0, solarize: float = 0.0,
-                    transform_targets: bool | None = None, do_augment: bool | list[str] = True) -> Augment:
+                    transform_targets: bool | None = None, do_augment: bool | list[str] = True,
+                    color_space: str = "rgb") -> Augment:
     """`augment.*`. `do_augment`: True = the train split, False = none, or a list of split names.
     `transform_targets`: per-pixel fields (class maps, depth maps) always move with their images;
-    True also asserts the dataset has them, False refuses geometric operations on a set that does."""
+    True also asserts the dataset has them, False refuses geometric operations on a set that does.
+    `color_space`: the images' (the dataset's, not a setting)."""
     if isinstance(do_augment, bool):
         splits = ("train",) if do_augment else ()
     else:
@@ -281,20 +280,5 @@ def augment_options(color_jitter: float = 0.0, grayscale: float = 0.0, flip: boo
             raise UserError(f"augment.do_augment names unknown splits {sorted(unknown)}; use train, valid, test")
     return Augment(color_jitter=color_jitter, grayscale=grayscale, flip=flip, crop=crop, cutout=cutout,
                    resized_crop=resized_crop, blur=blur, solarize=solarize, transform_targets=transform_targets,
-                   splits=splits)
+                   splits=splits, color_space=color_space)
 
-
-JITTER_2020, GRAYSCALE_2020 = 0.4, 0.2  # the strengths a 2020 config's `= True` switched on
-
-
-def for_images(augment: Augment, resolution: int, color_space: str = "rgb") -> Augment:
-    """The options for images of this size and colour space (colour operations on CIELAB run in
-    RGB). The 2020 meaning of boolean options: one rule, a bool is the 2020 default and a number
-    our setting. `crop = True`: res // 8 pixels of padding; `cutout = True`:
-    a res // 4 square; `color_jitter = True`: strength 0.4; `grayscale = True`: probability 0.2;
-    False turns each off."""
-    defaults = {"crop": resolution // 8, "cutout": resolution // 4, "color_jitter": JITTER_2020,
-                "grayscale": GRAYSCALE_2020}
-    changes = {name: (value if getattr(augment, name) else 0) for name, value in defaults.items()
-               if isinstance(getattr(augment, name), bool)}
-    return dataclasses.replace(augment, **changes, color_space=color_space)

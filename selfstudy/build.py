@@ -2,7 +2,7 @@
 model, built before any image is loaded.
 
 `bind` parses the trial's gin files and bindings (the 2020 names translated, see
-`selfstudy.config`) and reads what must be known before anything is built: the `session.*`
+`selfstudy.translate2020`) and reads what must be known before anything is built: the `session.*`
 settings, the seed, and whether the trial is a probe grid's. `build` makes the parts from the
 bound config; the split plan (`DatasetFiles.split_rows`: which rows of the training file are the
 trial's train and valid splits) is computed once there and handed to the task and the loader.
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 import selfstudy.components  # noqa: F401  (registers every configurable gin may bind)
-from selfstudy.augment import Augment, augment_options, for_images
-from selfstudy.config import bind_trial
+from selfstudy.augment import Augment, augment_options
+from selfstudy.config import bind_at_resolution, bind_trial
 from selfstudy.data import DatasetFiles, batch_size_option, build_dataset, data_options
 from selfstudy.data.base import DataOptions, Rows
 from selfstudy.data.splits import PIXEL_FIELDS
@@ -27,7 +27,7 @@ from selfstudy.errors import UserError
 from selfstudy.models import Wrapper, build_model
 from selfstudy.probe import GridOptions, check_grid_task, trial_grid
 from selfstudy.settings import SessionSettings, session_settings
-from selfstudy.tasks import Task, build_task
+from selfstudy.tasks import TASKS, SelfSupervisedTask, Task, build_task
 
 
 def default_device() -> torch.device:
@@ -62,8 +62,12 @@ class Parts:
 def bind(config: dict[str, Any]) -> Bound:
     """Parse the trial's gin config (the only place a trial's gin is parsed) and read its settings."""
     seed = trial_seed(config)
-    bind_trial(config)
-    return Bound(config, session_settings(), seed, trial_grid())
+    self_supervised = [name for name, cls in TASKS.items() if isinstance(cls, type) and issubclass(cls, SelfSupervisedTask)]
+    pending = bind_trial(config, self_supervised)
+    settings = session_settings()
+    if pending:  # 2020's sizes relative to the images, e.g. augment.crop = True
+        bind_at_resolution(pending, build_dataset(settings.dataset).resolution(data_options()))
+    return Bound(config, settings, seed, trial_grid())
 
 
 def build(bound: Bound, device: torch.device) -> Parts:
@@ -74,7 +78,7 @@ def build(bound: Bound, device: torch.device) -> Parts:
     if options.subset_seed is None:  # each seed labels its own images
         options = dataclasses.replace(options, subset_seed=bound.seed)
     rows = dataset.split_rows(options)
-    augment = for_images(augment_options(), dataset.resolution(options), dataset.train.color_space)
+    augment = augment_options(color_space=dataset.train.color_space)
     task = build_task(settings.task)
     with torch.device(device):
         classes = dataset.num_classes + (1 if dataset.train.target_shape else 0)  # dense maps: 0 is background

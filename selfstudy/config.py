@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import ast
 import difflib
+import importlib
 import logging
 import re
 import tokenize
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Collection
 
 import gin
+from gin import config_parser
 
 import paths
 from selfstudy.errors import UserError
+from selfstudy.translate2020 import translate
 
 GIN_SUFFIX = ".gin"
 DEFAULT_GIN_CONFIG = "digits/r9/classify"
@@ -103,33 +106,98 @@ def check_keys(config: dict[str, Any]) -> None:
             )
 
 
-def bind_trial(config: dict[str, Any]) -> None:
-    """Clear gin and parse the trial's files and bindings; errors become one-line `UserError`s.
-    The configurables must be registered first (`selfstudy.build` imports `selfstudy.components`)."""
+class _Reference:
+    """A `@name`, `@name()` or `%macro` in a value, as read: its repr is the gin text again."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class _Reader(config_parser.ParserDelegate):
+    def configurable_reference(self, scoped_configurable_name: str, evaluate: bool) -> _Reference:
+        return _Reference(f"@{scoped_configurable_name}{'()' if evaluate else ''}")
+
+    def macro(self, macro_name: str) -> _Reference:
+        return _Reference(f"%{macro_name}")
+
+
+def read_bindings(text: str, where: str, into: dict[str, Any], depth: int = 0) -> None:
+    """Add the bindings of gin `text` to `into` in order ('scope/Name.param' or a macro's name ->
+    value; a later binding of a name replaces an earlier one), following its includes."""
+    for statement in config_parser.ConfigParser(text, _Reader()):
+        if isinstance(statement, config_parser.BindingStatement):
+            name = f"{statement.selector}.{statement.arg_name}" if statement.arg_name else statement.selector
+            key = f"{statement.scope}/{name}" if statement.scope else name
+            into.pop(key, None)
+            into[key] = statement.value
+        elif isinstance(statement, config_parser.IncludeStatement):
+            path = included_file(statement.filename, where)
+            if depth > 20:
+                raise UserError(f"gin config: {where} includes itself (through {path.name}): remove the circle")
+            read_bindings(path.read_text(), str(path), into, depth + 1)
+        elif isinstance(statement, config_parser.ImportStatement):
+            if statement.module.startswith("__gin__"):
+                raise UserError(f"gin config: {where} imports {statement.module}, which selfstudy does not support: "
+                                "remove the line")
+            importlib.import_module(statement.module)
+
+
+def included_file(name: str, where: str) -> Path:
+    """The file of `include name`: as given (absolute or from the working directory), else in CONFIG_DIR."""
+    for path in (Path(name), paths.CONFIG_DIR / name):
+        if path.is_file():
+            return path
+    raise UserError(f"gin config: {where} includes {name!r}, which is neither a file nor a config in "
+                    f"{paths.CONFIG_DIR}: fix the include")
+
+
+def trial_bindings(config: dict[str, Any]) -> dict[str, Any]:
+    """Every binding of the trial, in gin's order: its files, then the sweep's keys, then -p."""
     names = config.get("gin_config") or [DEFAULT_GIN_CONFIG]
     if isinstance(names, str):
         names = [names]
-    files = [str(resolve_gin_file(name)) for name in names]
-    bindings = [f"{key} = {gin_value(value)}" for key, value in binding_keys(config).items()]
-    bindings += [f"{key} = {text}" for key, text in (config.get("gin_params") or {}).items()]
-    gin.clear_config()
-    gin.add_config_file_search_path(str(paths.CONFIG_DIR))
+    bindings: dict[str, Any] = {}
     try:
-        gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+        for name in names:
+            path = resolve_gin_file(name)
+            read_bindings(path.read_text(), str(path), bindings)
+        sweep = [f"{key} = {gin_value(value)}" for key, value in binding_keys(config).items()]
+        given = [f"{key} = {text}" for key, text in (config.get("gin_params") or {}).items()]
+        read_bindings("\n".join(sweep + given), "the bindings", bindings)
     except tokenize.TokenError:  # an unclosed bracket or quote
         raise UserError(f"gin config: a value is cut short (an unclosed bracket or quote?); check the bindings in "
                         f"{', '.join(names)} and -p, e.g. -p 'dataloader.batch_size = 128'") from None
-    except (ValueError, SyntaxError, OSError, TypeError) as err:
-        model_2020 = next((name for name in MODELS_2020 if f"'{name}'" in str(err)), None)
-        if model_2020:
-            raise UserError(f"gin config: {model_2020}.* was a 2020 model class's setting; here the method's settings "
-                            f"are {MODELS_2020[model_2020]}.* (see selfstudy/tasks/): rename or drop the binding") from None
-        raise UserError(f"gin config: {first_line(err).rstrip('.')}; check the binding names in {', '.join(names)}, "
-                        "the Ray config's search space and -p") from None
+    except (ValueError, SyntaxError, OSError, ImportError) as err:
+        raise UserError(f"gin config: {first_line(err).rstrip('.')}; check {', '.join(names)}, the Ray config's "
+                        "search space and -p") from None
+    return bindings
 
 
-MODELS_2020 = {"CMCModel": "CMCTask", "AMDIMModel": "AMDIMTask", "AMDIMRefModel": "AMDIMTask", "VAEModel": "VAETask",
-               "RotateModel": "RotateTask", "ResnetModel": "ResNet"}  # 2020's backbone classes -> our settings
+def bind_trial(config: dict[str, Any], self_supervised: Collection[str] = ()) -> dict[str, Callable[[int], Any]]:
+    """Clear gin and bind the trial's files and bindings, the 2020 names translated
+    (`selfstudy.translate2020`); errors become one-line `UserError`s. The configurables must be
+    registered first (`selfstudy.build` imports `selfstudy.components`). `self_supervised`: the
+    task names that are pretraining methods. Returns the settings whose value needs the images'
+    side (2020's `augment.crop = True`), for `bind_at_resolution`."""
+    translated = translate(trial_bindings(config), self_supervised)
+    gin.clear_config()
+    try:
+        gin.parse_config([f"{key} = {value!r}" for key, value in translated.bindings.items()])
+    except (ValueError, SyntaxError, TypeError) as err:
+        names = config.get("gin_config") or [DEFAULT_GIN_CONFIG]
+        raise UserError(f"gin config: {first_line(err).rstrip('.')}; check the binding names in "
+                        f"{', '.join([names] if isinstance(names, str) else names)}, the Ray config's search space "
+                        "and -p") from None
+    return translated.by_resolution
+
+
+def bind_at_resolution(pending: dict[str, Callable[[int], Any]], resolution: int) -> None:
+    """Bind the settings `bind_trial` left for the images' side."""
+    for key, value_at in pending.items():
+        gin.bind_parameter(key, value_at(resolution))
 
 
 def first_line(err: BaseException) -> str:

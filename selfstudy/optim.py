@@ -3,14 +3,15 @@
 The schedule is a pure function of the global training step: the learning rate moves
 from `optimizer.lr` at epoch 0 through `scheduler.target_lrs[i]` at epoch
 `scheduler.milestones[i]`, interpolated per iteration, and the run ends at the last
-milestone. Each segment is linear; `exp_factor` (the 2020 setting, default 0) multiplies the
+milestone. Each segment is linear; `exp_factor` (default 0) multiplies the
 last segment by `e ** exp_factor`, where `e` falls linearly from 1 to 1e-7 across it (above 0
 a faster decay at the end; below 0 a slower one).
 
-`scheduler.scheduler_fn = 'ReduceLROnPlateau'` (2020) replaces the piecewise schedule: the rate
+`scheduler.scheduler_fn = 'ReduceLROnPlateau'` replaces the piecewise schedule: the rate
 starts at `optimizer.lr` and torch's ReduceLROnPlateau lowers it after each epoch when
 `scheduler.metric` (default valid_loss) stops improving; its own settings (factor, patience,
 mode, ...) are `scheduler.*` bindings too. The run still ends at the last milestone.
+(2020's forms of `target_lrs` and `final_lr` are translated by `selfstudy.translate2020`.)
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any, Iterable
 import gin
 import torch
 
-from selfstudy import notes
 from selfstudy.errors import UserError
 
+DEFAULT_MILESTONES, DEFAULT_TARGET_LRS = (5, 25), (0.4, 0.0)  # epochs, and the learning rate at each
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     name: cls
     for name, cls in vars(torch.optim).items()
@@ -44,18 +45,7 @@ def optimizer_class(optim_fn: str | type) -> type[torch.optim.Optimizer]:
 def build_optimizer(
     params: Iterable[torch.nn.Parameter], optim_fn: str | type = "SGD", lr: float = 0.1, **kwargs: Any
 ) -> torch.optim.Optimizer:
-    """`optim_fn(params, lr=lr, **kwargs)`, e.g. `optimizer.momentum = 0.9`, `optimizer.nesterov = True`.
-    2020's 'FusedAdam' (apex) is torch's AdamW, fused on CUDA (Adam with `adam_w_mode = False`)."""
-    if optim_fn == "FusedAdam":
-        params = list(params)
-        optim_fn = "AdamW" if kwargs.pop("adam_w_mode", True) else "Adam"
-        kwargs.setdefault("weight_decay", 0.0)  # apex's default; torch's AdamW would decay by 0.01
-        kwargs.pop("set_grad_none", None)  # gradients are set to None anyway
-        if not kwargs.pop("bias_correction", True):
-            raise UserError("optimizer.bias_correction = False has no torch equivalent: remove it")
-        if params and all(p.is_cuda for p in params):
-            kwargs.setdefault("fused", True)
-        notes.note(f"optimizer.optim_fn = 'FusedAdam' (apex) is torch.optim.{optim_fn}, fused on CUDA")
+    """`optim_fn(params, lr=lr, **kwargs)`, e.g. `optimizer.momentum = 0.9`, `optimizer.nesterov = True`."""
     cls = optimizer_class(optim_fn)
     try:
         return cls(params, lr=lr, **kwargs)
@@ -99,8 +89,7 @@ class Schedule:
         if not self.milestones or len(self.milestones) != len(self.target_lrs):
             raise UserError(
                 f"scheduler.milestones {list(self.milestones)} and scheduler.target_lrs "
-                f"{list(self.target_lrs)} need the same, non-zero length (or one more learning rate, the first "
-                "being the one at epoch 0, as in 2020 configs)"
+                f"{list(self.target_lrs)} need the same, non-zero length: a learning rate for each milestone"
             )
         check_milestones(self.milestones)
         if self.steps_per_epoch < 1:
@@ -179,18 +168,15 @@ def build_schedule(
     base_lr: float,
     steps_per_epoch: int,
     optimizer: torch.optim.Optimizer | None = None,
-    milestones: list[int] = (5, 25),
-    target_lrs: list[float] | float = (0.4, 0.0),
+    milestones: list[int] = DEFAULT_MILESTONES,
+    target_lrs: list[float] = DEFAULT_TARGET_LRS,
     exp_factor: float = 0.0,
     scale: float = 1.0,
     scheduler_fn: str = "LambdaLR",
     metric: str = "valid_loss",
-    final_lr: float | None = None,
     **plateau: Any,
 ) -> Schedule | PlateauSchedule:
-    """The schedule of `scheduler.{milestones (epochs), target_lrs, exp_factor, scale}`. A `target_lrs`
-    one longer than `milestones` (the 2020 form) starts at its first entry instead of `optimizer.lr`;
-    one number t (2020) is [0, t, final_lr or 0]. `scale` multiplies every learning rate of the
+    """The schedule of `scheduler.{milestones (epochs), target_lrs, exp_factor, scale}`. `scale` multiplies every learning rate of the
     schedule (`optimizer.lr` too): one number a hyperparameter search can tune. `optimizer`:
     the one a ReduceLROnPlateau schedule drives (None: only check the settings)."""
     if not scale > 0:
@@ -200,7 +186,7 @@ def build_schedule(
     unknown = sorted(set(plateau) - PLATEAU_SETTINGS)
     if unknown:
         raise UserError(f"unknown scheduler.{unknown[0]}; choose from: milestones, target_lrs, exp_factor, scale, "
-                        f"scheduler_fn, metric, final_lr, and with ReduceLROnPlateau {', '.join(sorted(PLATEAU_SETTINGS))}")
+                        f"scheduler_fn, metric, and with ReduceLROnPlateau {', '.join(sorted(PLATEAU_SETTINGS))}")
     if scheduler_fn == "ReduceLROnPlateau":
         if optimizer is None:
             optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
@@ -210,15 +196,5 @@ def build_schedule(
     if plateau:
         raise UserError(f"scheduler.{sorted(plateau)[0]} is a ReduceLROnPlateau setting: set scheduler.scheduler_fn = "
                         "'ReduceLROnPlateau' or remove it")
-    if isinstance(target_lrs, (int, float)):  # 2020: a peak between 0 and final_lr
-        if len(milestones) != 2:
-            raise UserError(f"scheduler.target_lrs = {target_lrs} (one number, 2020) rises from 0 to it at the first of "
-                            f"two milestones and falls to final_lr at the second, but scheduler.milestones = "
-                            f"{list(milestones)}: give two milestones or a list of learning rates")
-        target_lrs = [0.0, target_lrs, final_lr or 0.0]
-    elif final_lr is not None:
-        target_lrs = [*target_lrs[:-1], final_lr]
-    if len(target_lrs) == len(milestones) + 1:  # the 2020 form: the first entry is the learning rate at epoch 0
-        base_lr, target_lrs = target_lrs[0], target_lrs[1:]
     return Schedule(base_lr * scale, tuple(milestones), tuple(lr * scale for lr in target_lrs), steps_per_epoch,
                     exp_factor)

@@ -60,9 +60,9 @@ def test_a_trial_parses_gin_once_and_plans_its_splits_once(name: str, workspace:
     counts = {"bind": 0, "split_rows": 0}
     real_bind, real_rows = config.bind_trial, DatasetFiles.split_rows
 
-    def counted_bind(trial_config: dict) -> None:
+    def counted_bind(trial_config: dict, *more: object) -> dict:
         counts["bind"] += 1
-        real_bind(trial_config)
+        return real_bind(trial_config, *more)
 
     def counted_rows(self: DatasetFiles, options) -> dict:
         counts["split_rows"] += 1

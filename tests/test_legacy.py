@@ -9,39 +9,57 @@ import pytest
 import torch
 
 from conftest import TINY, Workspace, write_ray_config
-from selfstudy.augment import Augment, for_images
+from selfstudy.augment import Augment
+from selfstudy.config import read_bindings
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 from selfstudy.models.resnet import ResNet
 from selfstudy.optim import build_optimizer, build_schedule
 from selfstudy.rayconfig import load_ray_config
 from selfstudy.build import build_parts
+from selfstudy.translate2020 import translate
 from selfstudy.trial import Trial
 from util import vis
 
 
+def schedule_of(bindings: dict, steps_per_epoch: int = 10, lr: float = 1.0):
+    """The schedule that bindings of a config give, through the translator as in a trial."""
+    today = translate({"optimizer.lr": lr, **bindings}).bindings
+    kwargs = {key.split(".")[1]: value for key, value in today.items() if key.startswith("scheduler.")}
+    return build_schedule(today["optimizer.lr"], steps_per_epoch, **kwargs)
+
+
 def test_target_lrs_one_longer_than_milestones_starts_at_its_first_entry() -> None:
     """`target_lrs = [0, .01, 1e-6]` with `milestones = [5, 25]`: 0 at epoch 0, 0.01 at 5, 1e-6 at 25."""
-    schedule = build_schedule(0.5, 10, milestones=[5, 25], target_lrs=[0.0, 0.01, 1e-6])
+    schedule = schedule_of({"scheduler.milestones": [5, 25], "scheduler.target_lrs": [0.0, 0.01, 1e-6]}, lr=0.5)
     assert schedule.lr(0) == 0.0  # not optimizer.lr (0.5)
     assert schedule.lr(25) == pytest.approx(0.005)  # half-way to epoch 5
     assert schedule.lr(50) == pytest.approx(0.01)
     assert schedule.lr(250) == pytest.approx(1e-6)
     assert schedule.num_epochs == 25
-    ours = build_schedule(0.5, 10, milestones=[5, 25], target_lrs=[0.01, 1e-6])
+    ours = schedule_of({"scheduler.milestones": [5, 25], "scheduler.target_lrs": [0.01, 1e-6]}, lr=0.5)
     assert ours.lr(0) == 0.5 and ours.lr(50) == pytest.approx(0.01)
-    with pytest.raises(UserError, match="one more learning rate"):
-        build_schedule(0.5, 10, milestones=[5, 25], target_lrs=[0.0, 0.01, 1e-6, 0.0])
+    assert translate({"scheduler.target_lrs": [0.0, 0.01, 1e-6]}).bindings == {"optimizer.lr": 0.0,
+                                                                               "scheduler.target_lrs": [0.01, 1e-6]}
+    with pytest.raises(UserError, match="need the same, non-zero length: a learning rate for each milestone"):
+        schedule_of({"scheduler.milestones": [5, 25], "scheduler.target_lrs": [0.0, 0.01, 1e-6, 0.0]})
 
 
 def test_a_bool_means_the_2020_default_and_a_number_our_setting() -> None:
-    on = for_images(Augment(color_jitter=True, grayscale=True, crop=True, cutout=True), 32)
-    assert (on.crop, on.cutout, on.color_jitter, on.grayscale) == (4, 8, 0.4, 0.2)
-    off = for_images(Augment(color_jitter=False, grayscale=False, crop=False, cutout=False), 32)
-    assert (off.crop, off.cutout, off.color_jitter, off.grayscale) == (0, 0, 0, 0)
-    numbers = for_images(Augment(color_jitter=0.8, grayscale=0.5, crop=1, cutout=3), 64)
-    assert (numbers.crop, numbers.cutout, numbers.color_jitter, numbers.grayscale) == (1, 3, 0.8, 0.5)
-    assert for_images(Augment(crop=True), 64).crop == 8  # res // 8 of the images the trial sees
+    on = translate({"augment.color_jitter": True, "augment.grayscale": True, "augment.crop": True,
+                    "augment.cutout": True})
+    assert on.bindings == {"augment.color_jitter": 0.4, "augment.grayscale": 0.2}
+    assert {key: value_at(32) for key, value_at in on.by_resolution.items()} == {"augment.crop": 4, "augment.cutout": 8}
+    assert on.by_resolution["augment.crop"](64) == 8  # res // 8 of the images the trial sees
+    off = translate({name: False for name in ("augment.color_jitter", "augment.grayscale", "augment.crop",
+                                              "augment.cutout")})
+    assert set(off.bindings.values()) == {0} and not off.by_resolution
+    numbers = {"augment.color_jitter": 0.8, "augment.grayscale": 0.5, "augment.crop": 1, "augment.cutout": 3}
+    assert translate(numbers).bindings == numbers
+    read: dict = {}
+    read_bindings("augment.crop = True\ntrain/augment.crop = True\naugment.cutout = True\naugment.crop = 2", "-p", read)
+    later = translate(read)  # the later binding of a name wins, in any form
+    assert later.bindings == {"augment.crop": 2} and set(later.by_resolution) == {"train/augment.crop", "augment.cutout"}
 
 
 def test_2020_augment_booleans_through_gin() -> None:
@@ -182,20 +200,21 @@ def test_skip_init_pool_and_dilation_keep_their_torchvision_meaning() -> None:
 def test_exp_factor_and_a_single_target_lr_keep_their_2020_meaning() -> None:
     """2020: target_lrs = t is [0, t, final_lr]; exp_factor multiplies the last segment by e ** f,
     e falling linearly from 1 to 1e-7 across it (0: plain linear; below 0 allowed)."""
-    plain = build_schedule(1.0, 10, milestones=[2, 6], target_lrs=0.1, final_lr=1e-3)
+    single = {"scheduler.milestones": [2, 6], "scheduler.target_lrs": 0.1, "scheduler.final_lr": 1e-3}
+    plain = schedule_of(single)
     assert (plain.lr(0), plain.lr(20), plain.lr(60)) == pytest.approx((0.0, 0.1, 1e-3))
     assert plain.lr(40) == pytest.approx((0.1 + 1e-3) / 2)
     for factor in (2.0, -0.5):
-        curved = build_schedule(1.0, 10, milestones=[2, 6], target_lrs=0.1, final_lr=1e-3, exp_factor=factor)
+        curved = schedule_of({**single, "scheduler.exp_factor": factor})
         assert curved.lr(10) == pytest.approx(plain.lr(10))  # the first segment stays linear
         # step 40 is step 20 of the last segment's 40: e = 1 - 20 / 39 * (1 - 1e-7), as 2020's linspace
         assert curved.lr(40) == pytest.approx(plain.lr(40) * (1 - 20 / 39 * (1 - 1e-7)) ** factor)
-    listed = build_schedule(1.0, 10, milestones=[2, 6], target_lrs=[0, 0.1, 0.5], final_lr=1e-3)
+    listed = schedule_of({**single, "scheduler.target_lrs": [0, 0.1, 0.5]})
     assert listed.lr(60) == pytest.approx(1e-3)  # final_lr replaces the last entry
-    last_step = build_schedule(1.0, 10, milestones=[2, 6], target_lrs=0.1, final_lr=1e-3, exp_factor=1.0)
+    last_step = schedule_of({**single, "scheduler.exp_factor": 1.0})
     assert last_step.lr(59) == pytest.approx(plain.lr(59) * 1e-7)  # as 2020's linspace: e is 1e-7 at the last step
-    with pytest.raises(UserError, match="target_lrs = 0.1 .* needs|give two milestones or a list"):
-        build_schedule(1.0, 10, milestones=[2, 4, 6], target_lrs=0.1)
+    with pytest.raises(UserError, match="target_lrs = 0.1 .* give two milestones or a list"):
+        schedule_of({"scheduler.milestones": [2, 4, 6], "scheduler.target_lrs": 0.1})
     with pytest.raises(UserError, match="unknown scheduler.milestone; choose from"):
         build_schedule(1.0, 10, milestone=[2, 6])
 
@@ -229,15 +248,24 @@ def test_reduce_lr_on_plateau_lowers_the_rate_on_the_metric_and_resumes_exactly(
 
 def test_fused_adam_is_torch_adamw() -> None:
     params = [torch.nn.Parameter(torch.zeros(2))]
-    adam = build_optimizer(params, optim_fn="FusedAdam", lr=0.01, weight_decay=0.1, betas=(0.8, 0.999))
+
+    def optimizer_of(**settings) -> torch.optim.Optimizer:
+        today = translate({f"optimizer.{name}": value for name, value in settings.items()}).bindings
+        return build_optimizer(params, **{key.split(".")[1]: value for key, value in today.items()})
+
+    adam = optimizer_of(optim_fn="FusedAdam", lr=0.01, weight_decay=0.1, betas=(0.8, 0.999))
     assert type(adam) is torch.optim.AdamW and adam.defaults["weight_decay"] == 0.1
-    assert build_optimizer(params, optim_fn="FusedAdam").defaults["weight_decay"] == 0.0  # apex's default, not 0.01
-    assert type(build_optimizer(params, optim_fn="FusedAdam", adam_w_mode=False)) is torch.optim.Adam
+    assert optimizer_of(optim_fn="FusedAdam").defaults["weight_decay"] == 0.0  # apex's default, not 0.01
+    assert type(optimizer_of(optim_fn="FusedAdam", adam_w_mode=False)) is torch.optim.Adam
+    assert type(optimizer_of(optim_fn="FusedAdam", set_grad_none=True)) is torch.optim.AdamW
+    with pytest.raises(UserError, match="optimizer.bias_correction = False has no torch equivalent"):
+        optimizer_of(optim_fn="FusedAdam", bias_correction=False)
 
 
 def test_finetune_classifier_and_finetune_selfsup_have_their_2020_sense() -> None:
     """finetune_classifier: the labels train the backbone (True), or a probe on frozen features
-    (False); unset, supervised runs train it. finetune_selfsup = False: the backbone stays frozen."""
+    (False); unset, supervised runs train it. finetune_selfsup = False: the backbone stays frozen.
+    run_classifier = False kept the labels from the backbone of a pretraining run."""
     for setting, backbone_learns in ((None, True), (True, True), (False, False)):
         model = Wrapper(ResNet("resnet9", width=4), num_classes=3, finetune_classifier=setting)
         model.train()
@@ -250,16 +278,24 @@ def test_finetune_classifier_and_finetune_selfsup_have_their_2020_sense() -> Non
     assert joint.labels_train_backbone
     measured = Wrapper(ResNet("resnet9", width=4), num_classes=3, run_selfsup=True, finetune_selfsup=False)
     assert measured.always_frozen and not any(p.requires_grad for p in measured.backbone.parameters())
-    no_classifier = Wrapper(ResNet("resnet9", width=4), num_classes=3, run_selfsup=True, run_classifier=False,
-                            finetune_classifier=True)
-    assert not no_classifier.labels_train_backbone  # without a classifier the labels train nothing
+    no_classifier = translate({"Wrapper.run_selfsup": True, "Wrapper.finetune_classifier": True,
+                               "Wrapper.run_classifier": False}).bindings
+    assert no_classifier == {"Wrapper.run_selfsup": True, "Wrapper.finetune_classifier": False}
+    assert not Wrapper(ResNet("resnet9", width=4), num_classes=3, run_selfsup=True,
+                       finetune_classifier=no_classifier["Wrapper.finetune_classifier"]).labels_train_backbone
+    with pytest.raises(UserError, match="Wrapper.run_classifier = False leaves ClassifyTask nothing to train"):
+        translate({"Wrapper.run_classifier": False})
+    assert translate({"Wrapper.run_classifier": False, "ClassifyTask.is_pose": True}).bindings == {
+        "ClassifyTask.is_pose": True}  # the pose head of the task trains alone
     with pytest.raises(UserError, match="unknown Wrapper.model_choice 'vgg'"):
-        Wrapper(ResNet("resnet9", width=4), num_classes=3, model_choice="vgg")
+        translate({"Wrapper.model_choice": "vgg"})
+    assert translate({"Wrapper.model_choice": "cmc"}).bindings == {}
 
 
 def test_with_finetune_classifier_only_the_classifier_trains_the_backbone_beside_the_method() -> None:
-    """2020 had no MLP probe: with run_selfsup and finetune_classifier = True the linear classifier's
-    gradients reach the backbone, the MLP probe's do not."""
+    """Both probes of a pretraining run, linear (the classifier) and MLP (2020's out_mlp beside
+    out_fc): with run_selfsup and finetune_classifier = True the linear classifier's gradients
+    reach the backbone, the MLP probe's do not."""
     torch.manual_seed(0)
     features_of = ResNet("resnet9", width=4)
     joint = Wrapper(features_of, num_classes=3, run_selfsup=True, finetune_classifier=True).train()
@@ -285,7 +321,7 @@ def test_colour_operations_on_cielab_images_run_in_rgb() -> None:
     grey: a and b are 0, L keeps its range."""
     rgb = torch.rand(4, 3, 8, 8)
     lab = kornia.color.rgb_to_lab(rgb)
-    augment = for_images(Augment(grayscale=1.0, flip=False, crop=0), 8, "lab")
+    augment = Augment(grayscale=1.0, flip=False, crop=0, color_space="lab")
     zero, one = torch.zeros(3), torch.ones(3)
     out = augment(lab, zero, one).images
     assert out[:, 1:].abs().max() < 0.05 and 0 <= out[:, 0].min() and out[:, 0].max() <= 100
@@ -318,7 +354,7 @@ def test_a_plateau_schedule_resumes_as_if_never_interrupted(workspace: Workspace
 
 def test_2020_mistakes_get_one_line(tmp_path: Path) -> None:
     """Values a 2020 config may carry that have no meaning here: one line naming the setting."""
-    with pytest.raises(UserError, match="augment.crop = 'yes' must be a number or a bool"):
+    with pytest.raises(UserError, match=r"augment.crop = 'yes' must be a number \(0: off\)"):
         Augment(crop="yes")
     with pytest.raises(UserError, match=r"augment.crop = -2 must lie in \[0, inf\]"):
         Augment(crop=-2)
@@ -331,6 +367,6 @@ def test_2020_mistakes_get_one_line(tmp_path: Path) -> None:
     both = write_ray_config(tmp_path, 'search_space = {}\nexp_args = {"config": {}}\n')
     with pytest.raises(UserError, match="defines both search_space and a 2020 exp_args: keep one"):
         load_ray_config(str(both))
-    with pytest.raises(UserError, match="CMCModel.\\* was a 2020 model class's setting; here the method's settings are "
-                                        "CMCTask"):
-        build_parts({"gin_config": ["digits/r9/cmc"], "gin_params": {"CMCModel.nce_k": "8192"}}, torch.device("meta"))
+    with pytest.raises(UserError, match="gin config: CMCModel.nce_size was not a setting of 2020's CMCModel \\(it had "
+                                        "dataset_size, nce_k, nce_t, nce_m\\); here the settings are CMCTask"):
+        build_parts({"gin_config": ["digits/r9/cmc"], "gin_params": {"CMCModel.nce_size": "8192"}}, torch.device("meta"))

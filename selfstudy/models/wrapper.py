@@ -44,24 +44,6 @@ def head_sizes(out_classes: int | list[int] | tuple[int, ...] | None, num_classe
     return sizes
 
 
-MODEL_CHOICES = ("resnet", "rotate", "amdim", "cmc", "vae", "amdim_ref")
-
-
-def check_2020_settings(model_choice: str | None, run_classifier: bool, run_selfsup: bool) -> None:
-    """`Wrapper.model_choice` named the 2020 backbone class of a method; here every task's backbone
-    is init_resnet's and the task adds its own heads. `run_classifier = False` dropped the
-    classifier; here the probes of a self-supervised run stay (they never touch the backbone)."""
-    if model_choice is not None:
-        if model_choice not in MODEL_CHOICES:
-            raise UserError(f"unknown Wrapper.model_choice {model_choice!r}; choose from: {', '.join(MODEL_CHOICES)} "
-                            "(or leave it out: the task brings its heads)")
-        notes.note(f"Wrapper.model_choice = {model_choice!r}: every task's backbone is init_resnet.choice and the task "
-                    "(session.task) adds its own heads, so the setting is not needed")
-    if not run_classifier and run_selfsup:
-        notes.note("Wrapper.run_classifier = False: the linear and MLP probes still train, on detached features, "
-                    "so they report accuracy without changing the backbone")
-
-
 @gin.configurable(denylist=["backbone", "num_classes"])
 class Wrapper(nn.Module):
     """Backbone + classifier.
@@ -91,7 +73,6 @@ class Wrapper(nn.Module):
         run_selfsup, no pretrained) first measures its BatchNorm statistics on one pass over
         the training images (`selfstudy.models.calibrate`), as pretrained ones have. False
         keeps the initial ones (mean 0, variance 1).
-    model_choice, run_classifier: 2020 settings (see `check_2020_settings`).
     With a frozen backbone or run_selfsup, features are standardised (BatchNorm without
     affine parameters) before the classifier and probes.
     """
@@ -100,11 +81,9 @@ class Wrapper(nn.Module):
                  classifier: str = "linear", mlp_hidden: int = 512, finetune_classifier: bool | None = None,
                  warmup_fc: int = 0, pretrained: str | None = None, ignore_pretrained_fc: bool = False,
                  run_selfsup: bool = False, dense_pred: bool = False, finetune_selfsup: bool = True,
-                 model_choice: str | None = None, run_classifier: bool = True, pretrained_format: str = "auto",
-                 calibrate_random: bool = True):
+                 pretrained_format: str = "auto", calibrate_random: bool = True):
         super().__init__()
-        check_2020_settings(model_choice, run_classifier, run_selfsup)
-        if not finetune_selfsup and not run_selfsup:  # harmless in 2020 too: there is no self-supervised loss
+        if not finetune_selfsup and not run_selfsup:  # harmless: there is no self-supervised loss
             notes.note("Wrapper.finetune_selfsup = False has no job without Wrapper.run_selfsup (no self-supervised "
                         "loss to keep from the backbone)")
             finetune_selfsup = True
@@ -113,12 +92,9 @@ class Wrapper(nn.Module):
                             "backbone, the method's loss only measured) is not supported: train with the labels alone "
                             "(Wrapper.run_selfsup = False) or drop one of the two settings")
         sizes = head_sizes(out_classes, num_classes)
-        if len(sizes) > 1 and (dense_pred or run_selfsup):  # 2020 configs: [11, 1] dense, [10, 5] pretraining
-            notes.note(f"Wrapper.out_classes = {list(sizes)} with Wrapper.{'dense_pred' if dense_pred else 'run_selfsup'}"
-                        f": the {'per-pixel classifier learns' if dense_pred else 'probes learn'} the class ({sizes[0]} "
-                        "outputs);"
-                        " the other entries are not used")
-            sizes = sizes[:1]
+        if len(sizes) > 1 and (dense_pred or run_selfsup):
+            raise UserError(f"Wrapper.out_classes = {list(sizes)}: with Wrapper.{'dense_pred' if dense_pred else 'run_selfsup'}"
+                            f" one head learns the class: give one number, e.g. {sizes[0]}")
         self.head_sizes = sizes
         out_classes = sizes[0]
         self.backbone = backbone
@@ -132,10 +108,8 @@ class Wrapper(nn.Module):
         self.run_selfsup = run_selfsup
         # the backbone never trains: a probe of frozen features, or a method's heads on them
         self.always_frozen = (finetune_classifier is False and not run_selfsup) or not finetune_selfsup
-        self.run_classifier = run_classifier
         self.calibrate_random = calibrate_random and self.always_frozen and not run_selfsup and not pretrained
-        self.labels_train_backbone = (run_classifier and bool(finetune_classifier) if run_selfsup
-                                      else not self.always_frozen)
+        self.labels_train_backbone = bool(finetune_classifier) if run_selfsup else not self.always_frozen
         # Probes on frozen or detached features see them standardised (a fixed affine map at
         # evaluation, so a linear probe stays linear): untrained and self-supervised features
         # come at any scale, which plain SGD on a linear head does not recover from.
@@ -197,7 +171,7 @@ class Wrapper(nn.Module):
     def probe_loss(self, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Cross-entropy of the linear (classifier) and MLP probes on features B x D; metrics
         'accuracy' (linear) and 'mlp_accuracy'. Only the classifier's gradients reach the
-        backbone, and only with `labels_train_backbone` (2020's finetune_classifier = True)."""
+        backbone, and only with `labels_train_backbone` (finetune_classifier = True)."""
         if self.mlp_probe is None:
             raise UserError("probes exist only with Wrapper.run_selfsup = True")
         features = self.feature_norm(features if self.labels_train_backbone else features.detach())

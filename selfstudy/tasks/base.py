@@ -12,6 +12,7 @@ from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions, Rows
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
+from selfstudy.notes import note
 
 
 RULES: dict[str, tuple[Callable[[float], bool], str]] = {
@@ -68,6 +69,7 @@ class SelfSupervisedTask(Task):
     the linear probe's)."""
 
     needs_two_views = False
+    probes = True  # whether the linear and MLP probes train (a class per image to learn)
 
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
         name = type(self).__name__
@@ -77,12 +79,19 @@ class SelfSupervisedTask(Task):
         if not model.run_selfsup:
             raise UserError(f"{name} is a self-supervised method: set Wrapper.run_selfsup = True (the probes then "
                             "report feature quality)")
+        self.probes = not dataset.train.target_shape
+        if not self.probes:
+            note(f"{dataset.name} has a class per pixel, but the probes of {name} learn a class per image: they are "
+                 "left out, and the run reports the method's loss (transfer its weights to a dense task with "
+                 "Wrapper.pretrained)")
 
     def objective(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         raise NotImplementedError
 
     def loss(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss, metrics, features = self.objective(model, batch)
+        if not self.probes:
+            return loss, {"loss": loss.detach(), **metrics}
         probe_loss, probe_metrics = model.probe_loss(features, batch.targets)
         return loss + probe_loss, {"loss": loss.detach(), **metrics, **probe_metrics}
 

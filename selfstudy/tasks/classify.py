@@ -69,9 +69,6 @@ class ClassifyTask(Task):
         if model.dense_pred and not dense:
             raise UserError(f"Wrapper.dense_pred = True predicts a class per pixel, but {dataset.name} has one class "
                             "per image (a classification set): use a --multi synthetic set or set it to False")
-        if not model.run_classifier and not self.is_pose:
-            raise UserError("Wrapper.run_classifier = False leaves ClassifyTask nothing to train: remove it, or set "
-                            "Wrapper.run_selfsup = True with a self-supervised session.task")
         if model.more_heads and self.is_pose:  # 2020 pose configs give [10, 5]
             notes.note(f"Wrapper.out_classes = {list(model.head_sizes)} with ClassifyTask.is_pose: the pose is learnt "
                         "alone, by a head of the task's own; the classifier's heads are not trained")

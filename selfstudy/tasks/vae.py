@@ -65,12 +65,21 @@ class Decoder(nn.Module):
 @gin.configurable
 class VAETask(SelfSupervisedTask):
     """`lmd`: weight of the KL term; `latent`: code dimensions; `erase`: side of the blanked
-    square for inpainting (0: a plain autoencoder)."""
+    square for inpainting (0: a plain autoencoder); `output_res`: the side at which the decoder
+    reconstructs the images (None: theirs; otherwise the images are resized to it to compare);
+    `reparameterize`: the code is sampled from the posterior in training (False: its mean, a
+    deterministic autoencoder with the KL term as a penalty)."""
 
-    def __init__(self, lmd: float = 1e-3, latent: int = 64, erase: int = 0):
+    def __init__(self, lmd: float = 1e-3, latent: int = 64, erase: int = 0, output_res: int | None = None,
+                 reparameterize: bool = True):
         super().__init__()
         check_settings("VAETask", {"lmd": "nonnegative", "latent": "count", "erase": "whole"}, locals())
+        if output_res is not None:
+            check_settings("VAETask", {"output_res": "count"}, locals())
+        if not isinstance(reparameterize, bool):
+            raise UserError(f"VAETask.reparameterize = {reparameterize!r} must be True or False")
         self.lmd, self.latent, self.erase = lmd, latent, erase
+        self.output_res, self.reparameterize = output_res, reparameterize
 
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
         super().setup(model, dataset, options, rows)
@@ -79,13 +88,16 @@ class VAETask(SelfSupervisedTask):
             raise UserError(f"VAETask.erase = {self.erase} blanks a square larger than the {res}x{res} images of "
                             f"{dataset.name}: give at most {res} pixels (0: off)")
         self.posterior = nn.Linear(model.backbone.out_dim, 2 * self.latent)  # mean and log-variance
-        self.decoder = Decoder(self.latent, dataset.channels, res)
+        self.decoder = Decoder(self.latent, dataset.channels, self.output_res or res)
 
     def objective(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         inputs = erase_squares(batch.images, self.erase) if self.erase else batch.images
         features = model.backbone(inputs)
         mu, logvar = self.posterior(features).float().chunk(2, dim=1)
         logvar = logvar.clamp(-10, 10)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training else mu
-        loss, error, kl = vae_loss(self.decoder(z), batch.images, mu, logvar, self.lmd)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training and self.reparameterize else mu
+        target = batch.images
+        if self.output_res and self.output_res != target.shape[-1]:
+            target = F.interpolate(target, size=(self.output_res, self.output_res), mode="area")
+        loss, error, kl = vae_loss(self.decoder(z), target, mu, logvar, self.lmd)
         return loss, {"reconstruction_error": error.detach(), "kl": kl.detach()}, features
