@@ -22,7 +22,7 @@ from selfstudy import notes
 from selfstudy.build import Parts
 from selfstudy.config import binding_keys
 from selfstudy.data import DividedSplit, ResidentSplit
-from selfstudy.data.base import split_digest
+from selfstudy.data.budget import split_digest
 from selfstudy.data.splits import evaluated_images, num_batches
 from selfstudy.errors import UserError
 from selfstudy.folders import PROBE_GRID_FILE, write_json

@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import re
 import shutil
 import sys
 from dataclasses import dataclass, fields
@@ -40,8 +39,9 @@ from typing import Any
 
 from selfstudy import folders
 from selfstudy.build import build_parts
-from selfstudy.config import config_columns, first_line
+from selfstudy.config import first_line
 from selfstudy.errors import UserError
+from selfstudy.publish import publish, published, snapshot_names
 from selfstudy.rayconfig import RayConfig, import_config, make_ray_config
 from selfstudy.report import finish, resume_command
 from selfstudy.results import PRETRAINED
@@ -132,57 +132,6 @@ def check_stage(stage: Stage, earlier: list[Stage], here: str) -> None:
                         "e.g. '{cfg[gin_config]}'")
 
 
-def _short(value: Any) -> str:
-    text = str(value).rstrip("/").rsplit("/", 1)[-1] if isinstance(value, str) else str(value)
-    return re.sub(r"[^\w.+-]", "_", text)
-
-
-def snapshot_names(stage: Stage, configs: list[dict[str, Any]]) -> list[str]:
-    """The folder each trial's snapshot moves to, inside the stage's folder; distinct, or a `UserError`."""
-    columns = [config_columns(config) for config in configs]
-    keys = [key for key in columns[0] if len({repr(c.get(key)) for c in columns}) > 1] if columns else []
-    names = []
-    for column in columns:
-        if stage.snapshot_name:
-            try:
-                name = stage.snapshot_name.format(cfg=column)
-            except (KeyError, ValueError, IndexError, AttributeError) as err:
-                raise UserError(f"stage '{stage.name}': snapshot_name {stage.snapshot_name!r} does not fit its trials "
-                                f"({type(err).__name__}: {err}); keys: {', '.join(sorted(column))}") from None
-        else:
-            name = "-".join(_short(column.get(key)) for key in keys) or stage.name
-        if not folders.is_folder_name(name):
-            raise UserError(f"stage '{stage.name}': snapshot_name {stage.snapshot_name!r} gives {name!r}, not a folder "
-                            "name of letters, digits and . _ + -: choose a format that gives one, e.g. 'rotate-{cfg[seed]}'")
-        if name in names:
-            raise UserError(f"stage '{stage.name}': two trials would publish their snapshot as {name!r}: set the "
-                            "stage's snapshot_name to a format that tells them apart, e.g. 'rotate-{cfg[seed]}'")
-        names.append(name)
-    return names
-
-
-def publish(stage: Stage, stage_dir: Path) -> None:
-    """Move the final snapshot of every trial of a completed stage to its name (done once per
-    trial: a rerun after a crash moves only what is left)."""
-    trial_dirs = folders.trial_dirs(stage_dir)
-    names = snapshot_names(stage, [folders.read_params(trial_dir) for trial_dir in trial_dirs])
-    moved = folders.moved_snapshots(stage_dir)
-    for trial_dir, name in zip(trial_dirs, names):
-        if trial_dir.name in moved:
-            continue
-        source = folders.latest_snapshot(trial_dir)
-        if source is None:
-            raise UserError(f"stage '{stage.name}': trial {trial_dir.name} left no checkpoint for later stages: "
-                            "set checkpoint_at_end = True in the stage")
-        folders.move_snapshot(source, stage_dir / name)
-
-
-def published(exp_id: str, stage_dir: Path) -> list[str]:
-    """`Wrapper.pretrained` values of the snapshots a completed stage published, sorted."""
-    return sorted(f"{exp_id}/{place.relative_to(stage_dir.parent)}" for place in
-                  folders.moved_snapshots(stage_dir).values())
-
-
 def stage_space(request: Request, stage: Stage, sources: list[str] | None) -> dict[str, Any]:
     """The stage's Tune param_space; `sources`: the `Wrapper.pretrained` values of its source
     stage (None before that stage ran: the check then builds every trial from scratch)."""
@@ -214,7 +163,7 @@ def run_study(request: Request, study: Study, directory: Path) -> int:
         if stage.pretrained_from:
             check_backbones(stage, variants_of[stage.pretrained_from], variants)
         if stage.name in study.sources() or stage.snapshot_name:
-            snapshot_names(stage, variants)
+            snapshot_names(stage.name, stage.snapshot_name, variants)
         if stage.name in study.sources() and not stage.config.checkpoint_at_end:
             raise UserError(f"study {study.path}: stage '{stage.name}' feeds a later stage, so its trials must "
                             "checkpoint at their end: set checkpoint_at_end = True")
@@ -299,7 +248,7 @@ def run_stages(request: Request, study: Study, directory: Path, record: dict[str
                       file=sys.stderr)
             return code
         if stage.name in study.sources():
-            publish(stage, stage_dir)
+            publish(stage.name, stage.snapshot_name, stage_dir)
         record["completed"].append(stage.name)
         folders.write_json(directory / folders.EXPERIMENT_FILE, record)
     return 0

@@ -24,7 +24,7 @@ from selfstudy.build import Bound, Parts, bind, build, default_device, trainable
 from selfstudy.checkpoint import (first_difference, load_snapshot, resolve_snapshot, rng_state, save_snapshot,
                                   set_rng_state)
 from selfstudy.data import DividedSplit, ResidentSplit
-from selfstudy.data.base import split_digest
+from selfstudy.data.budget import split_digest
 from selfstudy.data.splits import evaluated_images
 from selfstudy.errors import UserError
 from selfstudy.folders import SNAPSHOT, write_json

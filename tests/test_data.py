@@ -14,7 +14,7 @@ import paths
 from conftest import Workspace, make_fake_cifar
 from selfstudy.data import CIFARDataset, DigitsDataset, FolderDataset, ResidentSplit, data_options
 from selfstudy.data import hdf5
-from selfstudy.data.base import balanced_subset
+from selfstudy.data.budget import balanced_subset
 from selfstudy.errors import UserError
 
 

@@ -13,7 +13,7 @@ import torch
 
 from conftest import TINY, Workspace
 from selfstudy.data import DividedSplit, FolderDataset, data_options, hdf5
-from selfstudy.data.base import budget_keys
+from selfstudy.data.budget import budget_keys
 from selfstudy.tasks.classify import ClassifyTask, mean_iou, segmentation_loss
 from selfstudy.tasks.depth import DepthTask, depth_loss, depth_metrics
 from selfstudy.train import MetricSums

@@ -15,7 +15,7 @@ import torch
 import paths
 from conftest import ROOT, TINY, Workspace, write_ray_config
 from selfstudy.data import DigitsDataset, data_options
-from selfstudy.data.base import split_digest
+from selfstudy.data.budget import split_digest
 from util import vis
 
 GRID = """

@@ -2,7 +2,7 @@
 
 Both take the trials and column names as `util.pretraining_utility.summary` does, return a pyplot-free
 matplotlib Figure (or draw on `ax`), and save it when given a path. Each title says how many
-validation labels selection used (`util.pretraining_utility.selection_labels`).
+validation labels selection used (`util.provenance.selection_labels`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pandas as pd
 
 from util.pretraining_utility import (SCRATCH, VALID_LABELS, _accuracy_stats, _check_ci, _cols, _points,
-                                      _utility_rows, _utility_stats, proportion, selection_labels)
+                                      _utility_rows, _utility_stats, proportion)
+from util.provenance import selection_labels
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

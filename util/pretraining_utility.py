@@ -138,20 +138,6 @@ def _points(df: pd.DataFrame, cols: _Cols) -> pd.DataFrame:
         accuracy=("accuracy", "mean"), valid_labels=(VALID_LABELS, "max"))
 
 
-def labels_needed(accuracy: float, budgets: np.ndarray, accuracies: np.ndarray) -> tuple[float, str]:
-    """Labels n' that scratch training needs to reach `accuracy`, and whether n' is a bound.
-
-    budgets: labelled images of the measured scratch trials, any order; accuracies: their accuracy.
-    The curve is made monotone by pool-adjacent-violators in log n (a fall is pooled with its
-    neighbours into their mean accuracy at their mean log n: `util.stats.monotone_curve`), then
-    inverted linearly in log n. Returns (n', '') inside the measured range, (largest budget, '>=')
-    when `accuracy` is above the fitted curve and every measured point (`util.stats.read_off`), (smallest budget, '<=')
-    when it is at or below its start, (the first budget that measured it, '<=') when it ties scratch's best
-    or lies above the fit's top but not above every measured point.
-    """
-    return read_off(accuracy, monotone_curve(budgets, accuracies))
-
-
 def _warn_falls(curves: dict[Any, tuple[np.ndarray, np.ndarray]]) -> None:
     """One warning naming the scratch curves (by seed) whose accuracy falls, and between which budgets."""
     found = [f"{name} ({lo:g} -> {hi:g} labels: {a:.3f} -> {b:.3f})" for name, curve in curves.items()
@@ -305,13 +291,3 @@ def summary(df: pd.DataFrame, *, source_col: str = "source", budget_col: str = "
     accuracy = accuracy.set_index([cols.source, cols.budget])
     utility = _utility_stats(_utility_rows(points, cols), cols, ci).set_index([cols.source, cols.budget])
     return accuracy.join(utility.drop(columns="seeds"), how="left")
-
-
-def selection_labels(valid_labels: pd.Series) -> str:
-    """What selection used, for a figure or table: 'selection: 20 to 1000 validation labels'
-    ('... validation labels not recorded' where the trials do not report `valid_labels`)."""
-    known = pd.to_numeric(pd.Series(valid_labels), errors="coerce").dropna()
-    if known.empty:
-        return "selection: validation labels not recorded"
-    lo, hi = int(known.min()), int(known.max())
-    return f"selection: {lo} validation labels" if lo == hi else f"selection: {lo} to {hi} validation labels"

@@ -13,6 +13,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 import paths
 from selfstudy import folders
 from selfstudy.errors import UserError
@@ -121,3 +123,13 @@ def figure_provenance(script: str, argv: list[str], exp_dir: Path, stages: list[
                             f"stage{'s' * (len(stages) > 1)} {named} ({facts['Trials']}); {facts['Study']}; "
                             f"{selection}; {measure}.")
     return facts
+
+
+def selection_labels(valid_labels: pd.Series) -> str:
+    """What selection used, for a figure or table: 'selection: 20 to 1000 validation labels'
+    ('... validation labels not recorded' where the trials do not report `valid_labels`)."""
+    known = pd.to_numeric(pd.Series(valid_labels), errors="coerce").dropna()
+    if known.empty:
+        return "selection: validation labels not recorded"
+    lo, hi = int(known.min()), int(known.max())
+    return f"selection: {lo} validation labels" if lo == hi else f"selection: {lo} to {hi} validation labels"

@@ -125,3 +125,17 @@ def read_off(accuracy: float, curve: Curve) -> tuple[float, str]:
     if reached < needed * (1 - 1e-12):
         return reached, "<="
     return needed, ""
+
+
+def labels_needed(accuracy: float, budgets: np.ndarray, accuracies: np.ndarray) -> tuple[float, str]:
+    """Labels n' that scratch training needs to reach `accuracy`, and whether n' is a bound.
+
+    budgets: labelled images of the measured scratch trials, any order; accuracies: their accuracy.
+    The curve is made monotone by pool-adjacent-violators in log n (a fall is pooled with its
+    neighbours into their mean accuracy at their mean log n: `monotone_curve`), then
+    inverted linearly in log n. Returns (n', '') inside the measured range, (largest budget, '>=')
+    when `accuracy` is above the fitted curve and every measured point (`read_off`), (smallest budget, '<=')
+    when it is at or below its start, (the first budget that measured it, '<=') when it ties scratch's best
+    or lies above the fit's top but not above every measured point.
+    """
+    return read_off(accuracy, monotone_curve(budgets, accuracies))

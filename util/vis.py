@@ -29,8 +29,9 @@ from selfstudy.folders import DIVERGED
 from selfstudy.results import (COMPLETED, PRETRAINED, SCRATCH, experiment_dir, load_experiment, load_history,
                                source_label, trial_dirs)
 from util.plots import accuracy_plot, utility_plot
-from util.pretraining_utility import (TEST_METRIC, accuracy_per_seed, best_heads, calc_utility, labels_needed,
-                                      selection_labels, summary, utility_per_seed)
+from util.pretraining_utility import TEST_METRIC, accuracy_per_seed, best_heads, calc_utility, summary, utility_per_seed
+from util.provenance import selection_labels
+from util.stats import labels_needed
 
 __all__ = ["COMPLETED", "DIVERGED", "PRETRAINED", "SCRATCH", "TEST_METRIC", "accuracy_per_seed", "accuracy_plot",
            "best_heads", "calc_utility", "config_columns", "experiment_dir", "labels_needed", "load_experiment", "load_history",
