@@ -83,6 +83,8 @@ def build(bound: Bound, device: torch.device) -> Parts:
     with torch.device(device):
         classes = dataset.num_classes + (1 if dataset.train.target_shape else 0)  # dense maps: 0 is background
         model = build_model(dataset.channels, dataset.resolution(options), classes)
+        if device.type == "meta":  # a config check: the backbone must take images of this size
+            check_resolution(model.backbone, dataset.channels, dataset.resolution(options), options.input_res)
         check_heads(model, task)
         if bound.grid is not None:
             check_grid_task(task)
@@ -112,6 +114,29 @@ def trial_seed(config: dict[str, Any]) -> int:
         raise UserError(f"seed = {seed!r}: a trial's seed is a whole number from 0 to 2**32 - 1 "
                         "(e.g. 'seed': tune.grid_search([0, 1, 2]) in the search_space)")
     return int(seed)
+
+
+def check_resolution(backbone: torch.nn.Module, channels: int, side: int, input_res: int | None) -> None:
+    """Images `side` pixels wide must come out of the backbone's pooling with at least one
+    position: tried on meta tensors, which cost nothing."""
+    def fits(size: int) -> bool:
+        try:
+            backbone(torch.zeros(2, channels, size, size, device="meta"))
+        except RuntimeError:
+            return False
+        return True
+
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        if fits(side):
+            return
+        least = next((size for size in range(side + 1, 1025) if fits(size)), None)
+    finally:
+        backbone.train(was_training)
+    setting = f"BaseDataset.input_res = {input_res}" if input_res else f"the dataset's {side}-pixel images"
+    raise UserError(f"{setting}: init_resnet.choice pools images smaller than {least} pixels away to nothing: set "
+                    f"BaseDataset.input_res = {least} or more")
 
 
 def check_heads(model: Wrapper, task: Task) -> None:

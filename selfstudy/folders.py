@@ -44,6 +44,7 @@ STOPPED_FILE = "stopped.json"
 PROBE_GRID_FILE = "probe_grid.json"
 SNAPSHOT = "snapshot"
 CHECKPOINT_PREFIX = "checkpoint_"
+MAX_NAME = 100  # characters of an experiment's name: folder names inside it add their own
 _EXP_ID = re.compile(r"^\w[\w.+-]*$")  # no leading dot: '.', '..' and hidden folders are refused
 _CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 
@@ -53,6 +54,9 @@ def check_exp_id(exp_id: str) -> str:
     if not _EXP_ID.match(exp_id):
         raise UserError(f"experiment name {exp_id!r}: start with a letter or digit and use letters, digits and "
                         ". _ + - only")
+    if len(exp_id) > MAX_NAME:
+        raise UserError(f"experiment name {exp_id[:20]}... is {len(exp_id)} characters long: give at most {MAX_NAME} "
+                        "(it names a folder, and the file system limits names)")
     return exp_id
 
 

@@ -147,6 +147,12 @@ CASES = [
     Case(["-e", "../escape"], "experiment name"),
     Case(["-e", "."], "experiment name"),
     Case(["-e", ".."], "experiment name"),
+    Case(["-e", "a" * 300], "experiment name aaaaaaaaaaaaaaaaaaaa... is 300 characters long: give at most 100"),
+    Case(["-p", "BaseDataset.input_res = 7"], "BaseDataset.input_res = 7: init_resnet.choice pools images smaller than 8 "
+                                              "pixels away to nothing: set BaseDataset.input_res = 8 or more"),
+    Case(["-p", "BaseDataset.input_res = 0"], "BaseDataset.input_res must be a positive number of pixels or None"),
+    Case(["-p", "Wrapper.model_choice = 'amdim_ref'"], "Wrapper.model_choice = 'amdim_ref' chose the 2020 reference "
+                                                       "AMDIM encoder, which selfstudy does not build"),
     Case(["-p", "ClassifyTask.is_pose = True"], "ClassifyTask.is_pose = True needs pose labels, but "
                                                 "BaseDataset.predict_pose is False for DigitsDataset"),
     Case(["-p", "BaseDataset.predict_pose = True"], "BaseDataset.predict_pose = True needs rot_mat in the dataset, "

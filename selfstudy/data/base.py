@@ -78,7 +78,10 @@ def data_options(input_res: int | None = None, max_images: int | None = None, ch
     if remote_loading is not None:
         note("BaseDataset.remote_loading is not used: a split larger than BaseDataset.max_images is read in "
              "divisions in the background")
-    for name, value in (("input_res", input_res), ("semisupervised", semisupervised), ("num_valid", num_valid)):
+    if input_res is not None and (isinstance(input_res, bool) or not isinstance(input_res, int) or input_res < 1):
+        raise UserError(f"BaseDataset.input_res must be a positive number of pixels or None (the stored size), got "
+                        f"{input_res!r}")
+    for name, value in (("semisupervised", semisupervised), ("num_valid", num_valid)):
         if value is not None and (not isinstance(value, int) or value < 0):
             raise UserError(f"BaseDataset.{name} must be a non-negative integer or None, got {value!r}")
     for name, value in (("max_images", max_images), ("chunk_size", chunk_size)):
