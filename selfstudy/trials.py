@@ -40,9 +40,11 @@ def check_trial(config: dict[str, Any]) -> None:
     check_optimizer(trainable(parts.model, parts.task))
     rows, settings = parts.rows, parts.settings
     if settings.valid_iters and not len(rows["valid"]):
-        raise UserError(f"{parts.dataset.name} has no validation images (BaseDataset.num_valid = "
-                        f"{parts.options.num_valid}), but session.valid_iters = {settings.valid_iters} evaluates them: "
-                        "set BaseDataset.num_valid > 0, or session.valid_iters = 0 to select on training accuracy")
+        held_out = (f"BaseDataset.num_valid = {parts.options.num_valid}" if parts.options.num_valid is not None else
+                    f"a tenth of its {parts.dataset.train.num_images} training images, rounded down, is held out")
+        raise UserError(f"{parts.dataset.name} has no validation images ({held_out}), but session.valid_iters = "
+                        f"{settings.valid_iters} evaluates them: give the dataset more images, set "
+                        "BaseDataset.num_valid > 0, or session.valid_iters = 0 to select on training accuracy")
     schedule = build_schedule(1.0, num_batches(len(rows["train"]), parts.batch_size, settings.train_iters, train=True))
     if isinstance(schedule, PlateauSchedule) and schedule.metric.startswith("valid_") and not settings.valid_iters:
         raise UserError(f"scheduler.metric = {schedule.metric!r} needs the validation split, but session.valid_iters = "

@@ -132,7 +132,7 @@ def test_list_file_errors_name_the_line(workspace: Workspace, tmp_path: Path, li
     assert not (workspace.data_dir / "listed").exists()
 
 
-def test_constant_images_and_existing_output_are_refused(workspace: Workspace, tmp_path: Path) -> None:
+def test_constant_images_a_single_class_and_existing_output_are_refused(workspace: Workspace, tmp_path: Path) -> None:
     for name in CLASSES:
         (tmp_path / "flat" / name).mkdir(parents=True)
         for i in range(3):
@@ -140,6 +140,12 @@ def test_constant_images_and_existing_output_are_refused(workspace: Workspace, t
     done = make(workspace, tmp_path / "flat", "-o", "flat", "--test-fraction", "0.34")
     assert done.returncode == 2 and "have std [0.0, 0.0, 0.0] per channel" in done.stderr
     assert not (workspace.data_dir / "flat" / "train.h5").exists()
+    (tmp_path / "one" / "cat").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((RES, RES, 3), 40 * i, np.uint8)).save(tmp_path / "one" / "cat" / f"{i}.png")
+    single = make(workspace, tmp_path / "one", "-o", "one")
+    assert single.returncode == 2 and "holds one class ('cat'): a classification set needs at least 2" in single.stderr
+    assert not (workspace.data_dir / "one").exists()  # nothing written for a mistake
     make_tree(tmp_path / "tree")
     assert make(workspace, tmp_path / "tree", "-o", "once").returncode == 0
     again = make(workspace, tmp_path / "tree", "-o", "once")

@@ -150,6 +150,8 @@ CASES = [
     Case(["-e", "a" * 300], "experiment name aaaaaaaaaaaaaaaaaaaa... is 300 characters long: give at most 100"),
     Case(["-p", "BaseDataset.input_res = 7"], "BaseDataset.input_res = 7: init_resnet.choice pools images smaller than 8 "
                                               "pixels away to nothing: set BaseDataset.input_res = 8 or more"),
+    Case(["-g", "cifar/r9/classify"], "CIFAR files not found and not downloadable: put the extracted "
+                                      "'cifar-10-batches-py' folder"),
     Case(["-p", "BaseDataset.input_res = 0"], "BaseDataset.input_res must be a positive number of pixels or None"),
     Case(["-p", "Wrapper.model_choice = 'amdim_ref'"], "Wrapper.model_choice = 'amdim_ref' chose the 2020 reference "
                                                        "AMDIM encoder, which selfstudy does not build"),

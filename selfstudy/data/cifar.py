@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import gin
@@ -39,6 +40,7 @@ def _unpickle(path: Path) -> dict:
 def _fetch(root: Path, use_100: bool) -> None:
     """Download the release with torchvision; a clear error when offline."""
     folder = RELEASES[use_100][0]
+    made = not root.exists()  # a failed download leaves nothing it made
     try:
         if os.environ.get("SELFSTUDY_OFFLINE") == "1":
             raise ConnectionError("SELFSTUDY_OFFLINE=1")
@@ -46,6 +48,8 @@ def _fetch(root: Path, use_100: bool) -> None:
 
         (datasets.CIFAR100 if use_100 else datasets.CIFAR10)(str(root), train=True, download=True)
     except Exception:  # any network failure means the same thing to the user
+        if made:
+            shutil.rmtree(root, ignore_errors=True)
         raise UserError(
             f"CIFAR files not found and not downloadable: put the extracted '{folder}' folder "
             f"of the python release under {root}"

@@ -259,6 +259,9 @@ def make_dataset(source: Path, out: Path, res: int, test_source: Path | None = N
         train, test = hold_out(entries, test_fraction)
         splits = {"train": train, "test": test}
     classes = class_names({e.label for e in splits["train"]})
+    if len(classes) < 2:
+        raise UserError(f"{source} holds one class ({classes[0]!r}): a classification set needs at least 2, one "
+                        "sub-folder (or list label) each")
     unknown = sorted({e.label for e in splits["test"]} - set(classes))
     if unknown:
         raise UserError(f"test labels {unknown[:5]} do not occur in the training source {source}")
