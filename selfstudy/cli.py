@@ -45,9 +45,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """The command: its exit code is 0 (every trial completed), 1 (some failed), 2 (a mistake in
-    the command or its configs, said in one line) or 130 (interrupted: --resume continues)."""
+    the command or its configs, said in one line) or 130 (interrupted by Ctrl-C or SIGTERM:
+    --resume continues)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # after argparse, so that --help and a mistyped flag answer at once: these import torch and ray
+    from selfstudy.cluster import stop_on_sigterm
     from selfstudy.config import first_line, portable_gin_name
     from selfstudy.errors import UserError
     from selfstudy.experiment import Request, run
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                       gin_config=[portable_gin_name(name) for name in args.gin_config],
                       gin_params=args.gin_param, local=args.local_mode, address=args.address, quiet=args.quiet,
                       checkpoint_at_end=args.checkpoint_at_end, resume=args.resume)
+    stop_on_sigterm()
     try:
         return run(request)
     except UserError as err:

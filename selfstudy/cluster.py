@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+from types import FrameType
 
 import paths
 from selfstudy.errors import UserError
@@ -63,3 +65,19 @@ def start_ray(address: str | None, quiet: bool) -> None:
                         "`ray start --head` or check the address") from None
     # Tune's own interruption hint names its Python API; `finish` names --resume instead.
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
+    stop_on_sigterm()  # ray.init put its own handler in place, which kills the driver without a word
+
+
+def terminated(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (timeout, slurm, docker stop) does what Ctrl-C does: whoever handles SIGINT now
+    (Tune, while it runs: trials stop and save their state) handles it."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM interrupts this process as Ctrl-C does (exit 130, --resume continues)."""
+    signal.signal(signal.SIGTERM, terminated)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib
-import logging
+import math
 import re
 import tokenize
 from pathlib import Path
@@ -34,13 +34,6 @@ DEFAULT_GIN_CONFIG = "digits/r9/classify"
 RESERVED_KEYS = ("gin_config", "gin_params", "seed", "metric", "mode")  # metric, mode: from the Ray config
 
 
-def _not_gin_package_probe(record: logging.LogRecord) -> bool:
-    """gin first tries an `include 'digits/r9/classify.gin'` as a Python package path and logs
-    an error when that fails, before finding the file on our search path; drop that record."""
-    return not (record.pathname.endswith("resource_reader.py") and record.getMessage().startswith("Path not found"))
-
-
-logging.getLogger().addFilter(_not_gin_package_probe)
 _BINDING = re.compile(r"^\s*([A-Za-z_][\w./]*\.[A-Za-z_]\w*)\s*=\s*(\S.*?)\s*$", re.DOTALL)
 
 
@@ -126,8 +119,16 @@ class _Reader(config_parser.ParserDelegate):
 
 def read_bindings(text: str, where: str, into: dict[str, Any], depth: int = 0) -> None:
     """Add the bindings of gin `text` to `into` in order ('scope/Name.param' or a macro's name ->
-    value; a later binding of a name replaces an earlier one), following its includes."""
-    for statement in config_parser.ConfigParser(text, _Reader()):
+    value; a later binding of a name replaces an earlier one), following its includes. `where`
+    names the text in errors (a file, or a -p binding)."""
+    try:
+        statements = list(config_parser.ConfigParser(text, _Reader()))
+    except tokenize.TokenError:  # an unclosed bracket or quote
+        raise UserError(f"gin config: a value is cut short in {where} (an unclosed bracket or quote?)") from None
+    except SyntaxError as err:
+        line = f", line {err.lineno}" if err.lineno else ""
+        raise UserError(f"gin config: {where}{line}: {str(err.msg).rstrip('.')}") from None
+    for statement in statements:
         if isinstance(statement, config_parser.BindingStatement):
             name = f"{statement.selector}.{statement.arg_name}" if statement.arg_name else statement.selector
             key = f"{statement.scope}/{name}" if statement.scope else name
@@ -164,13 +165,11 @@ def trial_bindings(config: dict[str, Any]) -> dict[str, Any]:
         for name in names:
             path = resolve_gin_file(name)
             read_bindings(path.read_text(), str(path), bindings)
-        sweep = [f"{key} = {gin_value(value)}" for key, value in binding_keys(config).items()]
-        given = [f"{key} = {text}" for key, text in (config.get("gin_params") or {}).items()]
-        read_bindings("\n".join(sweep + given), "the bindings", bindings)
-    except tokenize.TokenError:  # an unclosed bracket or quote
-        raise UserError(f"gin config: a value is cut short (an unclosed bracket or quote?); check the bindings in "
-                        f"{', '.join(names)} and -p, e.g. -p 'dataloader.batch_size = 128'") from None
-    except (ValueError, SyntaxError, OSError, ImportError) as err:
+        for key, value in binding_keys(config).items():
+            read_bindings(f"{key} = {gin_value(value)}", f"the search space's {key}", bindings)
+        for key, text in (config.get("gin_params") or {}).items():
+            read_bindings(f"{key} = {text}", f"-p '{key} = {text}'", bindings)
+    except (ValueError, OSError, ImportError) as err:
         raise UserError(f"gin config: {first_line(err).rstrip('.')}; check {', '.join(names)}, the Ray config's "
                         "search space and -p") from None
     return bindings
@@ -185,13 +184,25 @@ def bind_trial(config: dict[str, Any], self_supervised: Collection[str] = ()) ->
     translated = translate(trial_bindings(config), self_supervised)
     gin.clear_config()
     try:
-        gin.parse_config([f"{key} = {value!r}" for key, value in translated.bindings.items()])
+        gin.parse_config([f"{key} = {gin_text(value)}" for key, value in translated.bindings.items()])
     except (ValueError, SyntaxError, TypeError) as err:
         names = config.get("gin_config") or [DEFAULT_GIN_CONFIG]
         raise UserError(f"gin config: {first_line(err).rstrip('.')}; check the binding names in "
                         f"{', '.join([names] if isinstance(names, str) else names)}, the Ray config's search space "
                         "and -p") from None
     return translated.by_resolution
+
+
+def gin_text(value: Any) -> str:
+    """A value read by `read_bindings` as gin text again (repr, but infinities as gin reads them)."""
+    if isinstance(value, float) and math.isinf(value):
+        return "1e999" if value > 0 else "-1e999"
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(gin_text(item) for item in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{gin_text(k)}: {gin_text(v)}" for k, v in value.items()) + "}"
+    return repr(value)
 
 
 def bind_at_resolution(pending: dict[str, Callable[[int], Any]], resolution: int) -> None:

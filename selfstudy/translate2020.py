@@ -16,6 +16,7 @@ selfstudy sees only today's settings. What a 2020 name meant:
 | `Wrapper.run_classifier = False` | `Wrapper.finetune_classifier = False` with run_selfsup |
 | `Wrapper.out_classes = [10, 5]` with run_selfsup or dense_pred | its first entry |
 | `session.use_apex`, `keep_bn_f32`, `model = 'Wrapper'` | not needed (autocast) |
+| `BaseDataset.remote_loading` | not needed (divisions are read in the background) |
 | `dataloader.shuffle`, `num_workers` | not needed (batches are sliced on the device) |
 | `augment.crop/cutout = True` | res // 8 pixels of padding / a res // 4 square |
 | `augment.color_jitter/grayscale = True` | strength 0.4 / probability 0.2; False: 0 |
@@ -25,7 +26,9 @@ selfstudy sees only today's settings. What a 2020 name meant:
 | `scheduler.final_lr` | the last entry of `scheduler.target_lrs` |
 
 Settings that have no job here are accepted with one note each. Bindings are keys
-'scope/Name.param'; a rule applies whatever the scope.
+'scope/Name.param' (a module-qualified name is shortened to its last part); a rule of one
+binding applies whatever the scope, the rules over the whole trial read the unscoped bindings,
+and every rule reads through macros (`%NAME`).
 """
 
 from __future__ import annotations
@@ -67,8 +70,8 @@ def translate(bindings: dict[str, Any], self_supervised: Collection[str] = ()) -
     for key, value in bindings.items():
         scope, name = split_key(key)
         rule = RULES.get(name) or CLASS_RULES.get(name.split(".")[0])
-        for new_name, new_value in rule(name, value) if rule else [(None, value)]:
-            new_key = key if new_name is None else with_scope(scope, new_name)  # None: unchanged
+        for new_name, new_value in rule(name, macro_value(value, bindings)) if rule else [(name, value)]:
+            new_key = with_scope(scope, new_name)
             out.bindings.pop(new_key, None)
             out.by_resolution.pop(new_key, None)
             if isinstance(new_value, AtResolution):
@@ -76,8 +79,41 @@ def translate(bindings: dict[str, Any], self_supervised: Collection[str] = ()) -
             else:
                 out.bindings[new_key] = new_value
     for whole in (run_selfsup, run_classifier, first_head, fused_adam, schedule_forms):
-        whole(out.bindings, self_supervised)
+        whole(Values(out.bindings), self_supervised)
     return out
+
+
+def macro_value(value: Any, bindings: dict[str, Any]) -> Any:
+    """The value of a macro reference `%NAME` bound among `bindings`; any other value as it is."""
+    text = repr(value)
+    if not isinstance(value, str) and text.startswith("%") and text[1:] in bindings:
+        return macro_value(bindings[text[1:]], bindings)
+    return value
+
+
+class Values:
+    """A trial's translated bindings as the rules over the whole trial see them: read through
+    their macros, written as bindings."""
+
+    def __init__(self, bindings: dict[str, Any]):
+        self.bindings = bindings
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return macro_value(self.bindings[key], self.bindings) if key in self.bindings else default
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.bindings
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.bindings[key] = value
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        value = self.get(key, default)
+        self.bindings.pop(key, None)
+        return value
+
+    def setdefault(self, key: str, default: Any) -> None:
+        self.bindings.setdefault(key, default)
 
 
 Pairs = list[tuple[str, Any]]
@@ -140,7 +176,7 @@ def renamed(names: dict[str, str | Callable[[Any], Pairs] | None], settings: str
         cls, param = name.split(".")
         if param not in names:
             raise UserError(f"gin config: {name} was not a setting of 2020's {cls} (it had {', '.join(names)}); "
-                            f"here the settings are {settings}.*: rename or drop the binding")
+                            f"here the settings are {settings}: rename or drop the binding")
         target = names[param]
         if target is None:
             note(f"{name} = {value!r} is not needed: {JOBS_DONE[name]}")
@@ -170,6 +206,8 @@ RULES: dict[str, Callable[[str, Any], Pairs]] = {
     "session.use_apex": without_job("mixed precision is torch's autocast (session.precision)"),
     "session.keep_bn_f32": without_job("autocast keeps BatchNorm in float32 by itself"),
     "session.model": session_model,
+    "BaseDataset.remote_loading": without_job("a split larger than BaseDataset.max_images is read in divisions in "
+                                              "the background"),
     "dataloader.num_workers": without_job("images live on the device and batches are sliced there, with no workers"),
     "dataloader.shuffle": without_job("training batches are always shuffled (by the trial's seed and the epoch) and "
                                       "evaluation reads each split in order", when=lambda value: value is not True),
@@ -177,24 +215,24 @@ RULES: dict[str, Callable[[str, Any], Pairs]] = {
 }
 CLASS_RULES: dict[str, Callable[[str, Any], Pairs]] = {
     "CMCModel": renamed({"dataset_size": None, "nce_k": "CMCTask.negatives", "nce_t": "CMCTask.temperature",
-                         "nce_m": "CMCTask.bank_momentum"}, "CMCTask"),
+                         "nce_m": "CMCTask.bank_momentum"}, "CMCTask.*"),
     "VAEModel": renamed({"output_res": "VAETask.output_res", "inpainting": inpainting,
-                         "do_reparameterize": "VAETask.reparameterize"}, "VAETask"),
-    "AMDIMModel": renamed({"run_selfsup": "Wrapper.run_selfsup"}, "AMDIMTask"),
-    "RotateModel": renamed({"run_selfsup": "Wrapper.run_selfsup"}, "RotateTask"),
+                         "do_reparameterize": "VAETask.reparameterize"}, "VAETask.*"),
+    "AMDIMModel": renamed({"run_selfsup": "Wrapper.run_selfsup"}, "AMDIMTask.* and Wrapper.run_selfsup"),
+    "RotateModel": renamed({"run_selfsup": "Wrapper.run_selfsup"}, "RotateTask.* and Wrapper.run_selfsup"),
     "AMDIMRefModel": refused(f"set {AMDIM_REF}"),
     "ResnetModel": refused("was a 2020 backbone class's setting; here the backbone's settings are ResNet.* and "
                            "init_resnet.choice: rename or drop the binding"),
 }
 
 
-def run_selfsup(bindings: dict[str, Any], self_supervised: Collection[str]) -> None:
+def run_selfsup(bindings: Values, self_supervised: Collection[str]) -> None:
     """Unset, 2020's Wrapper.run_selfsup was True: a self-supervised task trains with it."""
     if "Wrapper.run_selfsup" not in bindings and bindings.get("session.task") in self_supervised:
         bindings["Wrapper.run_selfsup"] = True
 
 
-def run_classifier(bindings: dict[str, Any], self_supervised: Collection[str]) -> None:
+def run_classifier(bindings: Values, self_supervised: Collection[str]) -> None:
     """`run_classifier = False` kept the labels from the backbone; the probes of a
     self-supervised run still train (on detached features)."""
     value = bindings.pop("Wrapper.run_classifier", True)
@@ -213,7 +251,7 @@ def run_classifier(bindings: dict[str, Any], self_supervised: Collection[str]) -
         note("Wrapper.run_classifier = False is not used: the task trains heads of its own")
 
 
-def first_head(bindings: dict[str, Any], self_supervised: Collection[str]) -> None:
+def first_head(bindings: Values, self_supervised: Collection[str]) -> None:
     """2020 configs give [11, 1] dense and [10, 5] pretraining: one head, the class, learns there."""
     sizes = bindings.get("Wrapper.out_classes")
     dense = bindings.get("Wrapper.dense_pred")
@@ -224,7 +262,7 @@ def first_head(bindings: dict[str, Any], self_supervised: Collection[str]) -> No
         bindings["Wrapper.out_classes"] = sizes[0]
 
 
-def fused_adam(bindings: dict[str, Any], self_supervised: Collection[str]) -> None:
+def fused_adam(bindings: Values, self_supervised: Collection[str]) -> None:
     """apex's FusedAdam is torch's AdamW (Adam with adam_w_mode = False), without weight decay
     unless set (torch's AdamW would decay by 0.01)."""
     if bindings.get("optimizer.optim_fn") != "FusedAdam":
@@ -238,12 +276,15 @@ def fused_adam(bindings: dict[str, Any], self_supervised: Collection[str]) -> No
     note(f"optimizer.optim_fn = 'FusedAdam' (apex) is torch.optim.{choice}")
 
 
-def schedule_forms(bindings: dict[str, Any], self_supervised: Collection[str]) -> None:
+def schedule_forms(bindings: Values, self_supervised: Collection[str]) -> None:
     """A single target_lrs t rose from 0 to t at the first of two milestones and fell to
     final_lr at the second; a list one longer than the milestones began at its first entry."""
-    if bindings.get("scheduler.scheduler_fn") == "ReduceLROnPlateau" or not (
-            "scheduler.target_lrs" in bindings or "scheduler.final_lr" in bindings):
-        return  # a plateau schedule has no target_lrs
+    if bindings.get("scheduler.scheduler_fn") == "ReduceLROnPlateau":  # it has no target_lrs
+        if bindings.pop("scheduler.final_lr", None) is not None:
+            note("scheduler.final_lr is not used: a ReduceLROnPlateau schedule lowers the rate on its metric")
+        return
+    if "scheduler.target_lrs" not in bindings and "scheduler.final_lr" not in bindings:
+        return
     milestones = bindings.get("scheduler.milestones", DEFAULT_MILESTONES)
     milestones = list(milestones) if isinstance(milestones, (list, tuple)) else None  # None: a macro's
     target_lrs = bindings.get("scheduler.target_lrs", list(DEFAULT_TARGET_LRS))
@@ -257,6 +298,8 @@ def schedule_forms(bindings: dict[str, Any], self_supervised: Collection[str]) -
     elif final_lr is not None and isinstance(target_lrs, (list, tuple)) and target_lrs:
         target_lrs = [*target_lrs[:-1], final_lr]
     if isinstance(target_lrs, (list, tuple)) and milestones is not None and len(target_lrs) == len(milestones) + 1:
+        note(f"scheduler.target_lrs = {list(target_lrs)} has one entry more than scheduler.milestones = {milestones}: "
+             f"as in 2020 configs, the first is the learning rate at epoch 0 (optimizer.lr = {target_lrs[0]})")
         bindings["optimizer.lr"] = target_lrs[0]
         target_lrs = list(target_lrs[1:])
     bindings["scheduler.target_lrs"] = target_lrs

@@ -92,14 +92,15 @@ def test_a_worker_killed_mid_epoch_retries_from_its_checkpoint(workspace: Worksp
     assert vis.load_experiment("killed")["status"].tolist() == ["finished"]
 
 
-def test_ctrl_c_exits_130_with_the_resume_hint_and_resume_finishes(workspace: Workspace, tmp_path: Path,
-                                                                    baseline: pd.DataFrame) -> None:
+def test_ctrl_c_and_sigterm_exit_130_with_the_resume_hint_and_resume_finishes(workspace: Workspace, tmp_path: Path,
+                                                                              baseline: pd.DataFrame) -> None:
+    """Ctrl-C, and SIGTERM as timeout, slurm and docker stop send it, through Ray and with -l."""
     config = write_ray_config(tmp_path, CHECKPOINTED)
-    for name, local in (("ray", []), ("local", ["-l"])):
+    for name, local, sent in (("ray", [], signal.SIGINT), ("local", ["-l"], signal.SIGINT), ("term", [], signal.SIGTERM)):
         process = workspace.popen("-e", name, "-r", str(config), "-q", *local, "-p", *LONG)
         exp = workspace.exp_dir / name
         wait_for(lambda: len(folders.checkpoints(only_trial(exp))) >= 1, process, "first checkpoint")
-        os.kill(process.pid, signal.SIGINT)
+        os.kill(process.pid, sent)
         output, _ = process.communicate(timeout=120)
         assert process.returncode == 130, output
         assert f"interrupted; continue with `python main.py -e {name} --resume{' -l' if local else ''}`" in output

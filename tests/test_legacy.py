@@ -10,7 +10,7 @@ import torch
 
 from conftest import TINY, Workspace, write_ray_config
 from selfstudy.augment import Augment
-from selfstudy.config import read_bindings
+from selfstudy.config import gin_text, read_bindings
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 from selfstudy.models.resnet import ResNet
@@ -370,3 +370,26 @@ def test_2020_mistakes_get_one_line(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="gin config: CMCModel.nce_size was not a setting of 2020's CMCModel \\(it had "
                                         "dataset_size, nce_k, nce_t, nce_m\\); here the settings are CMCTask"):
         build_parts({"gin_config": ["digits/r9/cmc"], "gin_params": {"CMCModel.nce_size": "8192"}}, torch.device("meta"))
+
+
+def test_bindings_are_read_in_order_through_macros_and_errors_name_their_file(tmp_path: Path) -> None:
+    """Rules read a 2020 value behind a macro; a module-qualified name is the same setting as its
+    short one (the later binding wins); values come back as gin reads them; a syntax error names
+    the file and line it is in."""
+    text = ("LRS = [0, 0.4, 0]\nCROP = True\nscheduler.milestones = [1, 2]\nscheduler.target_lrs = %LRS\n"
+            "augment.crop = %CROP\nscheduler.patience = 1e999\nVAEModel.inpainting = True\n"
+            "selfstudy.tasks.vae.VAETask.erase = 0\n")
+    read: dict = {}
+    read_bindings(text, "macros.gin", read)
+    today = translate(read)
+    assert today.bindings["optimizer.lr"] == 0 and today.bindings["scheduler.target_lrs"] == [0.4, 0]
+    assert "augment.crop" in today.by_resolution  # True behind %CROP: res // 8
+    assert today.bindings["VAETask.erase"] == 0 and "VAETask.erase" not in today.by_resolution
+    assert gin_text(today.bindings["scheduler.patience"]) == "1e999" and gin_text((1,)) == "(1,)"
+    (tmp_path / "inner.gin").write_text("augment.flip = True\naugment.crop = [1,\n  2\n")
+    (tmp_path / "outer.gin").write_text(f"include '{tmp_path / 'inner.gin'}'\n")
+    with pytest.raises(UserError, match="a value is cut short in .*inner.gin"):
+        read_bindings((tmp_path / "outer.gin").read_text(), str(tmp_path / "outer.gin"), {})
+    (tmp_path / "inner.gin").write_text("augment.flip = True\naugment.crop = = 2\n")
+    with pytest.raises(UserError, match=r"inner.gin, line 2: "):
+        read_bindings((tmp_path / "outer.gin").read_text(), str(tmp_path / "outer.gin"), {})

@@ -26,7 +26,6 @@ from selfstudy.data import cache, hdf5
 from selfstudy.data.budget import balanced_subset, budget_keys
 from selfstudy.data.splits import DividedSplit, Placement, ResidentSplit
 from selfstudy.errors import UserError
-from selfstudy.notes import note
 from selfstudy.render import pose_label
 
 SPLIT_SEED = 0  # fixes the validation pool across trials
@@ -56,7 +55,7 @@ class DataOptions:
 def data_options(input_res: int | None = None, max_images: int | None = None, chunk_size: int = 1024,
                  use_fp16: bool = True, semisupervised: int | None = None, num_valid: int | None = None,
                  double_sample: bool = False, predict_pose: bool = False, subset_seed: int | None = None,
-                 valid_fraction: float | None = None, remote_loading: bool | None = None) -> DataOptions:
+                 valid_fraction: float | None = None) -> DataOptions:
     """`BaseDataset.*`.
 
     input_res       resolution in pixels (None keeps the stored one)
@@ -75,9 +74,6 @@ def data_options(input_res: int | None = None, max_images: int | None = None, ch
     valid_fraction  validation images per labelled training image, drawn class-balanced (with the
                     subset seed) from the num_valid held-out images; None: all num_valid of them
     """
-    if remote_loading is not None:
-        note("BaseDataset.remote_loading is not used: a split larger than BaseDataset.max_images is read in "
-             "divisions in the background")
     if input_res is not None and (isinstance(input_res, bool) or not isinstance(input_res, int) or input_res < 1):
         raise UserError(f"BaseDataset.input_res must be a positive number of pixels or None (the stored size), got "
                         f"{input_res!r}")
