@@ -36,7 +36,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="gin bindings, e.g. 'dataloader.batch_size = 128'; -p may be repeated")
     parser.add_argument("-l", "--local_mode", action="store_true", help="run trials in this process, without Ray")
     parser.add_argument("-a", "--address", default=None, help="address of a running Ray cluster to join")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print only the final results")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print a line per trial that ended, and the final results")
     parser.add_argument("-c", "--checkpoint_at_end", action="store_true", help="checkpoint every trial at its end")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted experiment EXP_ID; finished trials are not run again")

@@ -21,6 +21,7 @@ from typing import Any
 from selfstudy import folders
 from selfstudy.checkpoint import load_snapshot
 from selfstudy.errors import UserError
+from selfstudy.progress import progress_line, say
 from selfstudy.rayconfig import RayConfig
 from selfstudy.trials import open_trial
 
@@ -32,9 +33,11 @@ def local_trial_dir(exp_dir: Path, index: int) -> Path:
 def run_local(exp_dir: Path, variants: list[dict[str, Any]], ray_config: RayConfig,
               resources: dict[str, float], quiet: bool = False) -> None:
     """Run every variant that has not finished; a failed trial is recorded and the sweep goes on."""
+    ended = 0
     for index, config in enumerate(variants):
         trial_dir = local_trial_dir(exp_dir, index)
         if (trial_dir / folders.PARAMS_FILE).exists() and complete(trial_dir, ray_config):
+            ended += 1
             continue
         trial_dir.mkdir(parents=True, exist_ok=True)
         folders.write_json(trial_dir / folders.PARAMS_FILE, config)
@@ -47,6 +50,12 @@ def run_local(exp_dir: Path, variants: list[dict[str, Any]], ray_config: RayConf
                 folders.write_error(trial_dir, f"Failure # {attempt + 1}\n{text}")
                 if attempt < ray_config.max_failures and not quiet:  # the last failure is reported with the results
                     print(f"{trial_dir.name} failed: {folders.error_line(text)}; retrying from its last checkpoint")
+        ended += 1
+        if quiet:
+            results = folders.read_results(trial_dir)
+            status = "finished" if folders.trial_status(trial_dir).state == "finished" else "errored"
+            say(progress_line(trial_dir.name, status, ray_config.metric, results[-1].get(ray_config.metric)
+                              if results else None, ended, len(variants)))
 
 
 def complete(trial_dir: Path, ray_config: RayConfig) -> bool:

@@ -16,6 +16,7 @@ import torch
 from ray import tune
 
 from selfstudy import folders, notes
+from selfstudy.progress import progress_line, say
 from selfstudy.trials import open_trial
 
 
@@ -55,3 +56,25 @@ class RayTrial(tune.Trainable):
     def cleanup(self) -> None:
         if self.trial is not None:  # None after a reset whose setup failed
             self.trial.close()
+
+
+class Progress(tune.Callback):
+    """Under -q, a line for each trial that completes or fails, with how many are left
+    (`selfstudy.progress`). `quiet` is set by each run: a resumed sweep restores its callback."""
+
+    quiet = False
+
+    def __init__(self, metric: str, total: int):
+        self.metric, self.total = metric, total  # total: the sweep's trials, also those not yet made
+
+    def ended(self, trials: list, trial: Any, status: str) -> None:
+        if Progress.quiet:
+            done = 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)  # Tune marks it after
+            value = (trial.last_result or {}).get(self.metric)
+            say(progress_line(str(trial), status, self.metric, value, done, max(self.total, len(trials))))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended(trials, trial, "finished")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended(trials, trial, "errored")

@@ -148,7 +148,7 @@ EXP_ARGS = {"config": "search_space", "num_samples": "num_samples", "checkpoint_
 EXP_ARGS_DONE_ELSEWHERE = {
     "stop": "a trial ends at the last of scheduler.milestones",
     "resume": "python main.py -e <exp> --resume continues an experiment",
-    "verbose": "-q prints only the final results",
+    "verbose": "-q prints a line per trial that ended and the final results",
     "local_dir": "results go to EXP_DIR (SELFSTUDY_EXP_DIR)",
     "upload_dir": "results go to EXP_DIR (SELFSTUDY_EXP_DIR)",
     "name": "-e names the experiment",

@@ -138,7 +138,8 @@ def launch(request: Request, directory: Path, ray_config: RayConfig, space: dict
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=ray_config.keep_checkpoints, checkpoint_frequency=ray_config.checkpoint_frequency,
                 checkpoint_at_end=ray_config.checkpoint_at_end),
-            failure_config=tune.FailureConfig(max_failures=ray_config.max_failures)),
+            failure_config=tune.FailureConfig(max_failures=ray_config.max_failures),
+            callbacks=[_progress()(ray_config.metric, len(variants))]),
     )
     folders.write_json(directory / folders.EXPERIMENT_FILE, {**record, "resources": resources})
     fit(tuner, request.quiet)
@@ -191,6 +192,7 @@ def fit(tuner: Any, quiet: bool) -> None:
     tells an interrupted run from a complete one. After a complete run, trials a scheduler ended
     early are marked stopped."""
     before = signal.getsignal(signal.SIGINT)
+    _progress().quiet = quiet  # a resumed sweep's callback was pickled with its first run
     with tune_output(quiet):
         grid = tuner.fit()
     tune_handled_sigint = not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
@@ -249,6 +251,12 @@ def _trainable() -> Any:
     from selfstudy.ray_trainable import RayTrial  # imports ray: only where Ray runs the trials
 
     return RayTrial
+
+
+def _progress() -> Any:
+    from selfstudy.ray_trainable import Progress  # imports ray
+
+    return Progress
 
 
 def mark_stopped(grid: Any) -> None:

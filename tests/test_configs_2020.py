@@ -4,6 +4,7 @@ names and meanings) builds and trains on tiny data; 2020-layout dataset files lo
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import h5py
@@ -205,6 +206,9 @@ def test_the_2020_grid_config_runs_unchanged(workspace: Workspace) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     frame = vis.load_experiment("grid2020")
     assert sorted(frame["BaseDataset.semisupervised"]) == [60, 120] and (frame["status"] == "finished").all()
+    progress = re.findall(r"^trial_local_0000(\d) finished: mean_accuracy [\d.]+ \((\d) of 2 trials ended, (\d) left\)$",
+                          done.stdout, re.M)  # -q: a line per trial that ended
+    assert progress == [("0", "1", "1"), ("1", "2", "0")], done.stdout
     assert frame["optimizer.weight_decay"].tolist() == pytest.approx([1e-5, 1e-5]), frame["optimizer.weight_decay"]  # sample_from
 
 
@@ -220,3 +224,5 @@ def test_the_2020_hyperopt_config_searches_through_ray(workspace: Workspace) -> 
     assert frame["scheduler.target_lrs"].between(1e-3, 1e-1).all()  # sampled by hyperopt, one number each
     assert frame["scheduler.exp_factor"].between(-0.5, 2).all()
     assert "note: ray.tune.suggest.hyperopt is ray.tune.search.hyperopt" in done.stderr
+    ended = re.findall(r"^trial_\S+ finished(?:: \S+ [\d.]+)? \((\d) of 2 trials ended, (\d) left\)$", done.stdout, re.M)
+    assert ended == [("1", "1"), ("2", "0")], done.stdout  # -q through Ray: a line per trial that ended
