@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import h5py
+import numpy as np
 import pytest
 
 from conftest import TINY, Workspace, write_ray_config
+from selfstudy.data import hdf5
 
 
 def tree(directory: Path) -> dict[str, int]:
@@ -111,6 +113,30 @@ def planted_pretrained(workspace: Workspace, tmp: Path, stack: contextlib.ExitSt
     return {}, ["-p", f"Wrapper.pretrained = '{path}'"]
 
 
+def odd_dataset(kind: str) -> Callable[[Workspace, Path, contextlib.ExitStack], Prepared]:
+    """A prepare step: a FolderDataset of 40 images whose files are wrong in one way."""
+    def prepare(workspace: Workspace, tmp: Path, stack: contextlib.ExitStack) -> Prepared:
+        rng = np.random.default_rng(0)
+        folder = tmp / "odd"
+        for split in ("train", "test"):
+            channels = 1 if kind == "test_channels" and split == "test" else 3
+            images = rng.random((40, channels, 16, 16)).astype(np.float32)
+            hdf5.write_split(folder / f"{split}.h5", images, np.arange(40) % 2, ["a", "b"], images.mean(axis=(0, 2, 3)),
+                             images.std(axis=(0, 2, 3)))
+        with h5py.File(folder / "train.h5", "r+") as f:
+            if kind == "channels_last":
+                data = np.moveaxis(f["data"][...], 1, -1)
+                del f["data"]
+                f["data"] = data
+            if kind == "float_targets":
+                targets = f["targets"][...].astype(np.float32)
+                del f["targets"]
+                f["targets"] = targets
+        return {}, ["-g", "folder/r9/classify", "-p", f"FolderDataset.path = '{folder}'"]
+    prepare.__name__ = f"odd_dataset_{kind}"
+    return prepare
+
+
 def study(name: str, text: str) -> Callable[[Workspace, Path, contextlib.ExitStack], Prepared]:
     """A prepare step that writes the study module `text` and names it with -r."""
     def prepare(workspace: Workspace, tmp: Path, stack: contextlib.ExitStack) -> Prepared:
@@ -198,6 +224,11 @@ CASES = [
     Case([], "cannot write in", unwritable_exp_dir),
     Case([], "cannot write dataset file", unwritable_data_dir),
     Case([], "corrupt dataset file", damaged_digits),
+    Case([], "has data (40, 16, 16, 3) (channels last?), but mean and std for 3 channels: store images as N x C x H x W",
+         odd_dataset("channels_last")),
+    Case([], "stores targets as float32: classes are whole numbers from 0; store them as int64",
+         odd_dataset("float_targets")),
+    Case([], "train.h5 has 3 channels, ", odd_dataset("test_channels")),
     Case([], "refusing", planted_pretrained),
     Case([], "pretrained_from = 'pretrian' names no earlier stage (stages before it: pretrain)", study("unknown_source",
         f'stages = [{PRETRAIN}, {{"name": "transfer", "pretrained_from": "pretrian", "search_space": {{}}}}]')),

@@ -116,8 +116,12 @@ class DatasetFiles:
     @classmethod
     def open(cls, name: str, train_path: Path, test_path: Path) -> "DatasetFiles":
         train, test = hdf5.read_info(train_path), hdf5.read_info(test_path)
-        if train.image_shape[0] != test.image_shape[0] or train.classes != test.classes:
-            raise UserError(f"{train_path} and {test_path} disagree on channels or classes: rebuild them together")
+        if train.image_shape[0] != test.image_shape[0]:
+            raise UserError(f"{train_path} has {train.image_shape[0]} channels, {test_path} {test.image_shape[0]}: "
+                            "rebuild them together")
+        if train.classes != test.classes:
+            raise UserError(f"{train_path} lists {len(train.classes)} classes, {test_path} {len(test.classes)} (or "
+                            "others): rebuild them together")
         return cls(name, train, test)
 
     @classmethod

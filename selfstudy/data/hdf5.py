@@ -104,6 +104,14 @@ def read_info(path: Path) -> SplitInfo:
             if data.ndim != 4 or targets.shape[:1] != data.shape[:1]:
                 raise UserError(f"dataset file {path} has data {data.shape} and targets {targets.shape}; "
                                 "expected N x C x H x W and N (or N x H x W): rebuild it")
+            channels = len(np.atleast_1d(f.attrs["mean"]))
+            if data.shape[1] != channels:
+                layout = " (channels last?)" if data.shape[-1] == channels else ""
+                raise UserError(f"dataset file {path} has data {data.shape}{layout}, but mean and std for {channels} "
+                                f"channels: store images as N x C x H x W, e.g. np.moveaxis(images, -1, 1)")
+            if not np.issubdtype(targets.dtype, np.integer):
+                raise UserError(f"dataset file {path} stores targets as {targets.dtype}: classes are whole numbers "
+                                "from 0; store them as int64 (e.g. targets.astype(np.int64))")
             if not np.all(np.asarray(f.attrs["std"]) > 0):
                 std = np.asarray(f.attrs["std"]).tolist()
                 raise UserError(f"dataset file {path} stores channel std {std}: a std must be positive to "
