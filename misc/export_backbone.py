@@ -29,6 +29,7 @@ import paths  # noqa: E402
 from selfstudy import folders  # noqa: E402
 from selfstudy.checkpoint import load_snapshot  # noqa: E402
 from selfstudy.config import first_line  # noqa: E402
+from selfstudy.durable import DiskFull, save_torch, write_atomic  # noqa: E402
 from selfstudy.errors import UserError  # noqa: E402
 from selfstudy.weights import torchvision_state  # noqa: E402
 
@@ -109,12 +110,13 @@ def main() -> int:
         check_loads(state, record)
         partials = [path.with_name(f".{path.name}.partial") for path in (out, described)]
         try:  # both written whole before either replaces the old files
-            out.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(state, partials[0])
-            partials[1].write_text(json.dumps(record, indent=1, default=str))
+            save_torch(partials[0], state)  # each fsynced (selfstudy.durable)
+            write_atomic(partials[1], json.dumps(record, indent=1, default=str))
             os.replace(partials[0], out)
             os.replace(partials[1], described)
-        except (OSError, RuntimeError) as err:  # torch.save reports an unwritable file as a RuntimeError
+        except DiskFull as err:
+            raise UserError(f"cannot write {out}: {err.strerror}") from None
+        except OSError as err:
             raise UserError(f"cannot write {out}: {first_line(err)}; choose another -o") from None
         finally:
             for partial in partials:

@@ -3,13 +3,15 @@
     python misc/move_snapshots.py -e cifar_test_0000            # dry run: prints source -> target
     python misc/move_snapshots.py -e pretrain-rotate -p '{cfg[SynDataset.dataset_choice]}' -m
 
-For every trial of EXP_DIR/EXP, the `snapshot` of its newest `checkpoint_*` goes to
-EXP_DIR/EXP/<FORMAT>/snapshot, where FORMAT is a Python format string over `cfg`, the
-trial's config keyed by gin binding name (the -p bindings too). Without -p, the target
-is EXP_DIR/EXP itself, which suits an experiment of one trial. Every move is checked
-before the first one happens: two trials with one target, a key the config lacks, a
-target outside EXP_DIR/EXP or one that already holds a snapshot are refused, and
-nothing is moved. Beside each moved snapshot, `snapshot.json` records where it came from.
+For every finished trial of EXP_DIR/EXP, the `snapshot` of its newest `checkpoint_*` goes to
+EXP_DIR/EXP/<FORMAT>/snapshot, as a hard link (or a copy), so the trial's own checkpoint
+stays whole. FORMAT is a Python format string over `cfg`, the trial's config keyed by gin
+binding name (the -p bindings too). Without -p, the target is EXP_DIR/EXP itself, which
+suits an experiment of one trial. Every move is checked before the first one happens: two
+trials with one target, a key the config lacks, a target outside EXP_DIR/EXP or one that
+already holds a snapshot are refused, and nothing is moved. Trials still running,
+interrupted or failed are skipped with a line each (--unfinished moves their newest
+checkpoint too). Beside each moved snapshot, `snapshot.json` records where it came from.
 """
 
 from __future__ import annotations
@@ -44,17 +46,22 @@ def target_dir(exp_dir: Path, fmt: str, config: dict, trial: str) -> Path:
     return target
 
 
-def plan_moves(exp_id: str, fmt: str) -> list[tuple[Path, Path]]:
-    """(source snapshot, target directory) for every trial with a checkpoint; all checks done."""
+def plan_moves(exp_id: str, fmt: str, unfinished: bool = False) -> list[tuple[Path, Path]]:
+    """(source snapshot, target directory) for every trial with a checkpoint; all checks done.
+    Trials that have not finished (running, interrupted or failed) are skipped unless `unfinished`:
+    their newest checkpoint is not their result."""
     exp_dir = folders.existing_exp_dir(exp_id)
     moves: list[tuple[Path, Path]] = []
     owners: dict[Path, str] = {}
     moved = folders.moved_snapshots(exp_dir)
     for trial_dir in folders.trial_dirs(exp_dir):
         source = folders.latest_snapshot(trial_dir)
-        if trial_dir.name in moved or source is None:  # an older checkpoint left behind is not the trial's result
+        state = folders.trial_status(trial_dir).state
+        if trial_dir.name in moved or source is None or (state in ("running", "errored") and not unfinished):
             why = (f"its snapshot was already moved to {moved[trial_dir.name]}" if trial_dir.name in moved
-                   else "it has no checkpoint (run with -c to checkpoint at the end)")
+                   else "it has no checkpoint (run with -c to checkpoint at the end)" if source is None
+                   else f"it has not finished ({state}), so its newest checkpoint is not its result; add --unfinished "
+                        "to move it anyway")
             print(f"Skipping {trial_dir.name}: {why}")
             continue
         target = target_dir(exp_dir, fmt, folders.read_params(trial_dir), trial_dir.name)
@@ -68,6 +75,9 @@ def plan_moves(exp_id: str, fmt: str) -> list[tuple[Path, Path]]:
     if not moves and moved:
         places = ", ".join(sorted({str(place) for place in moved.values()}))
         raise UserError(f"every snapshot of '{exp_id}' was already moved (to {places}): nothing left to move")
+    if not moves and any(folders.trial_status(t).state in ("running", "errored") for t in folders.trial_dirs(exp_dir)):
+        raise UserError(f"no trial of '{exp_id}' has finished with a checkpoint: wait for the run to end (see "
+                        f"`python main.py -e {exp_id} --status`), or add --unfinished to move the newest checkpoints")
     if not moves:
         raise UserError(f"no trial of '{exp_id}' has a checkpoint to move: run it with -c to checkpoint at the end")
     return moves
@@ -79,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--format", default="", help="target folder inside the experiment, e.g. "
                                                            "'{cfg[SynDataset.dataset_choice]}'")
     parser.add_argument("-m", "--move", action="store_true", help="move; without it, only print the plan")
+    parser.add_argument("--unfinished", action="store_true",
+                        help="also move the newest checkpoint of trials that have not finished (running or failed)")
     args = parser.parse_args(argv)
     try:
-        moves = plan_moves(args.exp_id, args.format)
+        moves = plan_moves(args.exp_id, args.format, args.unfinished)
     except UserError as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         return 2

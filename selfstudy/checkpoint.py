@@ -3,7 +3,7 @@
     {"format": 2, "model": state_dict, "optimizer": state_dict, "step": int, "epoch": int,
      "best_accuracy": float, "rng": {...}}
 
-Written atomically (a temporary file, then a rename). `Wrapper.pretrained` and
+Written atomically (a fsynced temporary file, then a rename). `Wrapper.pretrained` and
 `session.restore_session` name them as "<exp>/<name>": `EXP_DIR/<exp>/<name>/snapshot`.
 
 A snapshot holds data only: tensors and plain Python values (random states included), and
@@ -13,7 +13,6 @@ refused, so a snapshot from someone else can never run code here.
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import warnings
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 import paths
+from selfstudy.durable import save_torch
 from selfstudy.errors import UserError
 from selfstudy.folders import SNAPSHOT
 
@@ -35,12 +35,9 @@ class UnsafeSnapshot(UserError):
 
 
 def save_snapshot(directory: Path, state: dict[str, Any]) -> Path:
-    """Write `directory/snapshot` atomically; returns its path."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write `directory/snapshot` atomically (`selfstudy.durable`); returns its path."""
     path = directory / SNAPSHOT
-    tmp = directory / f".{SNAPSHOT}.{os.getpid()}.tmp"
-    torch.save({"format": FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    save_torch(path, {"format": FORMAT, **state})
     return path
 
 

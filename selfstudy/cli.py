@@ -18,6 +18,7 @@ EXAMPLES = """examples (`selfstudy` is the same command as `python main.py` afte
   python main.py -p 'Wrapper.pretrained = "pretrain-rotate/xlg0010"'
   python main.py -p 'session.test_iters = -1'       also evaluate the test split
   python main.py -e my_sweep --resume               continue an interrupted experiment
+  python main.py -e my_sweep --status               its trials so far, while it runs or after
 """
 
 DESCRIPTION = "selfstudy's command line: run a sweep of gin-configured trials with Ray Tune."
@@ -40,26 +41,34 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("-c", "--checkpoint_at_end", action="store_true", help="checkpoint every trial at its end")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted experiment EXP_ID; finished trials are not run again")
-    return parser.parse_args(argv)
+    parser.add_argument("--status", action="store_true",
+                        help="print the table of experiment EXP_ID (running or ended), trials not started included, "
+                             "and whether it still runs; starts nothing")
+    args = parser.parse_args(argv)
+    if args.status and args.resume:
+        parser.error("--status only prints; drop --resume or --status")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command: its exit code is 0 (every trial completed), 1 (some failed), 2 (a mistake in
-    the command or its configs, said in one line) or 130 (interrupted by Ctrl-C or SIGTERM:
-    --resume continues)."""
+    """The command: its exit code is 0 (every trial completed), 1 (some failed, or the disk is
+    full: said in one line), 2 (a mistake in the command or its configs, said in one line) or 130
+    (interrupted by Ctrl-C or SIGTERM: --resume continues)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # after argparse, so that --help and a mistyped flag answer at once: these import torch and ray
     from selfstudy.cluster import stop_on_sigterm
     from selfstudy.config import first_line, portable_gin_name
+    from selfstudy.durable import DiskFull, disk_full, disk_nearly_full, is_disk_error
     from selfstudy.errors import UserError
     from selfstudy.experiment import Request, run
     from selfstudy.folders import exp_dir
-    from selfstudy.report import EXIT_INTERRUPTED, interrupted_hint
+    from selfstudy.report import EXIT_INTERRUPTED, interrupted_hint, resume_command
 
     request = Request(exp_id=args.exp_id, ray_config=args.ray_config,
                       gin_config=[portable_gin_name(name) for name in args.gin_config],
                       gin_params=args.gin_param, local=args.local_mode, address=args.address, quiet=args.quiet,
-                      checkpoint_at_end=args.checkpoint_at_end, resume=args.resume)
+                      checkpoint_at_end=args.checkpoint_at_end, resume=args.resume,
+                      status=args.status)
     stop_on_sigterm()
     try:
         return run(request)
@@ -70,3 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         started = exp_dir(args.exp_id).is_dir()
         print(interrupted_hint(args.exp_id) if started else "interrupted before anything was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as err:  # a full disk, wherever it struck (our writes or Ray's): one line, exit 1
+        where = exp_dir(args.exp_id)
+        if not (is_disk_error(err) or disk_nearly_full(where)):
+            raise
+        full = err if isinstance(err, DiskFull) else disk_full(where, None, err if isinstance(err, OSError) else None)
+        resume = f"; then continue with `{resume_command(args.exp_id)}`" if where.is_dir() else ""
+        print(f"error: {full.strerror}{resume}", file=sys.stderr)
+        return 1

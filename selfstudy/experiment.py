@@ -26,6 +26,8 @@ def run(request: Request) -> int:
         raise UserError(f"-a {request.address} joins a Ray cluster, but -l runs the trials in this process without "
                         "Ray: drop one of them")
     directory = folders.exp_dir(request.exp_id)
+    if request.status:
+        return status(request)
     folders.check_writable(paths.EXP_DIR, "SELFSTUDY_EXP_DIR")
     if request.resume:
         given = [flag for flag, value in (("-g", request.gin_config), ("-p", request.gin_params),
@@ -51,11 +53,35 @@ def run(request: Request) -> int:
     return finish(directory, request.exp_id)
 
 
+def status(request: Request) -> int:
+    """--status: the table of experiment `request.exp_id` (each stage's, for a study), trials not
+    started included, and whether its driver still runs; starts nothing, writes nothing."""
+    directory = folders.existing_exp_dir(request.exp_id)
+    record = read_record(directory) or {}
+    stages = [directory / stage for stage in record.get("stages", [])]
+    for stage_dir in stages or [directory]:
+        if stage_dir.is_dir():
+            finish(stage_dir, request.exp_id, watching=True)
+        else:
+            print(f"stage '{stage_dir.name}' of study '{request.exp_id}': not started")
+    return 0
+
+
+def read_record(directory: Path) -> dict[str, Any] | None:
+    """experiment.json of `directory`; a damaged one is refused in one line."""
+    try:
+        return folders.read_experiment(directory)
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{directory / folders.EXPERIMENT_FILE} is damaged (not JSON), and it is the record "
+                        "--resume and --status read; nothing can be continued without it: run the experiment again "
+                        "under a new name") from None
+
+
 def resume(request: Request, directory: Path) -> int:
     """Continue an interrupted experiment the way it was started; finished trials are not run again."""
     from ray import tune
 
-    record = folders.read_experiment(directory) if directory.is_dir() else None
+    record = read_record(directory) if directory.is_dir() else None
     if record is None and not (directory.is_dir() and tune.Tuner.can_restore(str(directory))):
         raise UserError(f"nothing to resume: no experiment at {directory}; experiments in {paths.EXP_DIR}: "
                         f"{', '.join(folders.known_experiments()) or 'none'}")

@@ -2,6 +2,7 @@
 
     EXP_DIR/<exp_id>/
         experiment.json              how the experiment was started (what --resume needs)
+        driver.json                  the process (pid, host) that runs or last ran it (for --status)
         trial_<id>/
             params.json              the trial's config
             result.json              one JSON line per epoch
@@ -28,15 +29,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paths
+from selfstudy.durable import append_line, link_or_copy, write_atomic
 from selfstudy.errors import UserError
 
 EXPERIMENT_FILE = "experiment.json"
+DRIVER_FILE = "driver.json"
 PARAMS_FILE = "params.json"
 RESULTS_FILE = "result.json"
 ERROR_FILE = "error.txt"
@@ -111,10 +115,12 @@ def trial_dirs(directory: Path) -> list[Path]:
 
 def write_json(path: Path, value: Any) -> None:
     """Write JSON atomically: a crash leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=str))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(value, indent=1, default=str))
+
+
+def mark_driver(exp_id: str) -> None:
+    """Record this process as the one running experiment `exp_id` (read by --status)."""
+    write_json(exp_dir(exp_id) / DRIVER_FILE, {"pid": os.getpid(), "host": socket.gethostname()})
 
 
 def read_params(trial_dir: Path) -> dict[str, Any]:
@@ -143,10 +149,7 @@ def read_results(trial_dir: Path) -> list[dict[str, Any]]:
 def truncate_results(trial_dir: Path, epoch: int) -> None:
     """Keep the reports of epochs up to `epoch` (a trial continuing from that epoch's checkpoint)."""
     kept = [row for row in read_results(trial_dir) if row.get("training_iteration", 0) <= epoch]
-    text = "".join(json.dumps(row, default=str) + "\n" for row in kept)
-    tmp = trial_dir / f".{RESULTS_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, trial_dir / RESULTS_FILE)
+    write_atomic(trial_dir / RESULTS_FILE, "".join(json.dumps(row, default=str) + "\n" for row in kept))
 
 
 def checkpoint_number(path: Path) -> int | None:
@@ -180,6 +183,7 @@ DIVERGED = "diverged"  # the status util.vis gives a probe grid head whose loss 
 class TrialStatus:
     state: str  # 'finished', 'stopped', 'errored' or 'running'
     error: str | None  # the last line of the trial's error, when it errored
+    retries: int = 0  # how often it was started again after a failure (from its last checkpoint)
 
 
 def error_line(text: str) -> str:
@@ -188,33 +192,36 @@ def error_line(text: str) -> str:
     if not lines:
         return "failed (no message)"
     last = lines[-1]
-    return re.sub(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt)): ", r"\1: ", last)
+    return re.sub(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt|DiskFull)): ", r"\1: ", last)
 
 
 def trial_status(trial_dir: Path) -> TrialStatus:
     """Where the trial stands, read from its files (see the module docstring)."""
+    error, results_file = trial_dir / ERROR_FILE, trial_dir / RESULTS_FILE
+    text = error.read_text(errors="replace") if error.is_file() else ""
+    failures = sum(line.startswith("Failure #") for line in text.splitlines())
     results = read_results(trial_dir)
     if (trial_dir / STOPPED_FILE).is_file():
-        return TrialStatus("stopped", None)
+        return TrialStatus("stopped", None, failures)
     if results and results[-1].get("done"):  # Ray sets `done` on a scheduler's stop too; `completed` is ours
-        return TrialStatus("finished" if results[-1].get("completed", True) else "stopped", None)
-    error, results_file = trial_dir / ERROR_FILE, trial_dir / RESULTS_FILE
+        return TrialStatus("finished" if results[-1].get("completed", True) else "stopped", None, failures)
     if not error.is_file():
-        return TrialStatus("running", None)
+        return TrialStatus("running", None, failures)
     if results_file.is_file() and results_file.stat().st_mtime_ns > error.stat().st_mtime_ns:
-        return TrialStatus("running", None)  # it reported an epoch since it failed: a retry is under way
-    return TrialStatus("errored", error_line(error.read_text(errors="replace")))
+        return TrialStatus("running", None, failures)  # it reported an epoch since it failed: a retry is under way
+    return TrialStatus("errored", error_line(text), max(failures - 1, 0))
 
 
 def move_snapshot(source: Path, target: Path) -> None:
-    """Move a trial's checkpoint `source` snapshot to `target`/snapshot, where `Wrapper.pretrained`
-    finds it; `snapshot.json` beside it records the trial, the checkpoint and the config. The
-    record is written first: a record without its snapshot counts for nothing."""
+    """Put a trial's checkpoint `source` snapshot at `target`/snapshot, where `Wrapper.pretrained`
+    finds it, as a hard link (or a copy), so the trial's own checkpoint stays whole;
+    `snapshot.json` beside it records the trial, the checkpoint and the config. The record is
+    written first: a record without its snapshot counts for nothing."""
     target.mkdir(parents=True, exist_ok=True)
     trial_dir = source.parent.parent
     record = {"trial": trial_dir.name, "checkpoint": source.parent.name, "config": read_params(trial_dir)}
     write_json(target / f"{SNAPSHOT}.json", record)
-    os.replace(source, target / SNAPSHOT)
+    link_or_copy(source, target / SNAPSHOT)
 
 
 def moved_snapshots(directory: Path) -> dict[str, Path]:
@@ -233,8 +240,7 @@ def moved_snapshots(directory: Path) -> dict[str, Path]:
 
 def write_error(trial_dir: Path, text: str) -> None:
     """Append a failure report to the trial's error.txt, as Ray does."""
-    with open(trial_dir / ERROR_FILE, "a") as f:
-        f.write(text.rstrip() + "\n")
+    append_line(trial_dir / ERROR_FILE, text)
 
 
 def read_experiment(directory: Path) -> dict[str, Any] | None:

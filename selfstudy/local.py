@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from selfstudy import folders
-from selfstudy.checkpoint import load_snapshot
+from selfstudy.checkpoint import UnsafeSnapshot, load_snapshot
+from selfstudy.durable import append_line, is_disk_error
 from selfstudy.errors import UserError
 from selfstudy.progress import progress_line, say
 from selfstudy.rayconfig import RayConfig
@@ -46,6 +47,8 @@ def run_local(exp_dir: Path, variants: list[dict[str, Any]], ray_config: RayConf
                 run_trial(trial_dir, config, ray_config, int(resources["cpu"]), quiet)
                 break
             except Exception as err:  # noqa: BLE001  (any failure of one trial is recorded; the sweep goes on)
+                if is_disk_error(err):  # except a full disk's: retrying only fails again
+                    raise
                 text = f"{type(err).__name__}: {err}" if isinstance(err, UserError) else traceback.format_exc()
                 folders.write_error(trial_dir, f"Failure # {attempt + 1}\n{text}")
                 if attempt < ray_config.max_failures and not quiet:  # the last failure is reported with the results
@@ -67,7 +70,12 @@ def complete(trial_dir: Path, ray_config: RayConfig) -> bool:
         return True
     snapshot = folders.latest_snapshot(trial_dir)
     last_epoch = folders.read_results(trial_dir)[-1]["training_iteration"]
-    return snapshot is not None and load_snapshot(snapshot, "--resume")["epoch"] == last_epoch
+    try:
+        return snapshot is not None and load_snapshot(snapshot, "--resume")["epoch"] == last_epoch
+    except UnsafeSnapshot:
+        raise
+    except UserError:  # damaged: the trial continues from an older checkpoint (Trial.restore)
+        return False
 
 
 class Events:
@@ -126,8 +134,7 @@ def run_trial(trial_dir: Path, config: dict[str, Any], ray_config: RayConfig, th
             metrics.update(training_iteration=trial.epoch, trial_id=trial_dir.name.removeprefix("trial_"),
                            time_this_iter_s=time.time() - tick, time_total_s=time.time() - started,
                            timestamp=int(time.time()), config=config)
-            with open(trial_dir / folders.RESULTS_FILE, "a") as results:
-                results.write(json.dumps(metrics, default=str) + "\n")
+            append_line(trial_dir / folders.RESULTS_FILE, json.dumps(metrics, default=str))
             events.add(metrics)
             if not quiet:
                 print(f"{trial_dir.name} epoch {trial.epoch}: " + ", ".join(

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import torch
 from ray import tune
 
 from selfstudy import folders, notes
+from selfstudy.durable import is_disk_message
 from selfstudy.progress import progress_line, say
 from selfstudy.trials import open_trial
 
@@ -48,10 +52,21 @@ class RayTrial(tune.Trainable):
         return self.trial.run_epoch()
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
-        self.trial.save(Path(checkpoint_dir))
+        """The snapshot goes straight to the trial's next checkpoint folder, written whole
+        (`selfstudy.durable`): Ray would copy it from the scratch `checkpoint_dir` in place, and
+        a full disk would leave half a snapshot there. Ray then copies the empty scratch folder."""
+        storage = self._storage
+        if storage is None or storage.storage_filesystem.type_name != "local":
+            self.trial.save(Path(checkpoint_dir))
+            return
+        name = storage._make_checkpoint_dir_name(storage.current_checkpoint_index + 1)  # Ray's next, as it names it
+        self.trial.save(Path(storage.trial_fs_path) / name)
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
+        """Continue from the checkpoint, or from an older one when it is damaged (`Trial.restore`):
+        Ray then counts epochs from the one the trial continues from."""
         self.trial.restore(Path(checkpoint_dir))
+        self._iteration = self.trial.epoch
 
     def cleanup(self) -> None:
         if self.trial is not None:  # None after a reset whose setup failed
@@ -60,9 +75,14 @@ class RayTrial(tune.Trainable):
 
 class Progress(tune.Callback):
     """Under -q, a line for each trial that completes or fails, with how many are left
-    (`selfstudy.progress`). `quiet` is set by each run: a resumed sweep restores its callback."""
+    (`selfstudy.progress`). `quiet` is set by each run: a resumed sweep restores its callback.
+
+    A trial that failed for want of space (`selfstudy.durable`) stops the whole run as Ctrl-C
+    does, its trials saved for --resume: retrying on a full disk only fails again.
+    `disk_full` then holds the failure's message for the driver to report."""
 
     quiet = False
+    disk_full: str | None = None
 
     def __init__(self, metric: str, total: int):
         self.metric, self.total = metric, total  # total: the sweep's trials, also those not yet made
@@ -77,4 +97,18 @@ class Progress(tune.Callback):
         self.ended(trials, trial, "finished")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.stop_if_disk_full(trial)
         self.ended(trials, trial, "errored")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.stop_if_disk_full(trial)
+
+    def stop_if_disk_full(self, trial: Any) -> None:
+        try:
+            text = Path(trial.error_file).read_text(errors="replace") if trial.error_file else ""
+        except OSError:
+            return
+        line = folders.error_line(text)
+        if Progress.disk_full is None and is_disk_message(line):
+            Progress.disk_full = re.sub(r"^(?:[\w.]+: )?(?:\[Errno \d+\] )?", "", line)
+            os.kill(os.getpid(), signal.SIGINT)  # Tune stops every trial and saves its state

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
+import socket
 import sys
 from pathlib import Path
 
@@ -16,26 +20,35 @@ from selfstudy.folders import DIVERGED
 from selfstudy.results import load_experiment, load_history
 
 EXIT_INTERRUPTED = 130
+RUNS = "runs"  # links to the trial folders, named by their settings, for TensorBoard
 HEAD_COLUMNS = ("head", "BaseDataset.semisupervised", "optimizer.weight_decay", "peak_lr")  # what tells heads apart
 
 
-def finish(directory: Path, exp_id: str) -> int:
+def finish(directory: Path, exp_id: str, watching: bool = False) -> int:
     """Print one line per trial of `directory` (an experiment, or a study's stage; a probe grid's:
-    one per head) with its status, then each failure and each diverged head; the exit code says
-    whether every trial completed (0; a diverged head of a finished grid does not count against
-    it), some failed (1) or some have not finished (130: `--resume` of `exp_id` continues)."""
+    one per head) with its status, trials not started yet included, then each failure and each
+    diverged head; the exit code says whether every trial completed (0; a diverged head of a
+    finished grid does not count against it), some failed (1) or some have not finished (130:
+    `--resume` of `exp_id` continues). `watching` (--status): the same table of a run that may
+    still be going, which says instead whether its driver is alive; it returns 0."""
     frame = load_experiment(directory)
     notes = loss_notes(load_history(directory)) if len(frame) else {}
     if notes:
         frame["note"] = frame["trial"].map(lambda trial: notes[trial][0] if trial in notes else "")
     heads = int(frame["head"].notna().sum()) if "head" in frame else 0  # rows of probe grid heads
     trials = frame["trial"].nunique() if len(frame) else 0
-    print(f"experiment {directory.relative_to(paths.EXP_DIR)}: {trials} trial(s)"
-          f"{f' ({heads} probe heads)' if heads else ''} in {directory}")
-    shown = [c for c in ("status", "epoch", "train_accuracy", "valid_accuracy", "test_accuracy", "best_accuracy",
-                         "best_epoch", "test_at_best", "note") if c in frame.columns]
-    settings = {key for trial_dir in folders.trial_dirs(directory)
-                for key in config_columns(folders.read_params(trial_dir))} | set(HEAD_COLUMNS)
+    pending = pending_rows(directory)
+    if len(pending):
+        frame = pd.concat([frame, pending], ignore_index=True)
+    if "retries" in frame and not frame["retries"].fillna(0).astype(bool).any():
+        frame = frame.drop(columns="retries")
+    print(f"experiment {directory.relative_to(paths.EXP_DIR)}: {trials + len(pending)} trial(s)"
+          f"{f' ({len(pending)} not started)' if len(pending) else ''}{f' ({heads} probe heads)' if heads else ''} "
+          f"in {directory}")
+    shown = [c for c in ("status", "retries", "epoch", "train_accuracy", "valid_accuracy", "test_accuracy",
+                         "best_accuracy", "best_epoch", "test_at_best", "note") if c in frame.columns]
+    settings = {key for config in [*map(folders.read_params, folders.trial_dirs(directory)), *started_later(directory)]
+                for key in config_columns(config)} | set(HEAD_COLUMNS)
     swept = [c for c in frame.columns if c in settings and frame[c].map(shown_value).nunique() > 1]  # None counts
     if len(frame):
         table = frame[["trial"] + swept + shown].copy()
@@ -55,10 +68,88 @@ def finish(directory: Path, exp_id: str) -> int:
         print(f"note: trial {row['trial']} ({settings}): {row['error']}", file=sys.stderr)
     for trial, (_, note) in notes.items():
         print(f"note: trial {trial}: {note}", file=sys.stderr)
-    if len(frame) and (frame["status"] == "running").any():
+    unfinished = int(frame["status"].isin(["running", "pending"]).sum()) if len(frame) else 0
+    if not watching and len(frame):
+        name_runs(directory, frame[frame["trial"] != "-"], [c for c in swept if c not in HEAD_COLUMNS])
+    if watching:
+        print(driver_line(directory, exp_id, unfinished))
+        return 0
+    if unfinished:
         print(interrupted_hint(exp_id), file=sys.stderr)
         return EXIT_INTERRUPTED
     return 1 if len(errored) or not len(frame) else 0
+
+
+def name_runs(directory: Path, frame: pd.DataFrame, swept: list[str]) -> None:
+    """`<directory>/runs/<settings>`: a link to each trial folder, named by the settings that set
+    the trial apart (e.g. 'optimizer.lr=0.1'), so that `tensorboard --logdir <directory>/runs`
+    names each run by them. Made afresh after each run; a file system without links goes without."""
+    runs = directory / RUNS
+    try:
+        runs.mkdir(exist_ok=True)
+        for old in runs.iterdir():
+            if old.is_symlink():
+                old.unlink()
+        taken: set[str] = set()
+        for _, row in frame.drop_duplicates("trial").iterrows():
+            name = re.sub(r"[^\w.=,+-]", "_", ",".join(f"{c}={shown_value(row[c])}" for c in swept))[:folders.MAX_NAME]
+            if not name or name in taken:
+                name = f"{name},{row['trial']}" if name else row["trial"]
+            taken.add(name)
+            (runs / name).symlink_to(Path("..") / row["trial"], target_is_directory=True)
+    except OSError:
+        return
+
+
+def started_later(directory: Path) -> list[dict]:
+    """The configs of the trials of `directory` that have not started yet: the sweep's trials
+    (recorded in experiment.json) less those with a folder. Where a sweep drew random values,
+    which differ from those Tune draws, the trials started count against the first of the rest."""
+    record = folders.read_experiment(directory) or {}
+    variants = record.get("variants")
+    if variants is None:
+        return []
+    remaining = {}
+    for index, config in enumerate(variants):
+        remaining.setdefault(json.dumps(config, sort_keys=True, default=str), []).append(index)
+    unmatched = 0
+    for trial_dir in folders.trial_dirs(directory):
+        indices = remaining.get(json.dumps(folders.read_params(trial_dir), sort_keys=True, default=str))
+        if indices:
+            indices.pop(0)
+        else:
+            unmatched += 1
+    left = sorted(index for indices in remaining.values() for index in indices)[unmatched:]
+    return [variants[index] for index in left]
+
+
+def pending_rows(directory: Path) -> pd.DataFrame:
+    """A row per trial not started yet (`started_later`), with its settings and status 'pending'."""
+    configs = started_later(directory)
+    return pd.DataFrame([{"trial": "-", "status": "pending", **config_columns(config)} for config in configs])
+
+
+def driver_line(directory: Path, exp_id: str, unfinished: int) -> str:
+    """Whether the run's driver (`folders.DRIVER_FILE`) still runs, and what is left."""
+    path = folders.exp_dir(exp_id) / folders.DRIVER_FILE
+    driver = json.loads(path.read_text()) if path.is_file() else {}
+    if driver.get("host") == socket.gethostname() and pid_alive(driver.get("pid")):
+        return f"running: driver pid {driver['pid']}, {unfinished} trial(s) not finished"
+    if unfinished:
+        return f"not running: {unfinished} trial(s) not finished; continue with `{resume_command(exp_id)}`"
+    return "not running: every trial ended"
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 EXPLODED = 10.0  # a validation loss this many times its lowest, while the training loss fell, is noted

@@ -63,7 +63,8 @@ def trial_dirs(exp: str | Path) -> list[Path]:
 
 def _trial_frame(trial_dir: Path, exp_dir: Path) -> pd.DataFrame:
     """The trial's epochs (one row each; a single row without metrics if it reported none),
-    with its config columns, `trial`, `stage`, `source`, `status` and `error`; a probe grid's,
+    with its config columns, `trial`, `stage`, `source`, `status`, `error` and `retries`; a
+    probe grid's,
     one row per head and epoch (see `_head_rows`)."""
     rows = [{k: v for k, v in row.items() if k != "config"} for row in folders.read_results(trial_dir)]
     config = config_columns(folders.read_params(trial_dir))
@@ -76,6 +77,7 @@ def _trial_frame(trial_dir: Path, exp_dir: Path) -> pd.DataFrame:
     for key, value in config.items():
         frame[key] = column(value, frame)
     frame["trial"], frame["status"], frame["error"] = trial_dir.name, status.state, status.error
+    frame["retries"] = status.retries
     frame["stage"] = trial_dir.parent.name if trial_dir.parent != exp_dir else ""
     frame["source"] = source_label(config.get(PRETRAINED))
     return frame
@@ -111,6 +113,7 @@ def _head_rows(rows: list[dict[str, Any]], head: dict[str, Any], config: dict[st
     frame["head"], frame["peak_lr"] = head["head"], head.get("peak_lr")
     frame["status"] = DIVERGED if diverged and status.state in COMPLETED else status.state
     frame["error"] = status.error or diverged
+    frame["retries"] = status.retries
     frame["source"] = source_label(config.get(PRETRAINED))
     return frame
 
@@ -135,7 +138,8 @@ def load_history(exp: str | Path) -> pd.DataFrame:
 
 def load_experiment(exp: str | Path) -> pd.DataFrame:
     """One row per trial: `stage`, `trial`, config columns, `source`, the last epoch's metrics,
-    `best_accuracy`, `status`, `error`. `exp` as in `load_history`."""
+    `best_accuracy`, `status`, `error`, `retries` (how often it was started again after a
+    failure). `exp` as in `load_history`."""
     history = load_history(exp)
     if history.empty:
         return history

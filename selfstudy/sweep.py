@@ -10,22 +10,26 @@ are opened) and the resources each trial asks for.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
 import os
+import shlex
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import paths
 from selfstudy import folders
 from selfstudy.checkpoint import UnsafeSnapshot, load_snapshot
 from selfstudy.cluster import cluster_resources, start_ray
 from selfstudy.config import DEFAULT_GIN_CONFIG, resolve_gin_file, split_binding
+from selfstudy.durable import DiskFull, free_bytes, size_text
 from selfstudy.errors import UserError
 from selfstudy.local import run_local
-from selfstudy.notes import print_notes
+from selfstudy.notes import note, print_notes
 from selfstudy.rayconfig import RayConfig, load_ray_config
 from selfstudy.trials import check_trial
 
@@ -43,6 +47,7 @@ class Request:
     quiet: bool = False
     checkpoint_at_end: bool = False
     resume: bool = False
+    status: bool = False
 
 
 def trial_dirname(trial: Any) -> str:
@@ -80,12 +85,18 @@ def check_variants(variants: list[dict[str, Any]]) -> None:
     """Raise the first `UserError` any distinct variant would meet at setup, or one for none at all."""
     if not variants:
         raise UserError("the search_space gives no trials: every tune.grid_search needs at least one value")
-    seen = set()
+    seen: dict[str, int] = {}
     for config in variants:
         key = json.dumps(config, sort_keys=True, default=str)
         if key not in seen:
-            seen.add(key)
-            check_trial(config)
+            seen[key] = check_trial(config)
+    # a checkpoint per trial, and one more: a new checkpoint is written whole before the older one goes
+    needed = sum(seen[json.dumps(config, sort_keys=True, default=str)] for config in variants) + max(seen.values())
+    free = free_bytes(paths.EXP_DIR)
+    if free is not None and free < needed:
+        note(f"{paths.EXP_DIR} has {size_text(free)} free, but a checkpoint of each of the {len(variants)} trial(s), "
+             f"and one being written, take about {size_text(needed)}: the run may stop when the disk is full; free "
+             "space or set SELFSTUDY_EXP_DIR to a bigger disk")
     print_notes()
 
 
@@ -115,7 +126,13 @@ def trial_resources(ray_config: RayConfig, cluster: dict[str, float] | None = No
 def launch(request: Request, directory: Path, ray_config: RayConfig, space: dict[str, Any],
            variants: list[dict[str, Any]]) -> None:
     """Start the checked sweep `space` in `directory`: through Ray Tune, or in this process with -l."""
-    record = {"ray_config": ray_config.name, "local": request.local, "checkpointing": checkpointing(ray_config)}
+    record = {"ray_config": ray_config.name, "local": request.local, "checkpointing": checkpointing(ray_config),
+              "gin_config": request.gin_config, "gin_params": request.gin_params, "trials": len(variants),
+              "typed_ray_config": str(Path(request.ray_config).resolve()) if request.ray_config.endswith(".py")
+              else request.ray_config}
+    if ray_config.search_alg is None:  # the trials Tune will make (a searcher draws its own)
+        record["variants"] = variants
+    folders.mark_driver(request.exp_id)
     if request.local:
         resources = trial_resources(ray_config)
         folders.write_json(directory / folders.EXPERIMENT_FILE, {**record, "resources": resources, "variants": variants})
@@ -193,11 +210,14 @@ def fit(tuner: Any, quiet: bool) -> None:
     early are marked stopped."""
     before = signal.getsignal(signal.SIGINT)
     _progress().quiet = quiet  # a resumed sweep's callback was pickled with its first run
+    _progress().disk_full = None
     with tune_output(quiet):
         grid = tuner.fit()
     tune_handled_sigint = not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
     interrupted = tune_handled_sigint and signal.getsignal(signal.SIGINT) is before
     signal.signal(signal.SIGINT, before)  # a later Ctrl-C interrupts the report, not a finished Tune run
+    if interrupted and _progress().disk_full:
+        raise DiskFull(errno.ENOSPC, _progress().disk_full)
     if interrupted:
         raise KeyboardInterrupt
     mark_stopped(grid)
@@ -215,18 +235,90 @@ def resume_in(request: Request, directory: Path, record: dict[str, Any] | None) 
 
     check_unfinished(directory)
     if record and record.get("local"):
+        folders.mark_driver(request.exp_id)
         ray_config = RayConfig(name=record["ray_config"], search_space={}, **record["checkpointing"])
         run_local(directory, record["variants"], ray_config, record["resources"], request.quiet)
         return
     if not tune.Tuner.can_restore(str(directory)):
+        if folders.trial_dirs(directory):
+            raise UserError(f"experiment '{request.exp_id}' has no state of Ray Tune's in {directory} (it stopped "
+                            "before Tune saved one, or the file was removed), so --resume cannot continue its trials; "
+                            f"their results stay readable; run the sweep again: `{rerun_command(request.exp_id)}`")
         raise UserError(f"experiment '{request.exp_id}' stopped before Ray Tune saved its state, so there is nothing "
                         f"to resume: delete {directory} and run it again")
+    check_ray_state(directory, request.exp_id)
+    folders.mark_driver(request.exp_id)
     start_ray(request.address, request.quiet)
     resources = record["resources"] if record else trial_resources(load_ray_config("single_run"),
                                                                    cluster=cluster_resources())
-    tuner = tune.Tuner.restore(str(directory), trainable=tune.with_resources(_trainable(), resources),
-                               resume_unfinished=True, resume_errored=True)
+    try:
+        tuner = tune.Tuner.restore(str(directory), trainable=tune.with_resources(_trainable(), resources),
+                                   resume_unfinished=True, resume_errored=True)
+    except Exception as err:  # noqa: BLE001  (a damaged tuner.pkl raises whatever unpickling meets)
+        raise UserError(f"Ray Tune's state of experiment '{request.exp_id}' in {directory} cannot be read "
+                        f"({type(err).__name__}), so --resume cannot continue it; run the sweep again: "
+                        f"`{rerun_command(request.exp_id)}`") from None
     fit(tuner, request.quiet)
+
+
+def ray_trials(directory: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """The newest experiment state Ray Tune saved in `directory` (the one it restores), and the
+    trials it lists, each as Ray recorded it (`relative_logdir`: its folder; `status`; `config`;
+    and `reported`, ours: whether it reported an epoch)."""
+    newest = max(directory.glob("experiment_state-*.json"), key=lambda path: path.name)
+    data = json.loads(newest.read_text())
+    trials = []
+    for state, runtime in data["trial_data"]:
+        trial = json.loads(state)
+        if not isinstance(trial, dict) or not {"relative_logdir", "status", "config"} <= trial.keys():
+            raise ValueError("a trial without its folder, status or config")
+        trials.append({**trial, "reported": bool(json.loads(runtime).get("last_result"))})
+    return newest, trials
+
+
+RAY_STATES = {"TERMINATED": "finished", "ERROR": "errored", "RUNNING": "running", "PAUSED": "paused"}
+
+
+def check_ray_state(directory: Path, exp_id: str) -> None:
+    """Before Tune restores: its state can be read, every trial it lists has its folder, and each
+    has the config its folder recorded. Tune would otherwise start a trial of the default config
+    in place of a damaged state, or drop a trial whose folder is gone; refused in one line."""
+    try:
+        newest, trials = ray_trials(directory)
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise UserError(f"Ray Tune's state of experiment '{exp_id}' is damaged ({type(err).__name__} in "
+                        f"{max(directory.glob('experiment_state-*.json')).name}), so --resume cannot tell its trials "
+                        "apart and would run one of no config of the sweep's; nothing was run, and the trials' "
+                        f"results stay readable; run the sweep again: `{rerun_command(exp_id)}`") from None
+    for trial in trials:
+        trial_dir = directory / trial["relative_logdir"]
+        if not (trial_dir / folders.PARAMS_FILE).is_file():
+            if trial["status"] in ("PENDING", "RUNNING", "PAUSED") and not trial["reported"]:
+                continue  # nothing of it to lose: Tune starts it afresh, and makes its folder then
+            listed = RAY_STATES.get(trial["status"], trial["status"])
+            raise UserError(f"trial folder {trial_dir.name} of experiment '{exp_id}' is gone, but Ray Tune's state "
+                            f"({newest.name}) lists it as {listed}: --resume would drop it; put the folder back, or "
+                            f"run the sweep again: `{rerun_command(exp_id)}`")
+        recorded, listed = (json.dumps(c, sort_keys=True, default=str) for c in (folders.read_params(trial_dir),
+                                                                                 trial["config"]))
+        if recorded != listed:
+            raise UserError(f"Ray Tune's state ({newest.name}) gives trial {trial_dir.name} of experiment '{exp_id}' a "
+                            f"config other than its {folders.PARAMS_FILE}: --resume would run a trial that is not the "
+                            f"sweep's; run the sweep again: `{rerun_command(exp_id)}`")
+
+
+def rerun_command(exp_id: str) -> str:
+    """The command that runs experiment `exp_id` again from its start, under a new name."""
+    record = folders.read_experiment(folders.exp_dir(exp_id)) or {}
+    ray_config = record.get("typed_ray_config", record.get("ray_config", "single_run"))  # a study's is its path
+    words = ["python", "main.py", "-e", f"{exp_id}-again", "-r", ray_config]
+    if record.get("gin_config"):
+        words += ["-g", *record["gin_config"]]
+    params = record.get("gin_params") or []
+    if params:
+        words += ["-p", *params]
+    words += ["-l"] * bool(record.get("local")) + ["-c"] * bool(record.get("checkpoint_at_end"))
+    return shlex.join(words)
 
 
 def check_unfinished(directory: Path) -> None:
@@ -260,11 +352,20 @@ def _progress() -> Any:
 
 
 def mark_stopped(grid: Any) -> None:
-    """Trials a scheduler ended before their last epoch are complete, not unfinished: say so in their folders."""
+    """After a complete run, no trial is unfinished: one a scheduler ended before its last epoch
+    is complete, and one Tune ended as failed (e.g. after it failed to restore) has failed. Say
+    so in their folders, where the status is read from (`folders.trial_status`)."""
     for trial in grid._experiment_analysis.trials:
-        if trial.status == "TERMINATED" and trial.path:
-            trial_dir = Path(trial.path)
-            if (trial_dir / folders.PARAMS_FILE).exists() and folders.trial_status(trial_dir).state == "running":
-                folders.write_json(trial_dir / folders.STOPPED_FILE, {"by": "the scheduler"})
+        trial_dir = Path(trial.path) if trial.path else None
+        if trial_dir is None or not (trial_dir / folders.PARAMS_FILE).exists():
+            continue
+        if folders.trial_status(trial_dir).state != "running":
+            continue
+        if trial.status == "TERMINATED":
+            folders.write_json(trial_dir / folders.STOPPED_FILE, {"by": "the scheduler"})
+        elif trial.status == "ERROR":
+            error = Path(trial.error_file) if trial.error_file else None
+            line = folders.error_line(error.read_text(errors="replace")) if error and error.is_file() else "failed"
+            folders.write_error(trial_dir, f"Ray Tune ended the trial as failed after its last report: {line}")
 
 

@@ -21,15 +21,16 @@ import torch
 
 import paths
 from selfstudy.build import Bound, Parts, bind, build, default_device, trainable
-from selfstudy.checkpoint import (first_difference, load_snapshot, resolve_snapshot, rng_state, save_snapshot,
-                                  set_rng_state)
+from selfstudy.checkpoint import (UnsafeSnapshot, first_difference, load_snapshot, resolve_snapshot, rng_state,
+                                  save_snapshot, set_rng_state)
 from selfstudy.data import DividedSplit, ResidentSplit
 from selfstudy.data.budget import split_digest
 from selfstudy.data.splits import evaluated_images
+from selfstudy.durable import write_atomic
 from selfstudy.errors import UserError
-from selfstudy.folders import SNAPSHOT, write_json
+from selfstudy.folders import SNAPSHOT, checkpoint_number, checkpoints, write_json
 from selfstudy.models.calibrate import calibrate_random_backbone
-from selfstudy.notes import print_notes
+from selfstudy.notes import note, print_notes
 from selfstudy.optim import build_optimizer, build_schedule
 from selfstudy.precision import autocast_dtype
 from selfstudy.selection import Selection, copy_weights
@@ -44,6 +45,12 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def older_checkpoints(directory: Path) -> list[Path]:
+    """The checkpoint folders beside `directory` that are older than it, oldest first."""
+    number = checkpoint_number(directory)
+    return [] if number is None else [p for p in checkpoints(directory.parent) if checkpoint_number(p) < number]
 
 
 class Trial:
@@ -93,7 +100,7 @@ class Trial:
     def describe(self, trial_dir: Path) -> None:
         """Write the operative gin config and the trial's provenance into its directory."""
         trial_dir.mkdir(parents=True, exist_ok=True)
-        (trial_dir / "operative_config.gin").write_text(gin.operative_config_str())
+        write_atomic(trial_dir / "operative_config.gin", gin.operative_config_str())
         self.provenance = {"config": self.config, "seed": self.seed, "git_commit": git_commit(),
                            "device": str(self.device), "torch": torch.__version__, "host": socket.gethostname(),
                            "node_id": self.node_id, "threads": torch.get_num_threads(), "pid": os.getpid(),
@@ -196,10 +203,29 @@ class Trial:
         return save_snapshot(directory, self.state_dict())
 
     def restore(self, directory: Path) -> None:
-        """Continue from a checkpoint folder; trial.json records which one and its epoch."""
-        self.load_state_dict(load_snapshot(directory / SNAPSHOT, "checkpoint"))
+        """Continue from a checkpoint folder, or, when its snapshot is damaged (a full disk, a
+        crash of the disk), from the newest older one of the trial that loads; from the start when
+        none does. Each says so in a note; trial.json records where the trial continued from."""
+        passed_over: list[str] = []
+        used = None
+        for candidate in [directory, *reversed(older_checkpoints(directory))]:
+            try:
+                state = load_snapshot(candidate / SNAPSHOT, "checkpoint")
+            except UnsafeSnapshot:
+                raise
+            except UserError:  # damaged
+                passed_over.append(candidate.name)
+                continue
+            self.load_state_dict(state)
+            used = candidate.name
+            break
+        if passed_over:
+            continued = f"from {used} (epoch {self.epoch})" if used else "again from its first epoch"
+            note(f"{directory.parent.name} continues {continued}: its checkpoint(s) {', '.join(passed_over)} are "
+                 "damaged")
+        print_notes()
         if self.trial_dir is not None:
-            self.provenance["restored_from"] = {"checkpoint": directory.name, "epoch": self.epoch}
+            self.provenance["restored_from"] = {"checkpoint": used, "epoch": self.epoch, "passed_over": passed_over}
             write_json(self.trial_dir / "trial.json", self.provenance)
 
     def close(self) -> None:

@@ -28,8 +28,10 @@ def open_trial(config: dict[str, Any], trial_dir: Path | None = None, num_thread
     return kind(config, trial_dir, num_threads=num_threads, node_id=node_id, bound=bound)
 
 
-def check_trial(config: dict[str, Any]) -> None:
-    """Raise the `UserError` a trial with this config would meet at setup, without training.
+def check_trial(config: dict[str, Any]) -> int:
+    """Raise the `UserError` a trial with this config would meet at setup, without training;
+    returns about how many bytes a checkpoint of the trial takes (its weights and buffers, and
+    as much again for the optimizer's state).
 
     The model is built on the meta device (shapes only); the dataset's files are checked
     but not loaded; the label budget and schedule are validated.
@@ -54,3 +56,6 @@ def check_trial(config: dict[str, Any]) -> None:
         resolve_snapshot(settings.restore_session, "session.restore_session")
     if bound.grid is not None:
         check_grid(parts, bound.grid, config)
+    state = [*parts.model.state_dict().values(), *parts.task.state_dict().values()]
+    weights = sum(tensor.numel() * tensor.element_size() for tensor in state)
+    return weights + sum(p.numel() * p.element_size() for p in trainable(parts.model, parts.task))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -112,6 +113,9 @@ def test_move_snapshots_and_train_from_them(grid_paths: Workspace) -> None:
         assert (exp / f"budget_{budget}" / "snapshot").is_file()
         record = json.loads((exp / f"budget_{budget}" / "snapshot.json").read_text())
         assert record["config"]["BaseDataset.semisupervised"] == budget
+        trial_dir = exp / record["trial"]  # a link (or a copy): the trial's own checkpoint stays whole
+        assert (trial_dir / record["checkpoint"] / "snapshot").read_bytes() == (exp / f"budget_{budget}" /
+                                                                                "snapshot").read_bytes()
     again = grid_paths.run("-e", "grid", "-p", fmt, "-m", script="misc/move_snapshots.py")
     assert again.returncode == 2 and "already moved" in again.stderr and "-c" not in again.stderr, again.stderr
 
@@ -140,6 +144,34 @@ def _terminated_trials(exp_dir: Path) -> int:
             continue
         count = max(count, sum(json.loads(t[0])["status"] == "TERMINATED" for t in trials))
     return count
+
+
+def test_a_deleted_trial_folder_is_refused_through_ray_and_rerun_with_l(grid_paths: Workspace) -> None:
+    """Never dropped: Ray's state lists the trial, so --resume refuses in one line (a copy of the
+    grid's experiment, whose own folders the other tests read); -l runs it again from its config."""
+    copy = grid_paths.exp_dir / "grid_copy"
+    shutil.copytree(grid_paths.exp_dir / "grid", copy)
+    gone = sorted(copy.glob("trial_*"))[1]
+    shutil.rmtree(gone)
+    files = sorted(copy.rglob("*"))
+    refused = grid_paths.run("-e", "grid_copy", "--resume", "-q")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.startswith(f"error: trial folder {gone.name} of experiment 'grid_copy' is gone, but Ray "
+                                     "Tune's state"), refused.stderr
+    assert "as finished: --resume would drop it" in refused.stderr and "grid_copy-again" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and sorted(copy.rglob("*")) == files
+
+    config = write_ray_config(grid_paths.exp_dir.parent, GRID)
+    done = grid_paths.run("-e", "grid_local", "-l", "-q", "-r", str(config), "-p", *TINY)
+    assert done.returncode == 0, done.stdout + done.stderr
+    local = grid_paths.exp_dir / "grid_local"
+    kept = (local / "trial_local_00000" / "result.json").read_text()
+    shutil.rmtree(local / "trial_local_00001")
+    again = grid_paths.run("-e", "grid_local", "-l", "--resume", "-q")
+    assert again.returncode == 0, again.stdout + again.stderr
+    frame = vis.load_experiment("grid_local")
+    assert sorted(frame["BaseDataset.semisupervised"]) == [60, 120] and (frame["status"] == "finished").all()
+    assert (local / "trial_local_00000" / "result.json").read_text() == kept  # the finished one not run again
 
 
 def test_killed_experiment_resumes_without_rerunning_finished_trials(workspace: Workspace, tmp_path: Path) -> None:

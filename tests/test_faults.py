@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -234,3 +235,132 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint(tmp_pat
     state = load_snapshot(latest, "test")
     assert state["epoch"] == 1 and torch.equal(state["model"]["w"], torch.ones(3))
     assert folders.next_checkpoint_dir(trial_dir).name == "checkpoint_000002"  # the torn folder is not reused
+
+
+DISK_SWEEP = """
+from ray import tune
+search_space = {"optimizer.lr": tune.grid_search([0.05, 0.1])}
+checkpoint_frequency = 1
+keep_checkpoints = 1
+max_failures = 2
+"""
+# A snapshot of ResNet-9 at width 16 is 3.35 MB: on a 9 MB disk the second trial's second
+# checkpoint finds no room (the first trial keeps its last one; a new one is written whole
+# before the older goes).
+WIDE = TINY_FIXED_MILESTONES + ["ResNet.width = 16", "scheduler.milestones = [1, 3]"]
+FULL_DISK = """
+set -u
+mount -t tmpfs -o size=9m tmpfs "$SELFSTUDY_EXP_DIR"
+python main.py -e full -r "$CONFIG" -q -p "$@" > "$OUT/first.out" 2> "$OUT/first.err"; echo $? > "$OUT/first.rc"
+python -c '
+import sys
+from pathlib import Path
+from selfstudy import folders
+from selfstudy.checkpoint import load_snapshot
+for trial_dir in folders.trial_dirs(Path(sys.argv[1])):
+    for checkpoint in folders.checkpoints(trial_dir):
+        print(trial_dir.name, checkpoint.name, load_snapshot(checkpoint / folders.SNAPSHOT, "test")["epoch"])
+' "$SELFSTUDY_EXP_DIR/full" > "$OUT/loads.txt"
+mount -o remount,size=64m "$SELFSTUDY_EXP_DIR"
+python main.py -e full --resume -q > "$OUT/resume.out" 2>&1; echo $? > "$OUT/resume.rc"
+cp -a "$SELFSTUDY_EXP_DIR/full" "$OUT/full"
+"""
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_resume_finishes(workspace: Workspace, tmp_path: Path) -> None:
+    """A small tmpfs as EXP_DIR, in a mount namespace of the test's own (unshare)."""
+    config = write_ray_config(tmp_path, DISK_SWEEP)
+    out = tmp_path / "out"
+    out.mkdir()
+    workspace.exp_dir.mkdir()
+    unshare = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-rm"]
+    env = dict(workspace.env(), CONFIG=str(config), OUT=str(out))
+    ran = subprocess.run([*unshare, "bash", "-c", FULL_DISK, "full_disk", *WIDE], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0 and (out / "first.rc").is_file(), ran.stdout + ran.stderr
+    first = (out / "first.err").read_text()
+    assert (out / "first.rc").read_text().strip() == "1", first
+    errors = [line for line in first.splitlines() if not line.startswith("note: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: cannot write in "), first
+    assert "the disk is full" in errors[0] and "free at least" in errors[0] and "--resume" in errors[0]
+    assert "Traceback" not in first + (out / "first.out").read_text()
+    assert "may stop when the disk is full" in first  # the check before the run warned
+    loads = (out / "loads.txt").read_text().split("\n")[:-1]
+    assert len({line.split()[0] for line in loads}) == 2, loads  # every trial kept a checkpoint, and each loads
+
+    assert (out / "resume.rc").read_text().strip() == "0", (out / "resume.out").read_text()
+    assert not list((out / "full").rglob("*.tmp"))
+    uninterrupted = workspace.run("-e", "roomy", "-l", "-q", "-r", str(config), "-p", *WIDE)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    resumed, baseline = (vis.load_history(exp).sort_values(["optimizer.lr", "training_iteration"], ignore_index=True)
+                         for exp in (out / "full", "roomy"))
+    assert resumed["optimizer.lr"].tolist() == baseline["optimizer.lr"].tolist()
+    assert_same_epochs(resumed, baseline)
+
+
+def test_resume_refuses_a_damaged_state_and_passes_over_a_damaged_checkpoint(workspace: Workspace, tmp_path: Path,
+                                                                              baseline: pd.DataFrame) -> None:
+    config = write_ray_config(tmp_path, CHECKPOINTED)
+    process = workspace.popen("-e", "damaged", "-r", str(config), "-q", "-p", *LONG)
+    exp = workspace.exp_dir / "damaged"
+    wait_for(lambda: epochs_reported(only_trial(exp)) >= 3 and len(folders.checkpoints(only_trial(exp))) >= 2,
+             process, "third epoch")
+    os.kill(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+
+    state = max(exp.glob("experiment_state-*.json"))
+    whole = state.read_bytes()
+    state.write_bytes(whole[: len(whole) // 2])  # as a full disk or a crash of the disk leaves it
+    files = sorted(p.relative_to(exp) for p in exp.rglob("*"))
+    refused = workspace.run("-e", "damaged", "--resume", "-q")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.startswith("error: Ray Tune's state of experiment 'damaged' is damaged"), refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "python main.py -e damaged-again -r " in refused.stderr
+    assert sorted(p.relative_to(exp) for p in exp.rglob("*")) == files  # nothing written, no trial started
+
+    state.write_bytes(whole)
+    trial_dir = only_trial(exp)
+    newest = folders.checkpoints(trial_dir)[-1]
+    snapshot = newest / folders.SNAPSHOT
+    snapshot.write_bytes(snapshot.read_bytes()[:1000])
+    resumed = workspace.run("-e", "damaged", "--resume", "-q")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    restored = json.loads((trial_dir / "trial.json").read_text())["restored_from"]
+    assert restored["passed_over"] == [newest.name] and restored["checkpoint"] != newest.name, restored
+    assert_same_epochs(vis.load_history("damaged"), baseline)
+
+
+def test_snapshots_move_only_from_finished_trials_and_a_live_run_shows_its_status(
+        workspace: Workspace, tmp_path: Path, baseline: pd.DataFrame) -> None:
+    """move_snapshots -m (and --unfinished -m) during a run change neither the run nor its
+    checkpoints; --status shows the running trial and the one not started yet."""
+    config = write_ray_config(tmp_path, CHECKPOINTED + 'from ray import tune\nsearch_space = {"seed": '
+                                                      'tune.grid_search([0, 1])}\n')
+    process = workspace.popen("-e", "live", "-l", "-r", str(config), "-q", "-p", *LONG)
+    exp = workspace.exp_dir / "live"
+    wait_for(lambda: len(folders.checkpoints(only_trial(exp))) >= 2, process, "second checkpoint")
+    status = workspace.run("-e", "live", "--status")
+    assert status.returncode == 0, status.stderr
+    assert "experiment live: 2 trial(s) (1 not started)" in status.stdout
+    assert re.search(r"^trial_local_00000 +0 +running ", status.stdout, re.M), status.stdout
+    assert re.search(r"^ +- +1 +pending ", status.stdout, re.M), status.stdout
+    assert f"running: driver pid {process.pid}, 2 trial(s) not finished" in status.stdout
+
+    trial_dir = only_trial(exp)
+    before = {c.name: (c / folders.SNAPSHOT).read_bytes() for c in folders.checkpoints(trial_dir)}
+    skipped = workspace.run("-e", "live", "-m", script="misc/move_snapshots.py")
+    assert skipped.returncode == 2 and "has finished" in skipped.stderr, skipped.stdout + skipped.stderr
+    assert "Skipping trial_local_00000: it has not finished (running)" in skipped.stdout
+    linked = workspace.run("-e", "live", "-m", "--unfinished", "-p", "seed{cfg[seed]}", script="misc/move_snapshots.py")
+    assert linked.returncode == 0, linked.stdout + linked.stderr
+    for name, data in before.items():  # the trial's own checkpoints are whole
+        if (trial_dir / name).is_dir():
+            assert (trial_dir / name / folders.SNAPSHOT).read_bytes() == data
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    history = vis.load_history("live")
+    assert_same_epochs(history[history["seed"] == 0].reset_index(drop=True), baseline)
+    assert (exp / "seed0" / folders.SNAPSHOT).is_file() and folders.checkpoints(trial_dir)
+    ended = workspace.run("-e", "live", "--status")
+    assert "not running: every trial ended" in ended.stdout and "pending" not in ended.stdout

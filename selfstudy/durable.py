@@ -1,0 +1,156 @@
+"""Files written whole or not at all, and a full disk said in one line.
+
+Every file selfstudy writes (snapshots, params, results, experiment.json, moved snapshots,
+exports) goes through `write_atomic`: a temporary file beside the target, flushed and fsynced,
+then renamed over it, and the folder synced. A crash or a full disk leaves the old file or the
+new one, never part of one.
+
+A write that fails for want of space (ENOSPC, EDQUOT) or on a read-only file system (EROFS)
+raises `DiskFull`, whose message names the folder, its free space and what the write needed.
+The command line reports it in one line and exits 1 (`selfstudy.cli`).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+DISK_MESSAGES = ("no space left on device", "disk quota exceeded", "read-only file system")
+
+
+class DiskFull(OSError):
+    """A write failed for want of space or on a read-only file system; the message says where."""
+
+
+def size_text(num_bytes: float) -> str:
+    """Bytes for a person: '880 KB', '1.2 GB'."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:.3g} {unit}"
+    return f"{int(num_bytes)} bytes"
+
+
+def free_bytes(directory: Path) -> int | None:
+    """Free space of the file system holding `directory` (or its nearest existing parent)."""
+    existing = Path(directory)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        return shutil.disk_usage(existing).free
+    except OSError:
+        return None
+
+
+def disk_nearly_full(folder: Path, margin: int = 1_000_000) -> bool:
+    """Less than `margin` bytes free where `folder` is: an error there likely came from the full
+    disk, whatever its type (a library that read back a file it could not write whole)."""
+    free = free_bytes(folder)
+    return free is not None and free < margin
+
+
+def disk_full(folder: Path, needed: int | None, err: OSError | None = None) -> DiskFull:
+    """The `DiskFull` for a failed write of `needed` bytes in `folder`."""
+    code = err.errno if err is not None and err.errno in DISK_ERRORS else errno.ENOSPC
+    if code == errno.EROFS:
+        return DiskFull(code, f"cannot write in {folder}: the file system is read-only; set SELFSTUDY_EXP_DIR "
+                              "to a writable folder")
+    free = free_bytes(folder)
+    wanted = f"; the write needed {size_text(needed)}" if needed else ""
+    reason = "the disk quota is used up" if code == errno.EDQUOT else "the disk is full"
+    return DiskFull(code, f"cannot write in {folder}: {reason} ({size_text(free or 0)} free{wanted}): free at "
+                          f"least {size_text(max(needed or 0, 1e6))}, or set SELFSTUDY_EXP_DIR to a bigger disk")
+
+
+def is_disk_message(text: str) -> bool:
+    """Whether an error's text (a trial's error line) says a write failed for want of space."""
+    return "DiskFull" in text or any(message in text.lower() for message in DISK_MESSAGES)
+
+
+def is_disk_error(err: BaseException | None) -> bool:
+    """Whether `err`, or an error it arose from, is a full disk or a read-only file system
+    (also when another library wrapped it and kept only its message)."""
+    seen = 0
+    while err is not None and seen < 20:
+        if isinstance(err, DiskFull) or (isinstance(err, OSError) and err.errno in DISK_ERRORS):
+            return True
+        if is_disk_message(str(err)):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def write_atomic(path: Path, data: bytes | memoryview | str) -> None:
+    """Write `data` to `path` whole: a fsynced temporary file renamed over it. A full disk
+    raises `DiskFull`; the old file, if any, is left as it was."""
+    payload = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        sync_folder(path.parent)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.errno in DISK_ERRORS:
+            raise disk_full(path.parent, len(payload), err) from None
+        raise
+
+
+def save_torch(path: Path, value: Any) -> int:
+    """`torch.save` through `write_atomic` (serialised in memory first, so that a full disk is an
+    OSError of our own write, not a torch error); returns the bytes written."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    write_atomic(path, buffer.getbuffer())
+    return buffer.tell()
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line and fsync it (a crash may cut the last line short; readers skip such a line)."""
+    try:
+        with open(path, "a") as f:
+            f.write(line.rstrip("\n") + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        if err.errno in DISK_ERRORS:
+            raise disk_full(path.parent, len(line), err) from None
+        raise
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Put `source`'s bytes at `target` without touching `source`: a hard link where the file
+    system allows one (no space used), else a copy through `write_atomic`."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        write_atomic(target, source.read_bytes())
+        return
+    os.replace(tmp, target)
+    sync_folder(target.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder, so that a rename in it survives a power cut (where the OS allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
