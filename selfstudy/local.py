@@ -80,7 +80,7 @@ def complete(trial_dir: Path, ray_config: RayConfig) -> bool:
 
 class Events:
     """TensorBoard event files of a trial, with the tags Ray Tune writes (`ray/tune/<metric>`), so
-    `tensorboard --logdir EXP_DIR/<exp_id>` shows -l trials like Ray's. A trial that continues
+    `tensorboard --logdir EXP_DIR/<exp_id>/runs` shows -l trials like Ray's. A trial that continues
     from a checkpoint writes its files afresh from the epochs it keeps."""
 
     PATTERN = "events.out.tfevents.*"

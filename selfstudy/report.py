@@ -104,11 +104,12 @@ def name_runs(directory: Path, frame: pd.DataFrame, swept: list[str]) -> None:
 def started_later(directory: Path) -> list[dict]:
     """The configs of the trials of `directory` that have not started yet: the sweep's trials
     (recorded in experiment.json) less those with a folder. Where a sweep drew random values,
-    which differ from those Tune draws, the trials started count against the first of the rest."""
+    which differ from those Tune draws, the trials started count against the first of the rest;
+    for a searcher's sweep, whose trials are drawn as it goes, an empty config per trial to come."""
     record = folders.read_experiment(directory) or {}
     variants = record.get("variants")
-    if variants is None:
-        return []
+    if variants is None:  # a searcher's sweep: only how many trials it makes is known
+        return [{}] * max(record.get("trials", 0) - len(folders.trial_dirs(directory)), 0)
     remaining = {}
     for index, config in enumerate(variants):
         remaining.setdefault(json.dumps(config, sort_keys=True, default=str), []).append(index)

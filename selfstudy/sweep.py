@@ -132,10 +132,10 @@ def launch(request: Request, directory: Path, ray_config: RayConfig, space: dict
               else request.ray_config}
     if ray_config.search_alg is None:  # the trials Tune will make (a searcher draws its own)
         record["variants"] = variants
-    folders.mark_driver(request.exp_id)
     if request.local:
         resources = trial_resources(ray_config)
         folders.write_json(directory / folders.EXPERIMENT_FILE, {**record, "resources": resources, "variants": variants})
+        folders.mark_driver(request.exp_id)
         run_local(directory, variants, ray_config, resources, request.quiet)
         return
     from ray import tune
@@ -159,6 +159,7 @@ def launch(request: Request, directory: Path, ray_config: RayConfig, space: dict
             callbacks=[_progress()(ray_config.metric, len(variants))]),
     )
     folders.write_json(directory / folders.EXPERIMENT_FILE, {**record, "resources": resources})
+    folders.mark_driver(request.exp_id)
     fit(tuner, request.quiet)
 
 
@@ -247,8 +248,8 @@ def resume_in(request: Request, directory: Path, record: dict[str, Any] | None) 
         raise UserError(f"experiment '{request.exp_id}' stopped before Ray Tune saved its state, so there is nothing "
                         f"to resume: delete {directory} and run it again")
     check_ray_state(directory, request.exp_id)
-    folders.mark_driver(request.exp_id)
     start_ray(request.address, request.quiet)
+    folders.mark_driver(request.exp_id)
     resources = record["resources"] if record else trial_resources(load_ray_config("single_run"),
                                                                    cluster=cluster_resources())
     try:
