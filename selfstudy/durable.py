@@ -13,7 +13,6 @@ The command line reports it in one line and exits 1 (`selfstudy.cli`).
 from __future__ import annotations
 
 import errno
-import io
 import os
 import shutil
 from pathlib import Path
@@ -61,11 +60,14 @@ def disk_full(folder: Path, needed: int | None, err: OSError | None = None) -> D
     if code == errno.EROFS:
         return DiskFull(code, f"cannot write in {folder}: the file system is read-only; set SELFSTUDY_EXP_DIR "
                               "to a writable folder")
-    free = free_bytes(folder)
-    wanted = f"; the write needed {size_text(needed)}" if needed else ""
+    free = free_bytes(folder) or 0
     reason = "the disk quota is used up" if code == errno.EDQUOT else "the disk is full"
-    return DiskFull(code, f"cannot write in {folder}: {reason} ({size_text(free or 0)} free{wanted}): free at "
-                          f"least {size_text(max(needed or 0, 1e6))}, or set SELFSTUDY_EXP_DIR to a bigger disk")
+    if needed:
+        room = f"{size_text(free)} free; the write needed {size_text(needed)}): free at least " \
+               f"{size_text(max(needed - free, 1e6))}"
+    else:
+        room = f"{size_text(free)} free): free some space"
+    return DiskFull(code, f"cannot write in {folder}: {reason} ({room}, or set SELFSTUDY_EXP_DIR to a bigger disk")
 
 
 def is_disk_message(text: str) -> bool:
@@ -107,12 +109,56 @@ def write_atomic(path: Path, data: bytes | memoryview | str) -> None:
 
 
 def save_torch(path: Path, value: Any) -> int:
-    """`torch.save` through `write_atomic` (serialised in memory first, so that a full disk is an
-    OSError of our own write, not a torch error); returns the bytes written."""
-    buffer = io.BytesIO()
-    torch.save(value, buffer)
-    write_atomic(path, buffer.getbuffer())
-    return buffer.tell()
+    """`torch.save` written whole, as `write_atomic` writes (straight into the temporary file:
+    no copy in memory); returns the bytes written. torch reports a failed write as a bare
+    RuntimeError, so the file's own errors are kept to tell a full disk from other failures."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sink = _Sink(open(tmp, "wb"))
+    try:
+        with sink.file:
+            torch.save(value, sink)
+            sink.file.flush()
+            os.fsync(sink.file.fileno())
+        os.replace(tmp, path)
+        sync_folder(path.parent)
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        cause = sink.error or (err if isinstance(err, OSError) else None)
+        if cause is not None and cause.errno in DISK_ERRORS:
+            raise disk_full(path.parent, tensor_bytes(value), cause) from None
+        raise
+    return sink.written
+
+
+class _Sink:
+    """A file that remembers the error of a failed write (torch replaces it with its own)."""
+
+    def __init__(self, file: Any):
+        self.file, self.error, self.written = file, None, 0
+
+    def write(self, data: bytes) -> int:
+        try:
+            count = self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+        self.written += count
+        return count
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def tensor_bytes(value: Any) -> int:
+    """The bytes of the tensors in `value` (dicts, lists and tuples of them): about its size saved."""
+    if torch.is_tensor(value):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
 
 
 def append_line(path: Path, line: str) -> None:

@@ -70,7 +70,7 @@ def finish(directory: Path, exp_id: str, watching: bool = False) -> int:
         print(f"note: trial {trial}: {note}", file=sys.stderr)
     unfinished = int(frame["status"].isin(["running", "pending"]).sum()) if len(frame) else 0
     if not watching and len(frame):
-        name_runs(directory, frame[frame["trial"] != "-"], [c for c in swept if c not in HEAD_COLUMNS])
+        name_runs(directory, frame[frame["trial"] != "-"], swept)
     if watching:
         print(driver_line(directory, exp_id, unfinished))
         return 0
@@ -90,8 +90,11 @@ def name_runs(directory: Path, frame: pd.DataFrame, swept: list[str]) -> None:
         for old in runs.iterdir():
             if old.is_symlink():
                 old.unlink()
+        trials = frame.drop_duplicates("trial")
+        grids = "head" in frame and frame["head"].notna().any()  # head settings differ within a trial
+        swept = [c for c in swept if trials[c].map(shown_value).nunique() > 1 and not (grids and c in HEAD_COLUMNS)]
         taken: set[str] = set()
-        for _, row in frame.drop_duplicates("trial").iterrows():
+        for _, row in trials.iterrows():
             name = re.sub(r"[^\w.=,+-]", "_", ",".join(f"{c}={shown_value(row[c])}" for c in swept))[:folders.MAX_NAME]
             if not name or name in taken:
                 name = f"{name},{row['trial']}" if name else row["trial"]

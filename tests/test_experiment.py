@@ -65,6 +65,8 @@ def test_grid_trials_get_their_own_bindings(grid_paths: Workspace) -> None:
         if head.returncode == 0:  # a copy without git history records None
             assert provenance["git_commit"].startswith(head.stdout.strip())
         assert len(trial) < 40  # short directory names; the config lives in params.json
+        # TensorBoard's run names: runs/<the swept setting> links to the trial's folder
+        assert (grid_paths.exp_dir / "grid" / "runs" / f"BaseDataset.semisupervised={budget}").resolve() == trial_dir
 
 
 def test_history_has_one_row_per_epoch(grid_paths: Workspace) -> None:

@@ -90,7 +90,9 @@ def test_a_worker_killed_mid_epoch_retries_from_its_checkpoint(workspace: Worksp
     assert retried["pid"] != worker
     assert retried["restored_from"]["epoch"] >= 2, retried  # from a checkpoint, not from scratch
     assert_same_epochs(vis.load_history("killed"), baseline)
-    assert vis.load_experiment("killed")["status"].tolist() == ["finished"]
+    frame = vis.load_experiment("killed")
+    assert frame["status"].tolist() == ["finished"] and frame["retries"].tolist() == [1]
+    assert re.search(r"^ *trial +status +retries +epoch", output, re.M), output  # the table says so too
 
 
 def test_ctrl_c_and_sigterm_exit_130_with_the_resume_hint_and_resume_finishes(workspace: Workspace, tmp_path: Path,
@@ -323,7 +325,16 @@ def test_resume_refuses_a_damaged_state_and_passes_over_a_damaged_checkpoint(wor
     trial_dir = only_trial(exp)
     newest = folders.checkpoints(trial_dir)[-1]
     snapshot = newest / folders.SNAPSHOT
-    snapshot.write_bytes(snapshot.read_bytes()[:1000])
+    good = snapshot.read_bytes()
+    misfit = torch.load(snapshot, weights_only=True)  # whole, but of another model: every restore fails
+    misfit["model"]["backbone.prep.0.weight"] = torch.zeros(1)
+    torch.save(misfit, snapshot)
+    failed = workspace.run("-e", "damaged", "--resume", "-q")
+    assert failed.returncode == 1, failed.stdout + failed.stderr  # a failure, not an interruption
+    assert re.search(r"^error: trial \S+ failed: .*snapshot does not fit", failed.stderr, re.M), failed.stderr
+    assert "interrupted" not in failed.stderr
+
+    snapshot.write_bytes(good[:1000])
     resumed = workspace.run("-e", "damaged", "--resume", "-q")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     restored = json.loads((trial_dir / "trial.json").read_text())["restored_from"]
