@@ -115,7 +115,7 @@ def main() -> int:
             os.replace(partials[0], out)
             os.replace(partials[1], described)
         except DiskFull as err:
-            raise UserError(f"cannot write {out}: {err.strerror}") from None
+            raise UserError(err.strerror.replace("set SELFSTUDY_EXP_DIR to a bigger disk", "choose another -o")) from None
         except OSError as err:
             raise UserError(f"cannot write {out}: {first_line(err)}; choose another -o") from None
         finally:

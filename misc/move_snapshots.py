@@ -17,6 +17,7 @@ checkpoint too). Beside each moved snapshot, `snapshot.json` records where it ca
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from selfstudy import folders  # noqa: E402
 from selfstudy.config import first_line  # noqa: E402
+from selfstudy.durable import DiskFull  # noqa: E402
 from selfstudy.errors import UserError  # noqa: E402
 from selfstudy.folders import SNAPSHOT  # noqa: E402
 from selfstudy.config import config_columns  # noqa: E402
@@ -57,6 +59,13 @@ def plan_moves(exp_id: str, fmt: str, unfinished: bool = False) -> list[tuple[Pa
     for trial_dir in folders.trial_dirs(exp_dir):
         source = folders.latest_snapshot(trial_dir)
         state = folders.trial_status(trial_dir).state
+        if trial_dir.name in moved and source is not None and state in ("finished", "stopped") and \
+                moved_from(moved[trial_dir.name]) != source.parent.name:  # moved before it finished: the result now
+            print(f"Replacing {moved[trial_dir.name] / SNAPSHOT}: moved from {moved_from(moved[trial_dir.name])} "
+                  f"before {trial_dir.name} finished")
+            moves.append((source, moved[trial_dir.name]))
+            owners[moved[trial_dir.name]] = trial_dir.name
+            continue
         if trial_dir.name in moved or source is None or (state in ("running", "errored") and not unfinished):
             why = (f"its snapshot was already moved to {moved[trial_dir.name]}" if trial_dir.name in moved
                    else "it has no checkpoint (run with -c to checkpoint at the end)" if source is None
@@ -83,6 +92,14 @@ def plan_moves(exp_id: str, fmt: str, unfinished: bool = False) -> list[tuple[Pa
     return moves
 
 
+def moved_from(place: Path) -> str | None:
+    """The checkpoint folder the snapshot at `place` was moved from (its snapshot.json)."""
+    try:
+        return json.loads((place / f"{SNAPSHOT}.json").read_text()).get("checkpoint")
+    except (OSError, ValueError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-e", "--exp_id", required=True, help="experiment whose trials' snapshots move")
@@ -100,7 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     for source, target in moves:
         print(f"Moving from: {source.parent} to: {target}")
         if args.move:
-            folders.move_snapshot(source, target)
+            try:
+                folders.move_snapshot(source, target)
+            except (DiskFull, FileNotFoundError) as err:  # a full disk; a running trial deleted its checkpoint
+                why = err.strerror if isinstance(err, DiskFull) else f"{source} is gone (its trial runs and replaced it)"
+                print(f"error: {why}; the moves above this line are done", file=sys.stderr)
+                return 1
     if not args.move:
         print("Dry run: nothing moved; add -m to move.")
     return 0

@@ -89,6 +89,10 @@ def read_data(path: Path, setting: str) -> Any:
         raise UnsafeSnapshot(f"{setting}: refusing {path}: it holds Python objects that need code to load, and "
                              "checkpoints are read as data only (tensors and plain values); use a snapshot written by "
                              "selfstudy (format 2), or save the other project's state_dict alone") from None
+    except FileNotFoundError:
+        raise UserError(f"{setting}: no snapshot at {path}") from None
+    except (OSError, MemoryError):  # the disk or the machine, not the file: a retry may read it
+        raise
     except Exception as err:  # torch raises many types for a damaged file
         raise UserError(f"{setting}: cannot read snapshot {path} ({type(err).__name__}); it is damaged") from None
     return state

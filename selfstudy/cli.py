@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (is_disk_error(err) or disk_nearly_full(where)):
             raise
         full = err if isinstance(err, DiskFull) else disk_full(where, None, err if isinstance(err, OSError) else None)
+        cause = "" if is_disk_error(err) else f" (it ended in {type(err).__name__}: {first_line(err)})"
         resume = f"; then continue with `{resume_command(args.exp_id)}`" if where.is_dir() else ""
-        print(f"error: {full.strerror}{resume}", file=sys.stderr)
+        print(f"error: {full.strerror}{cause}{resume}", file=sys.stderr)
         return 1

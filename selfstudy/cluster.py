@@ -1,4 +1,4 @@
-"""Ray itself: starting or joining a cluster, and what its nodes offer."""
+"""Ray itself: starting or joining a cluster, what its nodes offer, and each trial's share of it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from types import FrameType
 
 import paths
 from selfstudy.errors import UserError
+from selfstudy.rayconfig import RayConfig
 
 
 def cluster_resources() -> dict[str, float]:
@@ -17,6 +18,29 @@ def cluster_resources() -> dict[str, float]:
 
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     return max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default=ray.cluster_resources())
+
+
+def per_trial(cpus: int, gpus: int, trials_per_gpu: int = 1) -> dict[str, float]:
+    """`trials_per_gpu` trials share each GPU where GPUs exist (with an equal share of the CPUs),
+    else a trial takes all CPUs."""
+    if not gpus:
+        return {"cpu": max(1, cpus)}
+    return {"cpu": max(1, cpus // (gpus * trials_per_gpu)), "gpu": 1 / trials_per_gpu}
+
+
+def trial_resources(ray_config: RayConfig, cluster: dict[str, float] | None = None) -> dict[str, float]:
+    """CPUs/GPUs per trial: the Ray config's, or derived from what exists, so no trial waits forever."""
+    if cluster is None:
+        import torch
+
+        cluster = {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
+    have_gpu = int(cluster.get("GPU", 0))
+    wanted = ray_config.resources_per_trial or per_trial(int(cluster.get("CPU", 1)), have_gpu,
+                                                         ray_config.trials_per_gpu)
+    if wanted.get("gpu", 0) > have_gpu:
+        raise UserError(f"Ray config '{ray_config.name}' asks {wanted['gpu']} GPU per trial but there are "
+                        f"{have_gpu}: lower resources_per_trial or run where GPUs exist")
+    return dict(wanted)
 
 
 def check_address(address: str, timeout_s: float = 5.0) -> None:

@@ -12,16 +12,14 @@ The command line reports it in one line and exits 1 (`selfstudy.cli`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, Iterator
 
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-DISK_MESSAGES = ("no space left on device", "disk quota exceeded", "read-only file system")
 
 
 class DiskFull(OSError):
@@ -71,18 +69,17 @@ def disk_full(folder: Path, needed: int | None, err: OSError | None = None) -> D
 
 
 def is_disk_message(text: str) -> bool:
-    """Whether an error's text (a trial's error line) says a write failed for want of space."""
-    return "DiskFull" in text or any(message in text.lower() for message in DISK_MESSAGES)
+    """Whether an error's text (a trial's error line) is our `DiskFull` (raised only for a write
+    of ours that found no room, so another library's full /dev/shm does not stop a sweep)."""
+    return "DiskFull:" in text
 
 
 def is_disk_error(err: BaseException | None) -> bool:
-    """Whether `err`, or an error it arose from, is a full disk or a read-only file system
-    (also when another library wrapped it and kept only its message)."""
+    """Whether `err`, or an error it arose from, is our `DiskFull` or an OSError of a full disk,
+    a used-up quota or a read-only file system."""
     seen = 0
     while err is not None and seen < 20:
         if isinstance(err, DiskFull) or (isinstance(err, OSError) and err.errno in DISK_ERRORS):
-            return True
-        if is_disk_message(str(err)):
             return True
         err, seen = err.__cause__ or err.__context__, seen + 1
     return False
@@ -92,59 +89,66 @@ def write_atomic(path: Path, data: bytes | memoryview | str) -> None:
     """Write `data` to `path` whole: a fsynced temporary file renamed over it. A full disk
     raises `DiskFull`; the old file, if any, is left as it was."""
     payload = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    with _temporary(path, len(payload)) as tmp:
         with open(tmp, "wb") as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+
+
+def save_torch(path: Path, value: Any) -> None:
+    """`torch.save` written whole, as `write_atomic` writes (straight into the temporary file,
+    without a copy in memory). torch reports a failed write as a bare RuntimeError, so the
+    file's own error is kept and raised in its place."""
+    import torch
+
+    with _temporary(path, tensor_bytes(value)) as tmp:
+        with open(tmp, "wb") as f:
+            sink = _Sink(f)
+            try:
+                torch.save(value, sink)
+            except RuntimeError:
+                if sink.error is not None:
+                    raise sink.error from None
+                raise
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _temporary(path: Path, size: int) -> Iterator[Path]:
+    """A temporary file beside `path` for the caller to fill, renamed over `path` after; removed
+    on any failure (the stale ones of killed writers too). A full disk is a `DiskFull`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        yield tmp
         os.replace(tmp, path)
         sync_folder(path.parent)
     except OSError as err:
         tmp.unlink(missing_ok=True)
         if err.errno in DISK_ERRORS:
-            raise disk_full(path.parent, len(payload), err) from None
+            raise disk_full(path.parent, size, err) from None
         raise
-
-
-def save_torch(path: Path, value: Any) -> int:
-    """`torch.save` written whole, as `write_atomic` writes (straight into the temporary file:
-    no copy in memory); returns the bytes written. torch reports a failed write as a bare
-    RuntimeError, so the file's own errors are kept to tell a full disk from other failures."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sink = _Sink(open(tmp, "wb"))
-    try:
-        with sink.file:
-            torch.save(value, sink)
-            sink.file.flush()
-            os.fsync(sink.file.fileno())
-        os.replace(tmp, path)
-        sync_folder(path.parent)
-    except (OSError, RuntimeError) as err:
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        cause = sink.error or (err if isinstance(err, OSError) else None)
-        if cause is not None and cause.errno in DISK_ERRORS:
-            raise disk_full(path.parent, tensor_bytes(value), cause) from None
         raise
-    return sink.written
 
 
 class _Sink:
     """A file that remembers the error of a failed write (torch replaces it with its own)."""
 
     def __init__(self, file: Any):
-        self.file, self.error, self.written = file, None, 0
+        self.file, self.error = file, None
 
     def write(self, data: bytes) -> int:
         try:
-            count = self.file.write(data)
+            return self.file.write(data)
         except OSError as err:
             self.error = err
             raise
-        self.written += count
-        return count
 
     def flush(self) -> None:
         self.file.flush()
@@ -152,6 +156,8 @@ class _Sink:
 
 def tensor_bytes(value: Any) -> int:
     """The bytes of the tensors in `value` (dicts, lists and tuples of them): about its size saved."""
+    import torch
+
     if torch.is_tensor(value):
         return value.numel() * value.element_size()
     if isinstance(value, dict):

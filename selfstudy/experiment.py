@@ -14,6 +14,7 @@ from selfstudy import folders
 from selfstudy.errors import UserError
 from selfstudy.rayconfig import config_path, import_config, ray_config_of
 from selfstudy.report import finish
+from selfstudy.status import live_driver, print_status
 from selfstudy.study import is_study, load_study, resume_study, run_study
 from selfstudy.sweep import Request, check_variants, expand, launch, param_space, resume_in
 
@@ -48,7 +49,7 @@ def run(request: Request) -> int:
         ray_config.checkpoint_at_end = True
     space = param_space(request, ray_config)
     variants = expand(space, ray_config.num_samples)
-    check_variants(variants)
+    check_variants(variants, ray_config.kept_checkpoints)
     launch(request, directory, ray_config, space, variants)
     return finish(directory, request.exp_id)
 
@@ -57,13 +58,7 @@ def status(request: Request) -> int:
     """--status: the table of experiment `request.exp_id` (each stage's, for a study), trials not
     started included, and whether its driver still runs; starts nothing, writes nothing."""
     directory = folders.existing_exp_dir(request.exp_id)
-    record = read_record(directory) or {}
-    stages = [directory / stage for stage in record.get("stages", [])]
-    for stage_dir in stages or [directory]:
-        if stage_dir.is_dir():
-            finish(stage_dir, request.exp_id, watching=True)
-        else:
-            print(f"stage '{stage_dir.name}' of study '{request.exp_id}': not started")
+    print_status(request.exp_id, read_record(directory) or {})
     return 0
 
 
@@ -86,6 +81,10 @@ def resume(request: Request, directory: Path) -> int:
         raise UserError(f"nothing to resume: no experiment at {directory}; experiments in {paths.EXP_DIR}: "
                         f"{', '.join(folders.known_experiments()) or 'none'}")
     check_same_mode(request, record)
+    driver = live_driver(request.exp_id)
+    if driver:
+        raise UserError(f"experiment '{request.exp_id}' is running (driver pid {driver['pid']}): a second --resume "
+                        "would run its trials twice; wait for it to end (see --status), or stop it first")
     if record and "stages" in record:
         return resume_study(request, directory, record)
     resume_in(request, directory, record)

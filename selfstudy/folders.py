@@ -120,12 +120,38 @@ def write_json(path: Path, value: Any) -> None:
 
 def mark_driver(exp_id: str) -> None:
     """Record this process as the one running experiment `exp_id` (read by --status)."""
-    write_json(exp_dir(exp_id) / DRIVER_FILE, {"pid": os.getpid(), "host": socket.gethostname()})
+    write_json(exp_dir(exp_id) / DRIVER_FILE, {"pid": os.getpid(), "host": socket.gethostname(),
+                                               "started": process_start(os.getpid())})
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started, as this boot's id and the clock ticks since boot (Linux's
+    /proc), so that a later process with the same pid tells apart; None without /proc or process."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        ticks = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+    return f"{boot}:{ticks}"
 
 
 def read_params(trial_dir: Path) -> dict[str, Any]:
-    """The trial's config (see `selfstudy.config`)."""
-    return json.loads((trial_dir / PARAMS_FILE).read_text())
+    """The trial's config (see `selfstudy.config`); a damaged file is a `UserError`."""
+    path = trial_dir / PARAMS_FILE
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{path} is damaged (not JSON): it is the trial's config; put back a copy, or move the trial "
+                        "folder out of the experiment") from None
+
+
+def params_whole(trial_dir: Path) -> bool:
+    """Whether the trial's params.json exists and reads (Ray writes it in place, so a full disk can cut it)."""
+    try:
+        read_params(trial_dir)
+    except (OSError, UserError):
+        return False
+    return True
 
 
 def read_probe_grid(trial_dir: Path) -> list[dict[str, Any]] | None:
@@ -192,7 +218,7 @@ def error_line(text: str) -> str:
     if not lines:
         return "failed (no message)"
     last = lines[-1]
-    return re.sub(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt|DiskFull)): ", r"\1: ", last)
+    return re.sub(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt)|DiskFull): ", r"\1: ", last)
 
 
 def trial_status(trial_dir: Path) -> TrialStatus:

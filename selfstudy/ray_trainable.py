@@ -31,7 +31,7 @@ class RayTrial(tune.Trainable):
         trial_dir = Path(self._storage.trial_fs_path) if self._storage else Path(self.logdir)
         cpus = self.trial_resources.required_resources.get("CPU") if self.trial_resources else None
         node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-        if not (trial_dir / folders.PARAMS_FILE).exists():  # Tune writes it once the trial has started:
+        if not folders.params_whole(trial_dir):  # Tune writes it once the trial has started (in place):
             folders.write_json(trial_dir / folders.PARAMS_FILE, config)  # a trial failing in setup is listed too
         self.trial = open_trial(config, trial_dir, num_threads=int(cpus) if cpus else None, node_id=node_id)
 
@@ -59,6 +59,7 @@ class RayTrial(tune.Trainable):
         if storage is None or storage.storage_filesystem.type_name != "local":
             self.trial.save(Path(checkpoint_dir))
             return
+        storage._check_validation_file()  # as Ray checks before its copy: the storage is the experiment's
         name = storage._make_checkpoint_dir_name(storage.current_checkpoint_index + 1)  # Ray's next, as it names it
         self.trial.save(Path(storage.trial_fs_path) / name)
 

@@ -57,6 +57,11 @@ class RayConfig:
     trials_per_gpu: int = 1
     reuse_actors: bool = True
 
+    @property
+    def kept_checkpoints(self) -> int:
+        """How many checkpoints a trial keeps on disk at most (0 when it makes none)."""
+        return max(self.keep_checkpoints, 1) if self.checkpoint_frequency or self.checkpoint_at_end else 0
+
 
 def available_ray_configs() -> list[str]:
     return sorted(p.stem for p in paths.CONFIG_DIR.glob("*.py") if not p.name.startswith("_"))

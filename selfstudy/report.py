@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import socket
 import sys
 from pathlib import Path
 
@@ -24,39 +21,12 @@ RUNS = "runs"  # links to the trial folders, named by their settings, for Tensor
 HEAD_COLUMNS = ("head", "BaseDataset.semisupervised", "optimizer.weight_decay", "peak_lr")  # what tells heads apart
 
 
-def finish(directory: Path, exp_id: str, watching: bool = False) -> int:
+def finish(directory: Path, exp_id: str) -> int:
     """Print one line per trial of `directory` (an experiment, or a study's stage; a probe grid's:
-    one per head) with its status, trials not started yet included, then each failure and each
-    diverged head; the exit code says whether every trial completed (0; a diverged head of a
-    finished grid does not count against it), some failed (1) or some have not finished (130:
-    `--resume` of `exp_id` continues). `watching` (--status): the same table of a run that may
-    still be going, which says instead whether its driver is alive; it returns 0."""
-    frame = load_experiment(directory)
-    notes = loss_notes(load_history(directory)) if len(frame) else {}
-    if notes:
-        frame["note"] = frame["trial"].map(lambda trial: notes[trial][0] if trial in notes else "")
-    heads = int(frame["head"].notna().sum()) if "head" in frame else 0  # rows of probe grid heads
-    trials = frame["trial"].nunique() if len(frame) else 0
-    pending = pending_rows(directory)
-    if len(pending):
-        frame = pd.concat([frame, pending], ignore_index=True)
-    if "retries" in frame and not frame["retries"].fillna(0).astype(bool).any():
-        frame = frame.drop(columns="retries")
-    print(f"experiment {directory.relative_to(paths.EXP_DIR)}: {trials + len(pending)} trial(s)"
-          f"{f' ({len(pending)} not started)' if len(pending) else ''}{f' ({heads} probe heads)' if heads else ''} "
-          f"in {directory}")
-    shown = [c for c in ("status", "retries", "epoch", "train_accuracy", "valid_accuracy", "test_accuracy",
-                         "best_accuracy", "best_epoch", "test_at_best", "note") if c in frame.columns]
-    settings = {key for config in [*map(folders.read_params, folders.trial_dirs(directory)), *started_later(directory)]
-                for key in config_columns(config)} | set(HEAD_COLUMNS)
-    swept = [c for c in frame.columns if c in settings and frame[c].map(shown_value).nunique() > 1]  # None counts
-    if len(frame):
-        table = frame[["trial"] + swept + shown].copy()
-        for column in table:  # settings and epochs that are whole numbers, also in a column with gaps
-            if column in (*swept, "epoch", "best_epoch") and pd.api.types.is_float_dtype(table[column]) and \
-                    table[column].dropna().map(float.is_integer).all():
-                table[column] = table[column].map(shown_value)
-        print(table.to_string(index=False, float_format=number, na_rep="-"))
+    one per head) with its status, then each failure and each diverged head; the exit code says
+    whether every trial completed (0; a diverged head of a finished grid does not count against
+    it), some failed (1) or some have not finished (130: `--resume` of `exp_id` continues)."""
+    frame, swept, notes = show(directory)
     errored = frame[frame["status"] == "errored"] if len(frame) else frame
     for (trial, error), rows in errored.groupby(["trial", "error"], sort=False, dropna=False):
         row = rows.iloc[0]  # a failed grid trial is every head's row: said once, by the trial's settings
@@ -68,16 +38,46 @@ def finish(directory: Path, exp_id: str, watching: bool = False) -> int:
         print(f"note: trial {row['trial']} ({settings}): {row['error']}", file=sys.stderr)
     for trial, (_, note) in notes.items():
         print(f"note: trial {trial}: {note}", file=sys.stderr)
-    unfinished = int(frame["status"].isin(["running", "pending"]).sum()) if len(frame) else 0
-    if not watching and len(frame):
-        name_runs(directory, frame[frame["trial"] != "-"], swept)
-    if watching:
-        print(driver_line(directory, exp_id, unfinished))
-        return 0
-    if unfinished:
+    if len(frame):
+        name_runs(directory, frame, swept)
+    if len(frame) and (frame["status"] == "running").any():
         print(interrupted_hint(exp_id), file=sys.stderr)
         return EXIT_INTERRUPTED
     return 1 if len(errored) or not len(frame) else 0
+
+
+def show(directory: Path, later: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[str], dict]:
+    """Print the header line and the table of `directory`'s trials (and of `later`: rows of trials
+    not started yet, with their settings); returns the table's frame, the settings that differ
+    between its rows, and the loss notes by trial (`loss_notes`)."""
+    frame = load_experiment(directory)
+    notes = loss_notes(load_history(directory)) if len(frame) else {}
+    if notes:
+        frame["note"] = frame["trial"].map(lambda trial: notes[trial][0] if trial in notes else "")
+    heads = int(frame["head"].notna().sum()) if "head" in frame else 0  # rows of probe grid heads
+    trials = frame["trial"].nunique() if len(frame) else 0
+    later = later if later is not None else pd.DataFrame()
+    if len(later):
+        frame = pd.concat([frame, later], ignore_index=True)
+    if "retries" in frame and not frame["retries"].fillna(0).astype(bool).any():
+        frame = frame.drop(columns="retries")
+    print(f"experiment {directory.relative_to(paths.EXP_DIR)}: {trials + len(later)} trial(s)"
+          f"{f' ({len(later)} not started)' if len(later) else ''}{f' ({heads} probe heads)' if heads else ''} "
+          f"in {directory}")
+    shown = [c for c in ("status", "retries", "epoch", "train_accuracy", "valid_accuracy", "test_accuracy",
+                         "best_accuracy", "best_epoch", "test_at_best", "note") if c in frame.columns]
+    settings = {key for trial_dir in folders.trial_dirs(directory)
+                for key in config_columns(folders.read_params(trial_dir))} | set(later.columns) | set(HEAD_COLUMNS)
+    settings -= {"trial", "status"}
+    swept = [c for c in frame.columns if c in settings and frame[c].map(shown_value).nunique() > 1]  # None counts
+    if len(frame):
+        table = frame[["trial"] + swept + shown].copy()
+        for column in table:  # settings and counts that are whole numbers, also in a column with gaps
+            if column in (*swept, "epoch", "best_epoch", "retries") and \
+                    pd.api.types.is_float_dtype(table[column]) and table[column].dropna().map(float.is_integer).all():
+                table[column] = table[column].map(shown_value)
+        print(table.to_string(index=False, float_format=number, na_rep="-"))
+    return frame[frame["trial"] != "-"] if len(frame) else frame, swept, notes
 
 
 def name_runs(directory: Path, frame: pd.DataFrame, swept: list[str]) -> None:
@@ -102,58 +102,6 @@ def name_runs(directory: Path, frame: pd.DataFrame, swept: list[str]) -> None:
             (runs / name).symlink_to(Path("..") / row["trial"], target_is_directory=True)
     except OSError:
         return
-
-
-def started_later(directory: Path) -> list[dict]:
-    """The configs of the trials of `directory` that have not started yet: the sweep's trials
-    (recorded in experiment.json) less those with a folder. Where a sweep drew random values,
-    which differ from those Tune draws, the trials started count against the first of the rest;
-    for a searcher's sweep, whose trials are drawn as it goes, an empty config per trial to come."""
-    record = folders.read_experiment(directory) or {}
-    variants = record.get("variants")
-    if variants is None:  # a searcher's sweep: only how many trials it makes is known
-        return [{}] * max(record.get("trials", 0) - len(folders.trial_dirs(directory)), 0)
-    remaining = {}
-    for index, config in enumerate(variants):
-        remaining.setdefault(json.dumps(config, sort_keys=True, default=str), []).append(index)
-    unmatched = 0
-    for trial_dir in folders.trial_dirs(directory):
-        indices = remaining.get(json.dumps(folders.read_params(trial_dir), sort_keys=True, default=str))
-        if indices:
-            indices.pop(0)
-        else:
-            unmatched += 1
-    left = sorted(index for indices in remaining.values() for index in indices)[unmatched:]
-    return [variants[index] for index in left]
-
-
-def pending_rows(directory: Path) -> pd.DataFrame:
-    """A row per trial not started yet (`started_later`), with its settings and status 'pending'."""
-    configs = started_later(directory)
-    return pd.DataFrame([{"trial": "-", "status": "pending", **config_columns(config)} for config in configs])
-
-
-def driver_line(directory: Path, exp_id: str, unfinished: int) -> str:
-    """Whether the run's driver (`folders.DRIVER_FILE`) still runs, and what is left."""
-    path = folders.exp_dir(exp_id) / folders.DRIVER_FILE
-    driver = json.loads(path.read_text()) if path.is_file() else {}
-    if driver.get("host") == socket.gethostname() and pid_alive(driver.get("pid")):
-        return f"running: driver pid {driver['pid']}, {unfinished} trial(s) not finished"
-    if unfinished:
-        return f"not running: {unfinished} trial(s) not finished; continue with `{resume_command(exp_id)}`"
-    return "not running: every trial ended"
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 EXPLODED = 10.0  # a validation loss this many times its lowest, while the training loss fell, is noted

@@ -15,7 +15,7 @@ import io
 import json
 import logging
 import os
-import shlex
+import pickle
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +24,13 @@ from typing import Any, Iterator
 import paths
 from selfstudy import folders
 from selfstudy.checkpoint import UnsafeSnapshot, load_snapshot
-from selfstudy.cluster import cluster_resources, start_ray
+from selfstudy.cluster import cluster_resources, start_ray, trial_resources
 from selfstudy.config import DEFAULT_GIN_CONFIG, resolve_gin_file, split_binding
 from selfstudy.durable import DiskFull, free_bytes, size_text
 from selfstudy.errors import UserError
 from selfstudy.local import run_local
 from selfstudy.notes import note, print_notes
+from selfstudy.ray_state import check_ray_state, rerun_command
 from selfstudy.rayconfig import RayConfig, load_ray_config
 from selfstudy.trials import check_trial
 
@@ -81,8 +82,9 @@ def expand(space: dict[str, Any], num_samples: int = 1) -> list[dict[str, Any]]:
     return [spec["config"] for _ in range(num_samples) for _, spec in generate_variants({"config": space})]
 
 
-def check_variants(variants: list[dict[str, Any]]) -> None:
-    """Raise the first `UserError` any distinct variant would meet at setup, or one for none at all."""
+def check_variants(variants: list[dict[str, Any]], kept: int = 1) -> None:
+    """Raise the first `UserError` any distinct variant would meet at setup, or one for none at all;
+    note when EXP_DIR has less room than `kept` checkpoints per trial (0: none) and one more."""
     if not variants:
         raise UserError("the search_space gives no trials: every tune.grid_search needs at least one value")
     seen: dict[str, int] = {}
@@ -90,37 +92,14 @@ def check_variants(variants: list[dict[str, Any]]) -> None:
         key = json.dumps(config, sort_keys=True, default=str)
         if key not in seen:
             seen[key] = check_trial(config)
-    # a checkpoint per trial, and one more: a new checkpoint is written whole before the older one goes
-    needed = sum(seen[json.dumps(config, sort_keys=True, default=str)] for config in variants) + max(seen.values())
+    # a new checkpoint is written whole before the oldest kept one goes: one more than kept
+    needed = kept * sum(seen[json.dumps(c, sort_keys=True, default=str)] for c in variants) + max(seen.values())
     free = free_bytes(paths.EXP_DIR)
-    if free is not None and free < needed:
-        note(f"{paths.EXP_DIR} has {size_text(free)} free, but a checkpoint of each of the {len(variants)} trial(s), "
-             f"and one being written, take about {size_text(needed)}: the run may stop when the disk is full; free "
-             "space or set SELFSTUDY_EXP_DIR to a bigger disk")
+    if kept and free is not None and free < needed:
+        note(f"{paths.EXP_DIR} has {size_text(free)} free, but {kept} checkpoint(s) of each of the {len(variants)} "
+             f"trial(s), and one being written, take about {size_text(needed)}: the run may stop when the disk is "
+             "full; free space or set SELFSTUDY_EXP_DIR to a bigger disk")
     print_notes()
-
-
-def per_trial(cpus: int, gpus: int, trials_per_gpu: int = 1) -> dict[str, float]:
-    """`trials_per_gpu` trials share each GPU where GPUs exist (with an equal share of the CPUs),
-    else a trial takes all CPUs."""
-    if not gpus:
-        return {"cpu": max(1, cpus)}
-    return {"cpu": max(1, cpus // (gpus * trials_per_gpu)), "gpu": 1 / trials_per_gpu}
-
-
-def trial_resources(ray_config: RayConfig, cluster: dict[str, float] | None = None) -> dict[str, float]:
-    """CPUs/GPUs per trial: the Ray config's, or derived from what exists, so no trial waits forever."""
-    if cluster is None:
-        import torch
-
-        cluster = {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
-    have_gpu = int(cluster.get("GPU", 0))
-    wanted = ray_config.resources_per_trial or per_trial(int(cluster.get("CPU", 1)), have_gpu,
-                                                         ray_config.trials_per_gpu)
-    if wanted.get("gpu", 0) > have_gpu:
-        raise UserError(f"Ray config '{ray_config.name}' asks {wanted['gpu']} GPU per trial but there are "
-                        f"{have_gpu}: lower resources_per_trial or run where GPUs exist")
-    return dict(wanted)
 
 
 def launch(request: Request, directory: Path, ray_config: RayConfig, space: dict[str, Any],
@@ -128,6 +107,7 @@ def launch(request: Request, directory: Path, ray_config: RayConfig, space: dict
     """Start the checked sweep `space` in `directory`: through Ray Tune, or in this process with -l."""
     record = {"ray_config": ray_config.name, "local": request.local, "checkpointing": checkpointing(ray_config),
               "gin_config": request.gin_config, "gin_params": request.gin_params, "trials": len(variants),
+              "checkpoint_at_end": request.checkpoint_at_end,
               "typed_ray_config": str(Path(request.ray_config).resolve()) if request.ray_config.endswith(".py")
               else request.ray_config}
     if ray_config.search_alg is None:  # the trials Tune will make (a searcher draws its own)
@@ -213,7 +193,12 @@ def fit(tuner: Any, quiet: bool) -> None:
     _progress().quiet = quiet  # a resumed sweep's callback was pickled with its first run
     _progress().disk_full = None
     with tune_output(quiet):
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        except KeyboardInterrupt:  # Tune's own SIGINT handler is off (TUNE_DISABLE_SIGINT_HANDLER)
+            if _progress().disk_full:
+                raise DiskFull(errno.ENOSPC, _progress().disk_full) from None
+            raise
     tune_handled_sigint = not int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))
     interrupted = tune_handled_sigint and signal.getsignal(signal.SIGINT) is before
     signal.signal(signal.SIGINT, before)  # a later Ctrl-C interrupts the report, not a finished Tune run
@@ -241,85 +226,26 @@ def resume_in(request: Request, directory: Path, record: dict[str, Any] | None) 
         run_local(directory, record["variants"], ray_config, record["resources"], request.quiet)
         return
     if not tune.Tuner.can_restore(str(directory)):
-        if folders.trial_dirs(directory):
-            raise UserError(f"experiment '{request.exp_id}' has no state of Ray Tune's in {directory} (it stopped "
-                            "before Tune saved one, or the file was removed), so --resume cannot continue its trials; "
-                            f"their results stay readable; run the sweep again: `{rerun_command(request.exp_id)}`")
-        raise UserError(f"experiment '{request.exp_id}' stopped before Ray Tune saved its state, so there is nothing "
-                        f"to resume: delete {directory} and run it again")
+        if not folders.trial_dirs(directory):
+            raise UserError(f"experiment '{request.exp_id}' stopped before Ray Tune saved its state, so there is "
+                            f"nothing to resume: delete {directory} and run it again")
+        raise UserError(f"experiment '{request.exp_id}' has trials but no record of Ray Tune's ({directory / 'tuner.pkl'}"
+                        f" is gone), so --resume cannot continue them; run the sweep again: "
+                        f"`{rerun_command(request.exp_id)}`")
     check_ray_state(directory, request.exp_id)
+    print_notes()
     start_ray(request.address, request.quiet)
-    folders.mark_driver(request.exp_id)
     resources = record["resources"] if record else trial_resources(load_ray_config("single_run"),
                                                                    cluster=cluster_resources())
     try:
         tuner = tune.Tuner.restore(str(directory), trainable=tune.with_resources(_trainable(), resources),
                                    resume_unfinished=True, resume_errored=True)
-    except Exception as err:  # noqa: BLE001  (a damaged tuner.pkl raises whatever unpickling meets)
-        raise UserError(f"Ray Tune's state of experiment '{request.exp_id}' in {directory} cannot be read "
+    except (pickle.UnpicklingError, EOFError) as err:  # a damaged tuner.pkl
+        raise UserError(f"Ray Tune's record of experiment '{request.exp_id}' ({directory / 'tuner.pkl'}) is damaged "
                         f"({type(err).__name__}), so --resume cannot continue it; run the sweep again: "
                         f"`{rerun_command(request.exp_id)}`") from None
+    folders.mark_driver(request.exp_id)
     fit(tuner, request.quiet)
-
-
-def ray_trials(directory: Path) -> tuple[Path, list[dict[str, Any]]]:
-    """The newest experiment state Ray Tune saved in `directory` (the one it restores), and the
-    trials it lists, each as Ray recorded it (`relative_logdir`: its folder; `status`; `config`;
-    and `reported`, ours: whether it reported an epoch)."""
-    newest = max(directory.glob("experiment_state-*.json"), key=lambda path: path.name)
-    data = json.loads(newest.read_text())
-    trials = []
-    for state, runtime in data["trial_data"]:
-        trial = json.loads(state)
-        if not isinstance(trial, dict) or not {"relative_logdir", "status", "config"} <= trial.keys():
-            raise ValueError("a trial without its folder, status or config")
-        trials.append({**trial, "reported": bool(json.loads(runtime).get("last_result"))})
-    return newest, trials
-
-
-RAY_STATES = {"TERMINATED": "finished", "ERROR": "errored", "RUNNING": "running", "PAUSED": "paused"}
-
-
-def check_ray_state(directory: Path, exp_id: str) -> None:
-    """Before Tune restores: its state can be read, every trial it lists has its folder, and each
-    has the config its folder recorded. Tune would otherwise start a trial of the default config
-    in place of a damaged state, or drop a trial whose folder is gone; refused in one line."""
-    try:
-        newest, trials = ray_trials(directory)
-    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-        raise UserError(f"Ray Tune's state of experiment '{exp_id}' is damaged ({type(err).__name__} in "
-                        f"{max(directory.glob('experiment_state-*.json')).name}), so --resume cannot tell its trials "
-                        "apart and would run one of no config of the sweep's; nothing was run, and the trials' "
-                        f"results stay readable; run the sweep again: `{rerun_command(exp_id)}`") from None
-    for trial in trials:
-        trial_dir = directory / trial["relative_logdir"]
-        if not (trial_dir / folders.PARAMS_FILE).is_file():
-            if trial["status"] in ("PENDING", "RUNNING", "PAUSED") and not trial["reported"]:
-                continue  # nothing of it to lose: Tune starts it afresh, and makes its folder then
-            listed = RAY_STATES.get(trial["status"], trial["status"])
-            raise UserError(f"trial folder {trial_dir.name} of experiment '{exp_id}' is gone, but Ray Tune's state "
-                            f"({newest.name}) lists it as {listed}: --resume would drop it; put the folder back, or "
-                            f"run the sweep again: `{rerun_command(exp_id)}`")
-        recorded, listed = (json.dumps(c, sort_keys=True, default=str) for c in (folders.read_params(trial_dir),
-                                                                                 trial["config"]))
-        if recorded != listed:
-            raise UserError(f"Ray Tune's state ({newest.name}) gives trial {trial_dir.name} of experiment '{exp_id}' a "
-                            f"config other than its {folders.PARAMS_FILE}: --resume would run a trial that is not the "
-                            f"sweep's; run the sweep again: `{rerun_command(exp_id)}`")
-
-
-def rerun_command(exp_id: str) -> str:
-    """The command that runs experiment `exp_id` again from its start, under a new name."""
-    record = folders.read_experiment(folders.exp_dir(exp_id)) or {}
-    ray_config = record.get("typed_ray_config", record.get("ray_config", "single_run"))  # a study's is its path
-    words = ["python", "main.py", "-e", f"{exp_id}-again", "-r", ray_config]
-    if record.get("gin_config"):
-        words += ["-g", *record["gin_config"]]
-    params = record.get("gin_params") or []
-    if params:
-        words += ["-p", *params]
-    words += ["-l"] * bool(record.get("local")) + ["-c"] * bool(record.get("checkpoint_at_end"))
-    return shlex.join(words)
 
 
 def check_unfinished(directory: Path) -> None:
@@ -357,7 +283,7 @@ def mark_stopped(grid: Any) -> None:
     is complete, and one Tune ended as failed (e.g. after it failed to restore) has failed. Say
     so in their folders, where the status is read from (`folders.trial_status`)."""
     for trial in grid._experiment_analysis.trials:
-        trial_dir = Path(trial.path) if trial.path else None
+        trial_dir = Path(trial.path) if trial.relative_logdir else None  # None: it never started
         if trial_dir is None or not (trial_dir / folders.PARAMS_FILE).exists():
             continue
         if folders.trial_status(trial_dir).state != "running":

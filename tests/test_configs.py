@@ -120,7 +120,7 @@ def test_grid_search_derives_batch_size_from_budget() -> None:
 
 def test_trial_resources_follow_the_machine() -> None:
     from selfstudy.errors import UserError
-    from selfstudy.sweep import trial_resources
+    from selfstudy.cluster import trial_resources
     from selfstudy.rayconfig import RayConfig
 
     plain = RayConfig(name="plain", search_space={})

@@ -162,6 +162,11 @@ def test_a_deleted_trial_folder_is_refused_through_ray_and_rerun_with_l(grid_pat
                                      "Tune's state"), refused.stderr
     assert "as finished: --resume would drop it" in refused.stderr and "grid_copy-again" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and sorted(copy.rglob("*")) == files
+    for state in copy.glob("experiment_state-*.json"):
+        state.unlink()
+    stateless = grid_paths.run("-e", "grid_copy", "--resume", "-q")
+    assert stateless.returncode == 2 and "has no state of Ray Tune's" in stateless.stderr, stateless.stderr
+    assert len(stateless.stderr.strip().splitlines()) == 1
 
     config = write_ray_config(grid_paths.exp_dir.parent, GRID)
     done = grid_paths.run("-e", "grid_local", "-l", "-q", "-r", str(config), "-p", *TINY)

@@ -7,8 +7,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -300,9 +302,13 @@ def test_a_full_disk_stops_the_run_in_one_line_and_resume_finishes(workspace: Wo
     assert_same_epochs(resumed, baseline)
 
 
-def test_resume_refuses_a_damaged_state_and_passes_over_a_damaged_checkpoint(workspace: Workspace, tmp_path: Path,
-                                                                              baseline: pd.DataFrame) -> None:
-    config = write_ray_config(tmp_path, CHECKPOINTED)
+def test_resume_repairs_or_refuses_a_damaged_state_and_passes_over_a_damaged_checkpoint(
+        workspace: Workspace, tmp_path: Path, baseline: pd.DataFrame) -> None:
+    """Interrupted while its first trial runs (the second one not started), then: Tune's state
+    damaged with no whole copy is refused; with Tune's copy it is put back; a checkpoint of another
+    model fails the trial (exit 1, not an interruption); a truncated newest one is passed over."""
+    config = write_ray_config(tmp_path, CHECKPOINTED + 'from ray import tune\nsearch_space = {"seed": '
+                                                      'tune.grid_search([0, 1])}\n')
     process = workspace.popen("-e", "damaged", "-r", str(config), "-q", "-p", *LONG)
     exp = workspace.exp_dir / "damaged"
     wait_for(lambda: epochs_reported(only_trial(exp)) >= 3 and len(folders.checkpoints(only_trial(exp))) >= 2,
@@ -313,15 +319,20 @@ def test_resume_refuses_a_damaged_state_and_passes_over_a_damaged_checkpoint(wor
 
     state = max(exp.glob("experiment_state-*.json"))
     whole = state.read_bytes()
-    state.write_bytes(whole[: len(whole) // 2])  # as a full disk or a crash of the disk leaves it
-    files = sorted(p.relative_to(exp) for p in exp.rglob("*"))
+    ray_copy = max(Path(tempfile.gettempdir(), "ray").glob(f"session_*/artifacts/*/damaged/driver_artifacts/{state.name}"),
+                   key=lambda path: path.stat().st_mtime)
+    assert ray_copy.read_bytes() == whole
+    for damaged in (state, ray_copy):
+        damaged.write_bytes(whole[: len(whole) // 2])  # as a full disk or a crash of the disk leaves it
+    files = sorted((p.relative_to(exp), p.stat().st_size, p.stat().st_mtime_ns) for p in exp.rglob("*"))
     refused = workspace.run("-e", "damaged", "--resume", "-q")
     assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert refused.stderr.startswith("error: Ray Tune's state of experiment 'damaged' is damaged"), refused.stderr
+    assert refused.stderr.startswith("error: Ray Tune's state of experiment 'damaged' "), refused.stderr
+    assert "is damaged (JSONDecodeError), and Tune keeps no whole copy" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and "python main.py -e damaged-again -r " in refused.stderr
-    assert sorted(p.relative_to(exp) for p in exp.rglob("*")) == files  # nothing written, no trial started
+    assert sorted((p.relative_to(exp), p.stat().st_size, p.stat().st_mtime_ns) for p in exp.rglob("*")) == files
 
-    state.write_bytes(whole)
+    ray_copy.write_bytes(whole)  # Tune's own copy is whole: --resume puts it back
     trial_dir = only_trial(exp)
     newest = folders.checkpoints(trial_dir)[-1]
     snapshot = newest / folders.SNAPSHOT
@@ -330,8 +341,9 @@ def test_resume_refuses_a_damaged_state_and_passes_over_a_damaged_checkpoint(wor
     misfit["model"]["backbone.prep.0.weight"] = torch.zeros(1)
     torch.save(misfit, snapshot)
     failed = workspace.run("-e", "damaged", "--resume", "-q")
+    assert f"note: Ray Tune's state {state.name} of 'damaged' was damaged; put back the whole copy" in failed.stderr
     assert failed.returncode == 1, failed.stdout + failed.stderr  # a failure, not an interruption
-    assert re.search(r"^error: trial \S+ failed: .*snapshot does not fit", failed.stderr, re.M), failed.stderr
+    assert re.search(r"^error: trial \S+ \(seed=0\) failed: .*snapshot does not fit", failed.stderr, re.M), failed.stderr
     assert "interrupted" not in failed.stderr
 
     snapshot.write_bytes(good[:1000])
@@ -339,7 +351,9 @@ def test_resume_refuses_a_damaged_state_and_passes_over_a_damaged_checkpoint(wor
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     restored = json.loads((trial_dir / "trial.json").read_text())["restored_from"]
     assert restored["passed_over"] == [newest.name] and restored["checkpoint"] != newest.name, restored
-    assert_same_epochs(vis.load_history("damaged"), baseline)
+    history = vis.load_history("damaged")
+    assert sorted(vis.load_experiment("damaged")["seed"]) == [0, 1]
+    assert_same_epochs(history[history["seed"] == 0].reset_index(drop=True), baseline)
 
 
 def test_snapshots_move_only_from_finished_trials_and_a_live_run_shows_its_status(
@@ -356,7 +370,7 @@ def test_snapshots_move_only_from_finished_trials_and_a_live_run_shows_its_statu
     assert "experiment live: 2 trial(s) (1 not started)" in status.stdout
     assert re.search(r"^trial_local_00000 +0 +running ", status.stdout, re.M), status.stdout
     assert re.search(r"^ +- +1 +pending ", status.stdout, re.M), status.stdout
-    assert f"running: driver pid {process.pid}, 2 trial(s) not finished" in status.stdout
+    assert f"running: driver pid {process.pid} on {socket.gethostname()}, 2 trial(s) not finished" in status.stdout
 
     trial_dir = only_trial(exp)
     before = {c.name: (c / folders.SNAPSHOT).read_bytes() for c in folders.checkpoints(trial_dir)}
@@ -375,3 +389,8 @@ def test_snapshots_move_only_from_finished_trials_and_a_live_run_shows_its_statu
     assert (exp / "seed0" / folders.SNAPSHOT).is_file() and folders.checkpoints(trial_dir)
     ended = workspace.run("-e", "live", "--status")
     assert "not running: every trial ended" in ended.stdout and "pending" not in ended.stdout
+    final = workspace.run("-e", "live", "-m", "-p", "seed{cfg[seed]}", script="misc/move_snapshots.py")
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert "Replacing" in final.stdout and (exp / "seed1" / folders.SNAPSHOT).is_file()  # the early link gives way
+    record = json.loads((exp / "seed0" / f"{folders.SNAPSHOT}.json").read_text())
+    assert record["checkpoint"] == folders.checkpoints(trial_dir)[-1].name

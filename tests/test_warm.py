@@ -51,7 +51,7 @@ def test_warm_trials_give_the_numbers_of_cold_ones_and_forget_the_last_config(
 
 
 def test_packed_trials_share_a_gpu_and_its_cpus() -> None:
-    from selfstudy.sweep import per_trial
+    from selfstudy.cluster import per_trial
 
     assert per_trial(16, 2, 4) == {"cpu": 2, "gpu": 0.25}
     assert per_trial(16, 2) == {"cpu": 8, "gpu": 1}

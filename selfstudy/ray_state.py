@@ -1,0 +1,117 @@
+"""Ray Tune's record of a sweep (`experiment_state-*.json`), checked before --resume hands it
+to Tune, which would otherwise act on a damaged one without a word: start a trial of the
+default config in place of the sweep's, or drop a trial whose folder is gone.
+
+The check compares Tune's record with ours: every trial Tune lists that has reported an epoch
+has its folder, and its config there (params.json) is the one Tune lists. A damaged record is
+put back from the whole copy Tune keeps in its session folder while a run goes (when that copy
+passes the same check), with a note; otherwise --resume refuses in one line that gives the
+command to run the sweep again. Nothing is written before a refusal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from selfstudy import folders
+from selfstudy.durable import write_atomic
+from selfstudy.errors import UserError
+from selfstudy.notes import note
+
+STATE_FILES = "experiment_state-*.json"
+RAY_STATES = {"TERMINATED": "finished", "ERROR": "errored", "RUNNING": "running", "PAUSED": "paused",
+              "PENDING": "pending"}
+DAMAGE = (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError)  # JSONDecodeError is a ValueError
+
+
+def ray_trials(state: Path) -> list[dict[str, Any]]:
+    """The trials a state file lists, each as Tune recorded it (`relative_logdir`: its folder,
+    None until it starts; `status`; `config`) and `reported`: whether it reported an epoch.
+    A damaged file raises one of `DAMAGE`."""
+    trials = []
+    for entry, runtime in json.loads(state.read_text())["trial_data"]:
+        trial = json.loads(entry)
+        if not isinstance(trial, dict) or not {"relative_logdir", "status", "config"} <= trial.keys():
+            raise ValueError("a trial without its folder, status or config")
+        trials.append({**trial, "reported": bool(json.loads(runtime).get("last_result"))})
+    return trials
+
+
+def check_trials(directory: Path, exp_id: str, state: Path, trials: list[dict[str, Any]]) -> None:
+    """Raise the `UserError` for the first trial of `state` that --resume would drop or invent."""
+    for trial in trials:
+        if not trial["relative_logdir"]:
+            continue  # not started: Tune starts it and makes its folder then
+        trial_dir = directory / trial["relative_logdir"]
+        listed = RAY_STATES.get(trial["status"], trial["status"].lower())
+        if not folders.params_whole(trial_dir):
+            if not trial["reported"] and trial["status"] != "TERMINATED":
+                continue  # nothing of it to lose: Tune starts it again from its beginning
+            raise UserError(f"trial folder {trial_dir.name} of experiment '{exp_id}' is gone (or its "
+                            f"{folders.PARAMS_FILE} is), but Ray Tune's state ({state.name}) lists it as {listed}: "
+                            f"--resume would drop it; put the folder back, or run the sweep again: "
+                            f"`{rerun_command(exp_id)}`")
+        recorded, tunes = (json.dumps(config, sort_keys=True, default=str)
+                           for config in (folders.read_params(trial_dir), trial["config"]))
+        if recorded != tunes:
+            raise UserError(f"Ray Tune's state ({state.name}) gives trial {trial_dir.name} of experiment '{exp_id}' a "
+                            f"config other than its {folders.PARAMS_FILE}: --resume would run a trial that is not the "
+                            f"sweep's; run the sweep again: `{rerun_command(exp_id)}`")
+
+
+def check_ray_state(directory: Path, exp_id: str) -> None:
+    """Before Tune restores the sweep in `directory`: its newest state (the one Tune reads) is
+    whole and agrees with our records, or is put back from Tune's own whole copy; else a
+    `UserError` that says how to go on."""
+    states = sorted(directory.glob(STATE_FILES), key=lambda path: path.name)
+    if not states:
+        raise UserError(f"experiment '{exp_id}' has no state of Ray Tune's in {directory} (it stopped before Tune "
+                        "saved one, or the file was removed), so --resume cannot continue its trials; their results "
+                        f"stay readable; run the sweep again: `{rerun_command(exp_id)}`")
+    newest = states[-1]
+    try:
+        trials = ray_trials(newest)
+    except DAMAGE as err:
+        copy = whole_copy(directory, exp_id, newest)
+        if copy is None:
+            raise UserError(f"Ray Tune's state of experiment '{exp_id}' ({newest.name}) is damaged "
+                            f"({type(err).__name__}), and Tune keeps no whole copy of it: --resume cannot tell the "
+                            "trials apart, so nothing was run; the trials' results stay readable; run the sweep "
+                            f"again: `{rerun_command(exp_id)}`") from None
+        write_atomic(newest, copy.read_bytes())
+        note(f"Ray Tune's state {newest.name} of '{exp_id}' was damaged; put back the whole copy Tune kept in {copy}")
+        return
+    check_trials(directory, exp_id, newest, trials)
+
+
+def whole_copy(directory: Path, exp_id: str, state: Path) -> Path | None:
+    """The newest copy of `state` in Tune's session folders (Ray keeps one for each run in its
+    temporary folder, until the machine cleans it) that is whole and agrees with our records."""
+    root = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray"
+    copies = sorted(root.glob(f"session_*/artifacts/*/{directory.name}/driver_artifacts/{state.name}"),
+                    key=lambda path: path.stat().st_mtime, reverse=True)
+    for copy in copies:
+        try:
+            check_trials(directory, exp_id, copy, ray_trials(copy))
+        except (*DAMAGE, UserError, OSError):
+            continue
+        return copy
+    return None
+
+
+def rerun_command(exp_id: str) -> str:
+    """The command that runs experiment `exp_id` again from its start, under a new name."""
+    record = folders.read_experiment(folders.exp_dir(exp_id)) or {}
+    ray_config = record.get("typed_ray_config", record.get("ray_config", "single_run"))  # a study's is its path
+    words = ["python", "main.py", "-e", f"{exp_id[:folders.MAX_NAME - 6]}-again", "-r", ray_config]
+    if record.get("gin_config"):
+        words += ["-g", *record["gin_config"]]
+    if record.get("gin_params"):
+        words += ["-p", *record["gin_params"]]
+    words += ["-l"] * bool(record.get("local")) + ["-c"] * bool(record.get("checkpoint_at_end"))
+    return shlex.join(words)

@@ -1,0 +1,93 @@
+"""`--status`: where an experiment stands, while it runs or after, without starting anything or
+writing anything: the table of its trials (`selfstudy.report`), those not started yet
+included, and whether the process that runs it (`folders.DRIVER_FILE`) is alive.
+
+Trials not started yet are the sweep's trials recorded in experiment.json less those with a
+folder. A searcher's sweep (Optuna, ...) draws its trials as it goes: only how many are to
+come is known.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from selfstudy import folders
+from selfstudy.config import config_columns
+from selfstudy.report import resume_command, show
+
+
+def print_status(exp_id: str, record: dict[str, Any]) -> None:
+    """Print the table of experiment `exp_id` (of each stage, for a study: `record` is its
+    experiment.json), then one line on whether it runs and what is left."""
+    directory = folders.exp_dir(exp_id)
+    unfinished = 0
+    for stage_dir in [directory / stage for stage in record.get("stages", [])] or [directory]:
+        if not stage_dir.is_dir():
+            print(f"stage '{stage_dir.name}' of study '{exp_id}': not started")
+            unfinished += 1
+            continue
+        later = pd.DataFrame([{"trial": "-", "status": "pending", **config_columns(config)}
+                              for config in started_later(stage_dir)])
+        frame, _, _ = show(stage_dir, later)
+        unfinished += len(later) + (frame.loc[frame["status"] == "running", "trial"].nunique() if len(frame) else 0)
+    print(driver_line(exp_id, unfinished))
+
+
+def started_later(directory: Path) -> list[dict[str, Any]]:
+    """The configs of the trials of `directory` that have not started yet. Where a sweep drew
+    random values, which differ from those Tune draws, the trials started count against the
+    first of the rest; for a searcher's sweep, an empty config per trial to come."""
+    record = folders.read_experiment(directory) or {}
+    started = [folders.read_params(trial_dir) for trial_dir in folders.trial_dirs(directory)]
+    variants = record.get("variants")
+    if variants is None:
+        return [{}] * max(record.get("trials", 0) - len(started), 0)
+    remaining: dict[str, list[int]] = {}
+    for index, config in enumerate(variants):
+        remaining.setdefault(json.dumps(config, sort_keys=True, default=str), []).append(index)
+    unmatched = 0
+    for config in started:
+        indices = remaining.get(json.dumps(config, sort_keys=True, default=str))
+        if indices:
+            indices.pop(0)
+        else:
+            unmatched += 1
+    left = sorted(index for indices in remaining.values() for index in indices)[unmatched:]
+    return [variants[index] for index in left]
+
+
+def driver_line(exp_id: str, unfinished: int) -> str:
+    """Whether the experiment's driver runs, and how many trials (or stages) have not finished."""
+    driver = live_driver(exp_id)
+    if driver:
+        return f"running: driver pid {driver['pid']} on {driver['host']}, {unfinished} trial(s) not finished"
+    recorded = read_driver(exp_id)
+    if recorded.get("host") not in (None, socket.gethostname()):
+        return (f"driver pid {recorded['pid']} on {recorded['host']}: whether it runs cannot be checked from here; "
+                f"{unfinished} trial(s) not finished")
+    if unfinished:
+        return f"not running: {unfinished} trial(s) not finished; continue with `{resume_command(exp_id)}`"
+    return "not running: every trial ended"
+
+
+def read_driver(exp_id: str) -> dict[str, Any]:
+    path = folders.exp_dir(exp_id) / folders.DRIVER_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def live_driver(exp_id: str) -> dict[str, Any] | None:
+    """The driver record of `exp_id` when that process still runs on this machine (the same
+    process: its start time is compared, so a reused pid does not count)."""
+    driver = read_driver(exp_id)
+    if driver.get("host") != socket.gethostname() or not driver.get("pid"):
+        return None
+    started = folders.process_start(driver["pid"])
+    return driver if started is not None and started == driver.get("started") else None
