@@ -68,15 +68,15 @@ def plan_moves(exp_id: str, fmt: str, unfinished: bool = False) -> list[tuple[Pa
             continue
         if trial_dir.name in moved or source is None or (state in ("running", "errored") and not unfinished):
             why = (f"its snapshot was already moved to {moved[trial_dir.name]}" if trial_dir.name in moved
-                   else "it has no checkpoint (run with -c to checkpoint at the end)" if source is None
                    else f"it has not finished ({state}), so its newest checkpoint is not its result; add --unfinished "
-                        "to move it anyway")
+                        "to move it anyway" if state in ("running", "errored") and not unfinished
+                   else "it has no checkpoint (run with -c to checkpoint at the end)")
             print(f"Skipping {trial_dir.name}: {why}")
             continue
         target = target_dir(exp_dir, fmt, folders.read_params(trial_dir), trial_dir.name)
         if target in owners:
-            raise UserError(f"trials {owners[target]} and {trial_dir.name} would both move to {target}: "
-                            "give -p a format that tells them apart, e.g. '{cfg[BaseDataset.semisupervised]}'")
+            raise UserError(f"trials {owners[target]} and {trial_dir.name} would both move to {target}: give -p a "
+                            f"format that tells them apart, e.g. '{{cfg[{telling_key(exp_dir, owners[target], trial_dir)}]}}'")
         if (target / SNAPSHOT).exists():
             raise UserError(f"{target / SNAPSHOT} already exists: remove it or choose another -p format")
         owners[target] = trial_dir.name
@@ -90,6 +90,12 @@ def plan_moves(exp_id: str, fmt: str, unfinished: bool = False) -> list[tuple[Pa
     if not moves:
         raise UserError(f"no trial of '{exp_id}' has a checkpoint to move: run it with -c to checkpoint at the end")
     return moves
+
+
+def telling_key(exp_dir: Path, first: str, trial_dir: Path) -> str:
+    """A config key whose value differs between trial `first` and `trial_dir` (for the example)."""
+    a, b = (config_columns(folders.read_params(d)) for d in (exp_dir / first, trial_dir))
+    return next((key for key in a if repr(a.get(key)) != repr(b.get(key))), "seed")
 
 
 def moved_from(place: Path) -> str | None:

@@ -11,6 +11,7 @@ EXAMPLES = """examples (`selfstudy` is the same command as `python main.py` afte
   python main.py -p 'init_resnet.choice = "resnet50"' 'dataloader.batch_size = 128'
   python main.py -e cifar_test_0000                 results under EXP_DIR/cifar_test_0000
   python main.py -r grid_search                     sweep of the Ray config config/grid_search.py
+                                                    (on CIFAR-10: put its files first, see that module)
   python main.py -r hparam_search                   Optuna proposes, ASHA stops trials early
   python main.py -r headline -e headline            a study: pretraining, then transfer at label budgets
                                                     (render its data first: see config/headline.py)
@@ -46,7 +47,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "and whether it still runs; starts nothing")
     args = parser.parse_args(argv)
     if args.status and args.resume:
-        parser.error("--status only prints; drop --resume or --status")
+        print("error: --status only prints, --resume runs: drop one of them", file=sys.stderr)
+        sys.exit(2)
     return args
 
 

@@ -52,8 +52,9 @@ def check_trials(directory: Path, exp_id: str, state: Path, trials: list[dict[st
         if not folders.params_whole(trial_dir):
             if not trial["reported"] and trial["status"] != "TERMINATED":
                 continue  # nothing of it to lose: Tune starts it again from its beginning
-            raise UserError(f"trial folder {trial_dir.name} of experiment '{exp_id}' is gone (or its "
-                            f"{folders.PARAMS_FILE} is), but Ray Tune's state ({state.name}) lists it as {listed}: "
+            what = "is gone" if not trial_dir.is_dir() else f"has no whole {folders.PARAMS_FILE}"
+            raise UserError(f"trial folder {trial_dir.name} of experiment '{exp_id}' {what}, but Ray Tune's state "
+                            f"({state.name}) lists it as {listed}: "
                             f"--resume would drop it; put the folder back, or run the sweep again: "
                             f"`{rerun_command(exp_id)}`")
         recorded, tunes = (json.dumps(config, sort_keys=True, default=str)
@@ -64,10 +65,10 @@ def check_trials(directory: Path, exp_id: str, state: Path, trials: list[dict[st
                             f"sweep's; run the sweep again: `{rerun_command(exp_id)}`")
 
 
-def check_ray_state(directory: Path, exp_id: str) -> None:
+def check_ray_state(directory: Path, exp_id: str, repair: bool = True) -> None:
     """Before Tune restores the sweep in `directory`: its newest state (the one Tune reads) is
-    whole and agrees with our records, or is put back from Tune's own whole copy; else a
-    `UserError` that says how to go on."""
+    whole and agrees with our records, or is put back from Tune's own whole copy (unless not
+    `repair`: --status only asks); else a `UserError` that says how to go on."""
     states = sorted(directory.glob(STATE_FILES), key=lambda path: path.name)
     if not states:
         raise UserError(f"experiment '{exp_id}' has no state of Ray Tune's in {directory} (it stopped before Tune "
@@ -83,6 +84,8 @@ def check_ray_state(directory: Path, exp_id: str) -> None:
                             f"({type(err).__name__}), and Tune keeps no whole copy of it: --resume cannot tell the "
                             "trials apart, so nothing was run; the trials' results stay readable; run the sweep "
                             f"again: `{rerun_command(exp_id)}`") from None
+        if not repair:
+            return
         write_atomic(newest, copy.read_bytes())
         note(f"Ray Tune's state {newest.name} of '{exp_id}' was damaged; put back the whole copy Tune kept in {copy}")
         return

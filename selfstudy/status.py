@@ -18,6 +18,8 @@ import pandas as pd
 
 from selfstudy import folders
 from selfstudy.config import config_columns
+from selfstudy.errors import UserError
+from selfstudy.ray_state import check_ray_state
 from selfstudy.report import resume_command, show
 
 
@@ -25,7 +27,7 @@ def print_status(exp_id: str, record: dict[str, Any]) -> None:
     """Print the table of experiment `exp_id` (of each stage, for a study: `record` is its
     experiment.json), then one line on whether it runs and what is left."""
     directory = folders.exp_dir(exp_id)
-    unfinished = 0
+    unfinished, refusal = 0, None
     for stage_dir in [directory / stage for stage in record.get("stages", [])] or [directory]:
         if not stage_dir.is_dir():
             print(f"stage '{stage_dir.name}' of study '{exp_id}': not started")
@@ -35,7 +37,21 @@ def print_status(exp_id: str, record: dict[str, Any]) -> None:
                               for config in started_later(stage_dir)])
         frame, _, _ = show(stage_dir, later)
         unfinished += len(later) + (frame.loc[frame["status"] == "running", "trial"].nunique() if len(frame) else 0)
-    print(driver_line(exp_id, unfinished))
+        refusal = refusal or resume_refusal(stage_dir, exp_id)
+    print(driver_line(exp_id, unfinished) if not refusal or live_driver(exp_id) else
+          f"not running: {unfinished} trial(s) not finished, but --resume refuses to continue: {refusal}")
+
+
+def resume_refusal(directory: Path, exp_id: str) -> str | None:
+    """Why --resume would refuse to continue the Ray sweep in `directory`, or None."""
+    record = folders.read_experiment(directory) or {}
+    if record.get("local") or not (directory / "tuner.pkl").is_file():
+        return None
+    try:
+        check_ray_state(directory, exp_id, repair=False)
+    except UserError as err:
+        return str(err)
+    return None
 
 
 def started_later(directory: Path) -> list[dict[str, Any]]:

@@ -162,6 +162,8 @@ def test_a_deleted_trial_folder_is_refused_through_ray_and_rerun_with_l(grid_pat
                                      "Tune's state"), refused.stderr
     assert "as finished: --resume would drop it" in refused.stderr and "grid_copy-again" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and sorted(copy.rglob("*")) == files
+    status = grid_paths.run("-e", "grid_copy", "--status")  # says so too, rather than offer --resume
+    assert status.returncode == 0 and "but --resume refuses to continue: trial folder" in status.stdout, status.stdout
     for state in copy.glob("experiment_state-*.json"):
         state.unlink()
     stateless = grid_paths.run("-e", "grid_copy", "--resume", "-q")
