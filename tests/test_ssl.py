@@ -13,6 +13,7 @@ import torch
 
 from conftest import TINY
 from selfstudy.tasks.amdim import AMDIMTask, amdim_nce
+from selfstudy.tasks.barlow import BarlowTwinsTask, barlow_loss
 from selfstudy.config import split_binding
 from selfstudy.data import Batch
 from selfstudy import notes
@@ -23,7 +24,9 @@ from selfstudy.tasks.cmc import CMCTask, memory_bank_nce, split_lab
 from selfstudy.tasks.moco import MoCoTask, moco_loss, momentum_update, shuffled_encode, split_encode
 from selfstudy.tasks.rotate import rotate_batch, rotation_loss
 from selfstudy.tasks.simclr import SimCLRTask, nt_xent
+from selfstudy.tasks.simsiam import SimSiamTask, simsiam_loss
 from selfstudy.tasks.vae import VAETask, erase_squares, gaussian_kl, vae_loss
+from selfstudy.tasks.vicreg import VICRegTask, vicreg_loss
 from selfstudy.trial import Trial
 
 
@@ -36,7 +39,8 @@ from selfstudy.trial import Trial
     (CMCTask, "negatives", "many", "a whole number"), (AMDIMTask, "reg", -0.1, "at least 0"),
     (AMDIMTask, "scales", 0, "at least 1"), (VAETask, "erase", 2.5, "a whole number, at least 0"),
     (VAETask, "latent", 0, "at least 1"), (SimCLRTask, "temperature", math.inf, "a finite number above 0"),
-    (AMDIMTask, "tclip", math.nan, "a finite number above 0")])
+    (AMDIMTask, "tclip", math.nan, "a finite number above 0"), (BarlowTwinsTask, "off_diagonal", -1, "at least 0"),
+    (VICRegTask, "variance", math.inf, "at least 0"), (SimSiamTask, "pred_hidden", 0, "at least 1")])
 def test_method_settings_out_of_range_are_refused(task: type, setting: str, value: object, says: str) -> None:
     task()  # the defaults pass
     expected = rf"{task.__name__}\.{setting} = {re.escape(repr(value))} must be .*{re.escape(says)}"
@@ -47,6 +51,7 @@ def test_method_settings_out_of_range_are_refused(task: type, setting: str, valu
 def test_method_settings_at_the_ends_of_their_ranges_are_taken() -> None:
     MoCoTask(momentum=0.0), MoCoTask(momentum=1.0), BYOLTask(base_momentum=1), CMCTask(bank_momentum=0)
     AMDIMTask(reg=0), VAETask(erase=0, lmd=0), SimCLRTask(temperature=1e-3, proj_dim=1, proj_hidden=1)
+    BarlowTwinsTask(off_diagonal=0), VICRegTask(invariance=0, variance=0, covariance=0), SimSiamTask(pred_hidden=1)
 
 
 def test_rotations_and_their_labels() -> None:
@@ -122,6 +127,33 @@ def test_byol_loss_and_momentum() -> None:
     assert torch.allclose(target.weight, expected)
 
 
+def test_barlow_twins_loss_by_hand() -> None:
+    """B = 2, D = 2: each standardised column is (+1, -1) or (-1, +1), so C is +-1 by hand."""
+    z1 = torch.tensor([[1.0, 3.0], [3.0, 1.0]])  # columns standardise to (-1, 1) and (1, -1)
+    same = barlow_loss(z1, z1, off_diagonal=0.5)  # C = [[1, -1], [-1, 1]]: diagonal 1, off-diagonal (-1)^2 twice
+    assert same.item() == pytest.approx(0.5 * 2, abs=1e-4)
+    swapped = barlow_loss(z1, z1.flip(1), off_diagonal=0.0)  # C = [[-1, 1], [1, -1]]: (1 - -1)^2 twice
+    assert swapped.item() == pytest.approx(8.0, abs=1e-3)
+
+
+def test_vicreg_loss_by_hand() -> None:
+    """z = [[0, 0], [2, 2]]: variance 2 per column (std 1.414: no hinge), covariance 2 off the
+    diagonal (2^2 * 2 / D = 4 per branch); identical views: no invariance term."""
+    z = torch.tensor([[0.0, 0.0], [2.0, 2.0]])
+    assert vicreg_loss(z, z, 25, 25, 1).item() == pytest.approx(8.0, abs=1e-4)
+    flat = torch.zeros(2, 2)  # no spread: the hinge is 1 - sqrt(1e-4) = 0.99 per column, no covariance
+    assert vicreg_loss(flat, flat + 1, 1, 1, 1).item() == pytest.approx(1.0 + 0.99, abs=1e-4)
+
+
+def test_simsiam_loss_and_its_stopped_gradient() -> None:
+    p = torch.tensor([[1.0, 0.0], [0.0, 2.0]], requires_grad=True)
+    z = torch.tensor([[3.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    assert simsiam_loss(p, p, z, z).item() == pytest.approx(-1.0)  # aligned: cos 1
+    assert simsiam_loss(p, p, z.flip(1), z.flip(1)).item() == pytest.approx(0.0, abs=1e-6)  # orthogonal
+    simsiam_loss(p, p, z, z).backward()
+    assert z.grad is None and p.grad is not None  # the projections' gradient is stopped
+
+
 def test_momentum_update_averages_parameters_and_copies_buffers() -> None:
     target, online = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
     online.train()(torch.randn(8, 3) * 2 + 1)  # online running statistics move away from the target's
@@ -181,7 +213,8 @@ def ssl_trial(name: str, *extra: str) -> Trial:
                   "gin_params": dict(split_binding(b) for b in bindings)})
 
 
-@pytest.mark.parametrize("name", ["rotate", "simclr", "moco", "byol", "vae", "cmc", "amdim"])
+@pytest.mark.parametrize("name", ["rotate", "simclr", "moco", "byol", "vae", "cmc", "amdim", "barlow", "vicreg",
+                                  "simsiam"])
 def test_twenty_steps_lower_the_loss(workspace, name: str) -> None:
     lr = LEARNING_RATES.get(name, 0.02)
     trial = ssl_trial(name, f"optimizer.lr = {lr}", "MoCoTask.queue_size = 48", *EXTRA.get(name, []))

@@ -6,6 +6,7 @@ from typing import Callable
 
 from selfstudy.errors import UserError
 from selfstudy.tasks.amdim import AMDIMTask
+from selfstudy.tasks.barlow import BarlowTwinsTask
 from selfstudy.tasks.base import SelfSupervisedTask, Task
 from selfstudy.tasks.byol import BYOLTask
 from selfstudy.tasks.classify import ClassifyTask
@@ -14,7 +15,9 @@ from selfstudy.tasks.depth import DepthTask
 from selfstudy.tasks.moco import MoCoTask
 from selfstudy.tasks.rotate import RotateTask
 from selfstudy.tasks.simclr import SimCLRTask
+from selfstudy.tasks.simsiam import SimSiamTask
 from selfstudy.tasks.vae import VAETask
+from selfstudy.tasks.vicreg import VICRegTask
 
 TASKS: dict[str, Callable[[], Task]] = {
     "ClassifyTask": ClassifyTask,
@@ -26,6 +29,9 @@ TASKS: dict[str, Callable[[], Task]] = {
     "CMCTask": CMCTask,
     "DepthTask": DepthTask,
     "AMDIMTask": AMDIMTask,
+    "BarlowTwinsTask": BarlowTwinsTask,
+    "VICRegTask": VICRegTask,
+    "SimSiamTask": SimSiamTask,
 }
 
 

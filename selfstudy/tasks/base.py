@@ -100,3 +100,30 @@ def projection_head(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
     """Linear - BatchNorm - ReLU - Linear, the usual projector of contrastive methods."""
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
                          nn.Linear(hidden, out_dim))
+
+
+class ProjectedViewsTask(SelfSupervisedTask):
+    """A method on the projections of two augmented views of each image (`BaseDataset.double_sample
+    = True`): the backbone encodes both views in one pass, and `projector` (made in `setup`, of
+    `proj_hidden` and `proj_dim` features) maps them; `views_loss(z1, z2)` is the method's."""
+
+    needs_two_views = True
+    proj_dim: int
+    proj_hidden: int
+
+    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
+        super().setup(model, dataset, options, rows)
+        self.projector = projection_head(model.backbone.out_dim, self.proj_hidden, self.proj_dim)
+
+    def projections(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The two views' projections (B x proj_dim each) and the first view's backbone features."""
+        features = model.backbone(torch.cat([batch.images, batch.view2]))
+        z1, z2 = self.projector(features).chunk(2)
+        return z1, z2, features[: len(batch.images)]
+
+    def objective(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        z1, z2, features = self.projections(model, batch)
+        return self.views_loss(z1, z2), {}, features
+
+    def views_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError

@@ -6,10 +6,7 @@ import gin
 import torch
 import torch.nn.functional as F
 
-from selfstudy.data import Batch, DatasetFiles
-from selfstudy.data.base import DataOptions, Rows
-from selfstudy.models import Wrapper
-from selfstudy.tasks.base import SelfSupervisedTask, check_settings, projection_head
+from selfstudy.tasks.base import ProjectedViewsTask, check_settings
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -25,10 +22,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
 
 
 @gin.configurable
-class SimCLRTask(SelfSupervisedTask):
+class SimCLRTask(ProjectedViewsTask):
     """NT-Xent on projections of two augmented views (`BaseDataset.double_sample = True`)."""
-
-    needs_two_views = True
 
     def __init__(self, temperature: float = 0.5, proj_dim: int = 128, proj_hidden: int = 512):
         super().__init__()
@@ -36,11 +31,5 @@ class SimCLRTask(SelfSupervisedTask):
                        locals())
         self.temperature, self.proj_dim, self.proj_hidden = temperature, proj_dim, proj_hidden
 
-    def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
-        super().setup(model, dataset, options, rows)
-        self.projector = projection_head(model.backbone.out_dim, self.proj_hidden, self.proj_dim)
-
-    def objective(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        features = model.backbone(torch.cat([batch.images, batch.view2]))
-        z1, z2 = self.projector(features).chunk(2)
-        return nt_xent(z1, z2, self.temperature), {}, features[: len(batch.images)]
+    def views_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return nt_xent(z1, z2, self.temperature)
