@@ -4,6 +4,7 @@ Prints one JSON line.
 
     python misc/bench_ssl.py [--code 1110] [--n 5000] [--pretrain-epochs 20] [--probe-epochs 10] [--width 16]
                              [--methods rotate simclr moco byol vae amdim cmc] [--no-baselines]
+                             (--methods barlow vicreg simsiam: named only; not measured yet)
                              [-p 'dataloader.batch_size = 64' ...]
 
 For each method: `main.py -l -g syn/r9/<method>` pretrains ResNet-9 on the set (at the batch
@@ -54,6 +55,7 @@ import paths  # noqa: E402
 
 START = time.perf_counter()
 METHODS = ("rotate", "simclr", "moco", "byol", "vae", "amdim", "cmc")
+NOT_YET_MEASURED = ("barlow", "vicreg", "simsiam")  # run only when named: no figures of theirs yet
 
 
 def run(script: str, *args: str, env: dict[str, str]) -> None:
@@ -89,8 +91,9 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=20, help="epochs of each method's pretraining")
     parser.add_argument("--probe-epochs", type=int, default=10, help="epochs of each linear probe")
     parser.add_argument("--width", type=int, default=16, help="ResNet.width")
-    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS, metavar="METHOD",
-                        help=f"the methods to pretrain (all by default), of: {' '.join(METHODS)}")
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS + NOT_YET_MEASURED,
+                        metavar="METHOD", help=f"the methods to pretrain (default: {' '.join(METHODS)}; also "
+                                               f"{' '.join(NOT_YET_MEASURED)})")
     parser.add_argument("-p", "--pretrain-params", nargs="*", default=[], metavar="BINDING",
                         help="gin bindings for every method's pretraining, e.g. 'dataloader.batch_size = 64' to "
                         "try a config's alternative (compare the *_probe_syn_valid figures)")
