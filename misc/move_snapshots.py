@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Moving from: {source.parent} to: {target}")
         if args.move:
             try:
+                if (target / SNAPSHOT).exists():  # a replacement: its record must not outlive a failed link
+                    (target / SNAPSHOT).unlink()
                 folders.move_snapshot(source, target)
             except (DiskFull, FileNotFoundError) as err:  # a full disk; a running trial deleted its checkpoint
                 why = err.strerror if isinstance(err, DiskFull) else f"{source} is gone (its trial runs and replaced it)"

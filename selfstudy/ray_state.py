@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from selfstudy.notes import note
 STATE_FILES = "experiment_state-*.json"
 RAY_STATES = {"TERMINATED": "finished", "ERROR": "errored", "RUNNING": "running", "PAUSED": "paused",
               "PENDING": "pending"}
-DAMAGE = (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError)  # JSONDecodeError is a ValueError
+DAMAGE = (ValueError, KeyError, TypeError, IndexError, AttributeError, UnicodeDecodeError)  # JSONDecodeError: a ValueError
 
 
 def ray_trials(state: Path) -> list[dict[str, Any]]:
@@ -35,10 +34,12 @@ def ray_trials(state: Path) -> list[dict[str, Any]]:
     A damaged file raises one of `DAMAGE`."""
     trials = []
     for entry, runtime in json.loads(state.read_text())["trial_data"]:
-        trial = json.loads(entry)
-        if not isinstance(trial, dict) or not {"relative_logdir", "status", "config"} <= trial.keys():
+        trial, runtime = json.loads(entry), json.loads(runtime)
+        if not isinstance(trial, dict) or not {"relative_logdir", "status", "config"} <= trial.keys() or \
+                not isinstance(trial["status"], str) or not isinstance(trial["relative_logdir"], (str, type(None))) \
+                or not isinstance(runtime, dict):
             raise ValueError("a trial without its folder, status or config")
-        trials.append({**trial, "reported": bool(json.loads(runtime).get("last_result"))})
+        trials.append({**trial, "reported": bool(runtime.get("last_result"))})
     return trials
 
 
@@ -49,11 +50,12 @@ def check_trials(directory: Path, exp_id: str, state: Path, trials: list[dict[st
             continue  # not started: Tune starts it and makes its folder then
         trial_dir = directory / trial["relative_logdir"]
         listed = RAY_STATES.get(trial["status"], trial["status"].lower())
+        if trial_dir.is_dir() and not folders.params_whole(trial_dir):
+            continue  # Tune copies params.json in place: cut short, it is written again when the trial starts
         if not folders.params_whole(trial_dir):
             if not trial["reported"] and trial["status"] != "TERMINATED":
                 continue  # nothing of it to lose: Tune starts it again from its beginning
-            what = "is gone" if not trial_dir.is_dir() else f"has no whole {folders.PARAMS_FILE}"
-            raise UserError(f"trial folder {trial_dir.name} of experiment '{exp_id}' {what}, but Ray Tune's state "
+            raise UserError(f"trial folder {trial_dir.name} of experiment '{exp_id}' is gone, but Ray Tune's state "
                             f"({state.name}) lists it as {listed}: "
                             f"--resume would drop it; put the folder back, or run the sweep again: "
                             f"`{rerun_command(exp_id)}`")
@@ -65,10 +67,11 @@ def check_trials(directory: Path, exp_id: str, state: Path, trials: list[dict[st
                             f"sweep's; run the sweep again: `{rerun_command(exp_id)}`")
 
 
-def check_ray_state(directory: Path, exp_id: str, repair: bool = True) -> None:
+def check_ray_state(directory: Path, exp_id: str) -> Path | None:
     """Before Tune restores the sweep in `directory`: its newest state (the one Tune reads) is
-    whole and agrees with our records, or is put back from Tune's own whole copy (unless not
-    `repair`: --status only asks); else a `UserError` that says how to go on."""
+    whole and agrees with our records; else the whole copy Tune kept of it that does, for
+    `put_back` once nothing else refuses (and Tune reads the state); else a `UserError` that
+    says how to go on."""
     states = sorted(directory.glob(STATE_FILES), key=lambda path: path.name)
     if not states:
         raise UserError(f"experiment '{exp_id}' has no state of Ray Tune's in {directory} (it stopped before Tune "
@@ -78,33 +81,47 @@ def check_ray_state(directory: Path, exp_id: str, repair: bool = True) -> None:
     try:
         trials = ray_trials(newest)
     except DAMAGE as err:
-        copy = whole_copy(directory, exp_id, newest)
+        copy, why = whole_copy(directory, exp_id, newest)
         if copy is None:
-            raise UserError(f"Ray Tune's state of experiment '{exp_id}' ({newest.name}) is damaged "
-                            f"({type(err).__name__}), and Tune keeps no whole copy of it: --resume cannot tell the "
-                            "trials apart, so nothing was run; the trials' results stay readable; run the sweep "
-                            f"again: `{rerun_command(exp_id)}`") from None
-        if not repair:
-            return
-        write_atomic(newest, copy.read_bytes())
-        note(f"Ray Tune's state {newest.name} of '{exp_id}' was damaged; put back the whole copy Tune kept in {copy}")
-        return
+            raise UserError(why or f"Ray Tune's state of experiment '{exp_id}' ({newest.name}) is damaged "
+                                   f"({type(err).__name__}), and Tune keeps no whole copy of it: --resume cannot tell "
+                                   "the trials apart, so nothing was run; the trials' results stay readable; run the "
+                                   f"sweep again: `{rerun_command(exp_id)}`") from None
+        return copy
     check_trials(directory, exp_id, newest, trials)
+    return None
 
 
-def whole_copy(directory: Path, exp_id: str, state: Path) -> Path | None:
+def put_back(copy: Path, directory: Path, exp_id: str) -> None:
+    """Write Tune's whole copy over the damaged state of the same name, with a note."""
+    write_atomic(directory / copy.name, copy.read_bytes())
+    note(f"Ray Tune's state {copy.name} of '{exp_id}' was damaged; put back the whole copy Tune kept in {copy}")
+
+
+def whole_copy(directory: Path, exp_id: str, state: Path) -> tuple[Path | None, str | None]:
     """The newest copy of `state` in Tune's session folders (Ray keeps one for each run in its
-    temporary folder, until the machine cleans it) that is whole and agrees with our records."""
-    root = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray"
-    copies = sorted(root.glob(f"session_*/artifacts/*/{directory.name}/driver_artifacts/{state.name}"),
-                    key=lambda path: path.stat().st_mtime, reverse=True)
-    for copy in copies:
+    temporary folder, until the machine cleans it) that is whole and agrees with our records,
+    or None and why a whole copy does not agree (None when there is no whole copy)."""
+    from ray._common.utils import get_default_ray_temp_dir  # Ray's own choice of folder
+
+    root = Path(os.environ.get("RAY_TMPDIR") or get_default_ray_temp_dir())
+    found = []
+    for copy in root.glob(f"session_*/artifacts/*/{directory.name}/driver_artifacts/{state.name}"):
+        try:
+            found.append((copy.stat().st_mtime, copy))
+        except OSError:  # Ray cleaned that session meanwhile
+            continue
+    why = None
+    for _, copy in sorted(found, reverse=True):
         try:
             check_trials(directory, exp_id, copy, ray_trials(copy))
-        except (*DAMAGE, UserError, OSError):
+        except UserError as err:
+            why = why or f"Ray Tune's state of experiment '{exp_id}' ({state.name}) is damaged, and {err}"
             continue
-        return copy
-    return None
+        except (*DAMAGE, OSError):
+            continue
+        return copy, None
+    return None, why
 
 
 def rerun_command(exp_id: str) -> str:
@@ -116,5 +133,6 @@ def rerun_command(exp_id: str) -> str:
         words += ["-g", *record["gin_config"]]
     if record.get("gin_params"):
         words += ["-p", *record["gin_params"]]
-    words += ["-l"] * bool(record.get("local")) + ["-c"] * bool(record.get("checkpoint_at_end"))
+    at_end = record.get("checkpoint_at_end", record.get("checkpointing", {}).get("checkpoint_at_end"))
+    words += ["-l"] * bool(record.get("local")) + ["-c"] * bool(at_end)
     return shlex.join(words)

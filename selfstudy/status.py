@@ -10,7 +10,9 @@ come is known.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +29,35 @@ def print_status(exp_id: str, record: dict[str, Any]) -> None:
     """Print the table of experiment `exp_id` (of each stage, for a study: `record` is its
     experiment.json), then one line on whether it runs and what is left."""
     directory = folders.exp_dir(exp_id)
-    unfinished, refusal = 0, None
+    unfinished, stages_left, refusal = 0, 0, None
     for stage_dir in [directory / stage for stage in record.get("stages", [])] or [directory]:
         if not stage_dir.is_dir():
             print(f"stage '{stage_dir.name}' of study '{exp_id}': not started")
-            unfinished += 1
+            stages_left += 1
             continue
         later = pd.DataFrame([{"trial": "-", "status": "pending", **config_columns(config)}
                               for config in started_later(stage_dir)])
-        frame, _, _ = show(stage_dir, later)
-        unfinished += len(later) + (frame.loc[frame["status"] == "running", "trial"].nunique() if len(frame) else 0)
-        refusal = refusal or resume_refusal(stage_dir, exp_id)
-    print(driver_line(exp_id, unfinished) if not refusal or live_driver(exp_id) else
-          f"not running: {unfinished} trial(s) not finished, but --resume refuses to continue: {refusal}")
+        frame = show_while_written(stage_dir, later)
+        left = len(later) + (frame.loc[frame["status"] == "running", "trial"].nunique() if len(frame) else 0)
+        unfinished += left
+        if left and stage_dir.name not in record.get("completed", []):
+            refusal = refusal or resume_refusal(stage_dir, exp_id)
+    left = f"{unfinished} trial(s)" + (f" and {stages_left} stage(s)" if stages_left else "")
+    print(driver_line(exp_id, left, bool(unfinished or stages_left)) if not refusal or live_driver(exp_id) else
+          f"not running: {left} not finished, but --resume refuses to continue: {refusal}")
+
+
+def show_while_written(directory: Path, later: pd.DataFrame, tries: int = 5) -> pd.DataFrame:
+    """`report.show`, again after a moment when a file it reads is being rewritten (Ray copies a
+    running trial's params.json in place)."""
+    for attempt in range(tries):
+        try:
+            return show(directory, later)[0]
+        except UserError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 def resume_refusal(directory: Path, exp_id: str) -> str | None:
@@ -48,7 +66,7 @@ def resume_refusal(directory: Path, exp_id: str) -> str | None:
     if record.get("local") or not (directory / "tuner.pkl").is_file():
         return None
     try:
-        check_ray_state(directory, exp_id, repair=False)
+        check_ray_state(directory, exp_id)  # puts back nothing: --resume does that
     except UserError as err:
         return str(err)
     return None
@@ -77,17 +95,17 @@ def started_later(directory: Path) -> list[dict[str, Any]]:
     return [variants[index] for index in left]
 
 
-def driver_line(exp_id: str, unfinished: int) -> str:
-    """Whether the experiment's driver runs, and how many trials (or stages) have not finished."""
+def driver_line(exp_id: str, left: str, unfinished: bool) -> str:
+    """Whether the experiment's driver runs, and what (`left`) has not finished."""
     driver = live_driver(exp_id)
     if driver:
-        return f"running: driver pid {driver['pid']} on {driver['host']}, {unfinished} trial(s) not finished"
+        return f"running: driver pid {driver['pid']} on {driver['host']}, {left} not finished"
     recorded = read_driver(exp_id)
     if recorded.get("host") not in (None, socket.gethostname()):
         return (f"driver pid {recorded['pid']} on {recorded['host']}: whether it runs cannot be checked from here; "
-                f"{unfinished} trial(s) not finished")
+                f"{left} not finished")
     if unfinished:
-        return f"not running: {unfinished} trial(s) not finished; continue with `{resume_command(exp_id)}`"
+        return f"not running: {left} not finished; continue with `{resume_command(exp_id)}`"
     return "not running: every trial ended"
 
 
@@ -106,4 +124,17 @@ def live_driver(exp_id: str) -> dict[str, Any] | None:
     if driver.get("host") != socket.gethostname() or not driver.get("pid"):
         return None
     started = folders.process_start(driver["pid"])
-    return driver if started is not None and started == driver.get("started") else None
+    if started is None or driver.get("started") is None:  # no /proc, or a record of an older version
+        return driver if pid_alive(driver["pid"]) else None
+    return driver if started == driver["started"] else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this machine (perhaps another one that reused the pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True

@@ -30,7 +30,7 @@ from selfstudy.durable import DiskFull, free_bytes, size_text
 from selfstudy.errors import UserError
 from selfstudy.local import run_local
 from selfstudy.notes import note, print_notes
-from selfstudy.ray_state import check_ray_state, rerun_command
+from selfstudy.ray_state import check_ray_state, put_back, rerun_command
 from selfstudy.rayconfig import RayConfig, load_ray_config
 from selfstudy.trials import check_trial
 
@@ -232,8 +232,7 @@ def resume_in(request: Request, directory: Path, record: dict[str, Any] | None) 
         raise UserError(f"experiment '{request.exp_id}' has trials but no record of Ray Tune's ({directory / 'tuner.pkl'}"
                         f" is gone), so --resume cannot continue them; run the sweep again: "
                         f"`{rerun_command(request.exp_id)}`")
-    check_ray_state(directory, request.exp_id)
-    print_notes()
+    copy = check_ray_state(directory, request.exp_id)
     start_ray(request.address, request.quiet)
     resources = record["resources"] if record else trial_resources(load_ray_config("single_run"),
                                                                    cluster=cluster_resources())
@@ -244,6 +243,9 @@ def resume_in(request: Request, directory: Path, record: dict[str, Any] | None) 
         raise UserError(f"Ray Tune's record of experiment '{request.exp_id}' ({directory / 'tuner.pkl'}) is damaged "
                         f"({type(err).__name__}), so --resume cannot continue it; run the sweep again: "
                         f"`{rerun_command(request.exp_id)}`") from None
+    if copy is not None:  # Tune reads its state when it runs
+        put_back(copy, directory, request.exp_id)
+        print_notes()
     folders.mark_driver(request.exp_id)
     fit(tuner, request.quiet)
 
@@ -253,8 +255,8 @@ def check_unfinished(directory: Path) -> None:
     checkpoints needs code to load (a planted snapshot is refused here, in one line). A damaged
     one is left to the trial: Ray never restores a copy it did not finish."""
     for trial_dir in folders.trial_dirs(directory):
-        if folders.trial_status(trial_dir).state in ("finished", "stopped"):
-            continue
+        if folders.trial_status(trial_dir).state in ("finished", "stopped") or not folders.params_whole(trial_dir):
+            continue  # a params.json that Ray's copy cut short is written again when the trial starts
         check_trial(folders.read_params(trial_dir))
         for checkpoint in folders.checkpoints(trial_dir):
             try:

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -319,7 +318,9 @@ def test_resume_repairs_or_refuses_a_damaged_state_and_passes_over_a_damaged_che
 
     state = max(exp.glob("experiment_state-*.json"))
     whole = state.read_bytes()
-    ray_copy = max(Path(tempfile.gettempdir(), "ray").glob(f"session_*/artifacts/*/damaged/driver_artifacts/{state.name}"),
+    from ray._common.utils import get_default_ray_temp_dir
+
+    ray_copy = max(Path(get_default_ray_temp_dir()).glob(f"session_*/artifacts/*/damaged/driver_artifacts/{state.name}"),
                    key=lambda path: path.stat().st_mtime)
     assert ray_copy.read_bytes() == whole
     for damaged in (state, ray_copy):
