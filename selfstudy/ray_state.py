@@ -67,7 +67,7 @@ def check_trials(directory: Path, exp_id: str, state: Path, trials: list[dict[st
                             f"sweep's; run the sweep again: `{rerun_command(exp_id)}`")
 
 
-def check_ray_state(directory: Path, exp_id: str) -> Path | None:
+def check_ray_state(directory: Path, exp_id: str) -> tuple[Path, bytes] | None:
     """Before Tune restores the sweep in `directory`: its newest state (the one Tune reads) is
     whole and agrees with our records; else the whole copy Tune kept of it that does, for
     `put_back` once nothing else refuses (and Tune reads the state); else a `UserError` that
@@ -87,14 +87,15 @@ def check_ray_state(directory: Path, exp_id: str) -> Path | None:
                                    f"({type(err).__name__}), and Tune keeps no whole copy of it: --resume cannot tell "
                                    "the trials apart, so nothing was run; the trials' results stay readable; run the "
                                    f"sweep again: `{rerun_command(exp_id)}`") from None
-        return copy
+        return copy, copy.read_bytes()  # read now: Ray may clean its sessions before the copy is put back
     check_trials(directory, exp_id, newest, trials)
     return None
 
 
-def put_back(copy: Path, directory: Path, exp_id: str) -> None:
-    """Write Tune's whole copy over the damaged state of the same name, with a note."""
-    write_atomic(directory / copy.name, copy.read_bytes())
+def put_back(repair: tuple[Path, bytes], directory: Path, exp_id: str) -> None:
+    """Write Tune's whole copy (its path, its bytes) over the damaged state of the same name, with a note."""
+    copy, data = repair
+    write_atomic(directory / copy.name, data)
     note(f"Ray Tune's state {copy.name} of '{exp_id}' was damaged; put back the whole copy Tune kept in {copy}")
 
 
@@ -107,12 +108,12 @@ def whole_copy(directory: Path, exp_id: str, state: Path) -> tuple[Path | None, 
     root = Path(os.environ.get("RAY_TMPDIR") or get_default_ray_temp_dir())
     found = []
     for copy in root.glob(f"session_*/artifacts/*/{directory.name}/driver_artifacts/{state.name}"):
-        try:
-            found.append((copy.stat().st_mtime, copy))
+        try:  # session_latest is a link to the newest session, which the next ray.init replaces
+            found.append((copy.stat().st_mtime, copy.resolve()))
         except OSError:  # Ray cleaned that session meanwhile
             continue
     why = None
-    for _, copy in sorted(found, reverse=True):
+    for _, copy in sorted(set(found), reverse=True):
         try:
             check_trials(directory, exp_id, copy, ray_trials(copy))
         except UserError as err:
