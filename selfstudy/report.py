@@ -14,7 +14,7 @@ import paths
 from selfstudy import folders
 from selfstudy.config import config_columns
 from selfstudy.folders import DIVERGED
-from selfstudy.results import load_experiment, load_history
+from selfstudy.results import load_experiment, load_history, started_later
 
 EXIT_INTERRUPTED = 130
 RUNS = "runs"  # links to the trial folders, named by their settings, for TensorBoard
@@ -43,7 +43,14 @@ def finish(directory: Path, exp_id: str) -> int:
     if len(frame) and (frame["status"] == "running").any():
         print(interrupted_hint(exp_id), file=sys.stderr)
         return EXIT_INTERRUPTED
+    missing = len(started_later(directory))
+    if missing:  # e.g. a searcher that stopped early: say so, though nothing failed
+        print(f"note: {missing} of the sweep's {missing + trials_of(frame)} trials never started", file=sys.stderr)
     return 1 if len(errored) or not len(frame) else 0
+
+
+def trials_of(frame: pd.DataFrame) -> int:
+    return frame["trial"].nunique() if len(frame) else 0
 
 
 def show(directory: Path, later: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[str], dict]:

@@ -19,6 +19,7 @@ The driver's report (`selfstudy.report`) and the notebook helpers (`util.vis`) b
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -148,3 +149,26 @@ def load_experiment(exp: str | Path) -> pd.DataFrame:
     if "mean_accuracy" in history:
         last["best_accuracy"] = history.groupby(keys, dropna=False)["mean_accuracy"].max()
     return last.reset_index()
+
+
+def started_later(directory: Path) -> list[dict[str, Any]]:
+    """The configs of the trials of `directory` that have not started yet. Where a sweep drew
+    random values, which differ from those Tune draws, the trials started count against the
+    first of the rest; for a searcher's sweep, an empty config per trial to come."""
+    record = folders.read_experiment(directory) or {}
+    started = [folders.read_params(trial_dir) for trial_dir in folders.trial_dirs(directory)]
+    variants = record.get("variants")
+    if variants is None:
+        return [{}] * max(record.get("trials", 0) - len(started), 0)
+    remaining: dict[str, list[int]] = {}
+    for index, config in enumerate(variants):
+        remaining.setdefault(json.dumps(config, sort_keys=True, default=str), []).append(index)
+    unmatched = 0
+    for config in started:
+        indices = remaining.get(json.dumps(config, sort_keys=True, default=str))
+        if indices:
+            indices.pop(0)
+        else:
+            unmatched += 1
+    left = sorted(index for indices in remaining.values() for index in indices)[unmatched:]
+    return [variants[index] for index in left]

@@ -2,9 +2,9 @@
 writing anything: the table of its trials (`selfstudy.report`), those not started yet
 included, and whether the process that runs it (`folders.DRIVER_FILE`) is alive.
 
-Trials not started yet are the sweep's trials recorded in experiment.json less those with a
-folder. A searcher's sweep (Optuna, ...) draws its trials as it goes: only how many are to
-come is known.
+Trials not started yet (`results.started_later`) are the sweep's trials recorded in
+experiment.json less those with a folder. A searcher's sweep (Optuna, ...) draws its trials
+as it goes: only how many are to come is known.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from selfstudy.config import config_columns
 from selfstudy.errors import UserError
 from selfstudy.ray_state import check_ray_state
 from selfstudy.report import resume_command, show
+from selfstudy.results import started_later
 
 
 def print_status(exp_id: str, record: dict[str, Any]) -> None:
@@ -70,29 +71,6 @@ def resume_refusal(directory: Path, exp_id: str) -> str | None:
     except UserError as err:
         return str(err)
     return None
-
-
-def started_later(directory: Path) -> list[dict[str, Any]]:
-    """The configs of the trials of `directory` that have not started yet. Where a sweep drew
-    random values, which differ from those Tune draws, the trials started count against the
-    first of the rest; for a searcher's sweep, an empty config per trial to come."""
-    record = folders.read_experiment(directory) or {}
-    started = [folders.read_params(trial_dir) for trial_dir in folders.trial_dirs(directory)]
-    variants = record.get("variants")
-    if variants is None:
-        return [{}] * max(record.get("trials", 0) - len(started), 0)
-    remaining: dict[str, list[int]] = {}
-    for index, config in enumerate(variants):
-        remaining.setdefault(json.dumps(config, sort_keys=True, default=str), []).append(index)
-    unmatched = 0
-    for config in started:
-        indices = remaining.get(json.dumps(config, sort_keys=True, default=str))
-        if indices:
-            indices.pop(0)
-        else:
-            unmatched += 1
-    left = sorted(index for indices in remaining.values() for index in indices)[unmatched:]
-    return [variants[index] for index in left]
 
 
 def driver_line(exp_id: str, left: str, unfinished: bool) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -263,3 +264,22 @@ def test_tune_output_settings_last_only_for_the_run() -> None:
         assert summary.filter(logging.makeLogRecord({"msg": "Experiment state snapshotting failed"}))
         raise KeyboardInterrupt
     assert {name: os.environ.get(name) for name in names} == before and not summary.filters
+
+
+def test_a_sweep_that_ends_with_trials_never_started_says_so(grid_paths: Workspace,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """A complete run whose Tune made fewer trials than the sweep has (a searcher that stopped
+    early) exits as its trials did, with a note; --status lists the missing one as pending."""
+    from selfstudy import folders
+    from selfstudy.report import finish
+
+    copy = grid_paths.exp_dir / "grid_short"
+    shutil.copytree(grid_paths.exp_dir / "grid", copy)
+    record = folders.read_experiment(copy)
+    record["variants"].append({**record["variants"][0], "BaseDataset.semisupervised": 240})
+    folders.write_json(copy / folders.EXPERIMENT_FILE, record)
+    assert finish(copy, "grid_short") == 0
+    assert "note: 1 of the sweep's 3 trials never started" in capsys.readouterr().err
+    status = grid_paths.run("-e", "grid_short", "--status")
+    assert "experiment grid_short: 3 trial(s) (1 not started)" in status.stdout, status.stdout
+    assert re.search(r"^ +- +240 +pending", status.stdout, re.M), status.stdout
