@@ -1,9 +1,11 @@
 """Files written whole or not at all, and a full disk said in one line.
 
-Every file selfstudy writes (snapshots, params, results, experiment.json, moved snapshots,
-exports) goes through `write_atomic`: a temporary file beside the target, flushed and fsynced,
-then renamed over it, and the folder synced. A crash or a full disk leaves the old file or the
-new one, never part of one.
+Every file selfstudy itself writes (snapshots, params, trial.json, experiment.json, moved
+snapshots, exports) goes through `write_atomic` or `save_torch`: a temporary file beside the
+target, flushed and fsynced, then renamed over it, and the folder synced. A crash or a full
+disk leaves the old file or the new one, never part of one. `-l`'s result.json and error.txt
+get fsynced appends (`append_line`: a line cut short is skipped by its readers); Ray's own
+files are Ray's.
 
 A write that fails for want of space (ENOSPC, EDQUOT) or on a read-only file system (EROFS)
 raises `DiskFull`, whose message names the folder, its free space and what the write needed.
@@ -34,13 +36,18 @@ def size_text(num_bytes: float) -> str:
     return f"{int(num_bytes)} bytes"
 
 
-def free_bytes(directory: Path) -> int | None:
-    """Free space of the file system holding `directory` (or its nearest existing parent)."""
+def nearest_existing(directory: Path) -> Path:
+    """`directory`, or its nearest parent that exists (where a folder not made yet will be)."""
     existing = Path(directory)
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
+    return existing
+
+
+def free_bytes(directory: Path) -> int | None:
+    """Free space of the file system holding `directory` (or its nearest existing parent)."""
     try:
-        return shutil.disk_usage(existing).free
+        return shutil.disk_usage(nearest_existing(directory)).free
     except OSError:
         return None
 

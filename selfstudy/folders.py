@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import paths
-from selfstudy.durable import append_line, link_or_copy, write_atomic
+from selfstudy.durable import append_line, link_or_copy, nearest_existing, write_atomic
 from selfstudy.errors import UserError
 
 EXPERIMENT_FILE = "experiment.json"
@@ -76,9 +76,7 @@ def exp_dir(exp_id: str) -> Path:
 
 def check_writable(directory: Path, variable: str) -> None:
     """Raise unless files can be written under `directory` (made later if missing); writes nothing that stays."""
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(directory)
     try:
         if not existing.is_dir():
             raise NotADirectoryError(f"{existing} is not a folder")
