@@ -22,6 +22,7 @@ from selfstudy.models import ResNet, Wrapper
 from selfstudy.tasks.byol import BYOLTask, byol_loss, ema_momentum
 from selfstudy.tasks.cmc import CMCTask, memory_bank_nce, split_lab
 from selfstudy.tasks.moco import MoCoTask, moco_loss, momentum_update, shuffled_encode, split_encode
+from selfstudy.tasks.mocov3 import MoCoV3Task, mocov3_loss
 from selfstudy.tasks.rotate import rotate_batch, rotation_loss
 from selfstudy.tasks.simclr import SimCLRTask, nt_xent
 from selfstudy.tasks.simsiam import SimSiamTask, simsiam_loss
@@ -40,7 +41,8 @@ from selfstudy.trial import Trial
     (AMDIMTask, "scales", 0, "at least 1"), (VAETask, "erase", 2.5, "a whole number, at least 0"),
     (VAETask, "latent", 0, "at least 1"), (SimCLRTask, "temperature", math.inf, "a finite number above 0"),
     (AMDIMTask, "tclip", math.nan, "a finite number above 0"), (BarlowTwinsTask, "off_diagonal", -1, "at least 0"),
-    (VICRegTask, "variance", math.inf, "at least 0"), (SimSiamTask, "pred_hidden", 0, "at least 1")])
+    (VICRegTask, "variance", math.inf, "at least 0"), (SimSiamTask, "pred_hidden", 0, "at least 1"),
+    (MoCoV3Task, "temperature", 0.0, "above 0"), (MoCoV3Task, "base_momentum", 1.01, "in [0, 1]")])
 def test_method_settings_out_of_range_are_refused(task: type, setting: str, value: object, says: str) -> None:
     task()  # the defaults pass
     expected = rf"{task.__name__}\.{setting} = {re.escape(repr(value))} must be .*{re.escape(says)}"
@@ -52,6 +54,7 @@ def test_method_settings_at_the_ends_of_their_ranges_are_taken() -> None:
     MoCoTask(momentum=0.0), MoCoTask(momentum=1.0), BYOLTask(base_momentum=1), CMCTask(bank_momentum=0)
     AMDIMTask(reg=0), VAETask(erase=0, lmd=0), SimCLRTask(temperature=1e-3, proj_dim=1, proj_hidden=1)
     BarlowTwinsTask(off_diagonal=0), VICRegTask(invariance=0, variance=0, covariance=0), SimSiamTask(pred_hidden=1)
+    MoCoV3Task(base_momentum=0), MoCoV3Task(base_momentum=1)
 
 
 def test_rotations_and_their_labels() -> None:
@@ -80,6 +83,18 @@ def test_moco_loss_of_a_matching_key_and_orthogonal_queue() -> None:
     queue = torch.eye(6)[2:]  # K = 4 negatives, orthogonal to the queries
     assert moco_loss(q, q, queue, 0.2).item() == pytest.approx(math.log(1 + 4 * math.exp(-1 / 0.2)), rel=1e-3)
     assert moco_loss(q, -q, queue, 1.0).item() == pytest.approx(math.log(1 + 4 * math.exp(1.0)), rel=1e-5)
+
+
+def test_mocov3_loss_by_hand() -> None:
+    """B = 2, D = 2, T = 1. q normalises to the identity; k = [[1, 1], [1, -1]] to rows of 1/sqrt(2):
+    logits [[a, a], [a, -a]] with a = 1/sqrt(2). Row 1 (target 0): two equal logits, ln 2; row 2
+    (target 1): -(-a) + ln(e^a + e^-a) = ln(1 + e^(2a)) = ln(1 + e^sqrt(2)). Mean, times 2T = 2."""
+    q = torch.tensor([[3.0, 0.0], [0.0, 2.0]])
+    k = torch.tensor([[1.0, 1.0], [1.0, -1.0]])
+    expected = 2 * (math.log(2) + math.log(1 + math.exp(math.sqrt(2)))) / 2
+    assert mocov3_loss(q, k, 1.0).item() == pytest.approx(expected, rel=1e-6)
+    # keys equal to the queries at T = 0.5: logits 2 on the diagonal, 0 off it: 2T ln(1 + e^-2) per row
+    assert mocov3_loss(q, q, 0.5).item() == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)
 
 
 def test_memory_bank_nce_and_lab_views() -> None:
@@ -214,7 +229,7 @@ def ssl_trial(name: str, *extra: str) -> Trial:
 
 
 @pytest.mark.parametrize("name", ["rotate", "simclr", "moco", "byol", "vae", "cmc", "amdim", "barlow", "vicreg",
-                                  "simsiam"])
+                                  "simsiam", "mocov3"])
 def test_twenty_steps_lower_the_loss(workspace, name: str) -> None:
     lr = LEARNING_RATES.get(name, 0.02)
     trial = ssl_trial(name, f"optimizer.lr = {lr}", "MoCoTask.queue_size = 48", *EXTRA.get(name, []))

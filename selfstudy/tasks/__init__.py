@@ -13,6 +13,7 @@ from selfstudy.tasks.classify import ClassifyTask
 from selfstudy.tasks.cmc import CMCTask
 from selfstudy.tasks.depth import DepthTask
 from selfstudy.tasks.moco import MoCoTask
+from selfstudy.tasks.mocov3 import MoCoV3Task
 from selfstudy.tasks.rotate import RotateTask
 from selfstudy.tasks.simclr import SimCLRTask
 from selfstudy.tasks.simsiam import SimSiamTask
@@ -32,6 +33,7 @@ TASKS: dict[str, Callable[[], Task]] = {
     "BarlowTwinsTask": BarlowTwinsTask,
     "VICRegTask": VICRegTask,
     "SimSiamTask": SimSiamTask,
+    "MoCoV3Task": MoCoV3Task,
 }
 
 
