@@ -1,4 +1,5 @@
-"""Write a trial's ResNet-18/50 backbone as a torchvision state dict, with its provenance.
+"""Write a trial's ResNet-18/50 backbone as a torchvision state dict, or its ViT as a timm one,
+with its provenance.
 
     python misc/export_backbone.py -e EXP/TRIAL [-o backbone.pth]    # the trial's newest checkpoint
     python misc/export_backbone.py -e EXP/NAME                       # a moved snapshot (move_snapshots.py)
@@ -10,6 +11,11 @@ or less has the CIFAR stem, which torchvision builds with `model.conv1 = nn.Conv
 stem it has, with the trial's config, commit and the metrics of the exported epoch. Default
 output: EXP_DIR/EXP/TRIAL/backbone_torchvision.pth (and .json); an existing file is replaced only
 with --force.
+
+A ViT (init_resnet.choice = 'vit_tiny', ...) is written in timm's names, backbone_timm.pth: it
+loads strictly into `timm.create_model(**record["timm"])`, the keyword arguments the JSON beside
+it gives (model name, img_size, patch_size, in_chans, num_classes K, global_pool, fc_norm False;
+its linear classifier becomes head).
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from selfstudy.checkpoint import load_snapshot  # noqa: E402
 from selfstudy.config import first_line  # noqa: E402
 from selfstudy.durable import DiskFull, save_torch, write_atomic  # noqa: E402
 from selfstudy.errors import UserError  # noqa: E402
-from selfstudy.weights import torchvision_state  # noqa: E402
+from selfstudy.models.vit import TIMM_NAMES, timm_config  # noqa: E402
+from selfstudy.weights import timm_state, torchvision_state  # noqa: E402
 
 
 def source_of(name: str) -> tuple[Path, Path | None, dict[str, Any] | None]:
@@ -81,6 +88,33 @@ def check_loads(state: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
                         "ResNet.is_half and a ResNet.feat_layer short of the last layer have no torchvision counterpart")
 
 
+def vit_record(state: dict[str, torch.Tensor], trial_dir: Path | None) -> dict[str, Any]:
+    """timm's create_model arguments for a ViT state dict in timm's names: its size from the
+    tensors' shapes, its pooling from the trial's operative config."""
+    import timm
+
+    patch = int(state["patch_embed.proj.weight"].shape[-1])
+    side = round((state["pos_embed"].shape[1] - 1) ** 0.5) * patch
+    channels = int(state["patch_embed.proj.weight"].shape[1])
+    operative = trial_dir / "operative_config.gin" if trial_dir is not None else None
+    pool = "mean" if operative and operative.is_file() and "ViT.pool = 'mean'" in operative.read_text() else "cls"
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    for arch in TIMM_NAMES:
+        config = timm_config(arch, channels, side, patch, pool, None if depth == 12 else depth)
+        reference = timm.create_model(**config, pretrained=False).state_dict()
+        if {k: v.shape for k, v in reference.items()} == {k: v.shape for k, v in state.items() if not k.startswith("head.")}:
+            config["num_classes"] = int(state["head.weight"].shape[0]) if "head.weight" in state else 0
+            return {"architecture": config["model_name"], "timm": config}
+    raise UserError("this ViT has no timm counterpart of the same name (vit_tiny, vit_small or vit_base)")
+
+
+def check_loads_timm(state: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
+    """The state dict loads strictly into `timm.create_model(**record["timm"])`."""
+    import timm
+
+    timm.create_model(**record["timm"], pretrained=False).load_state_dict(state, strict=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-e", "--exp", required=True, help="EXP/TRIAL or EXP/NAME under EXP_DIR")
@@ -88,26 +122,33 @@ def main() -> int:
     parser.add_argument("--force", action="store_true", help="replace the .pth (and its .json) if it exists")
     args = parser.parse_args()
     try:
-        out = Path(args.output) if args.output else paths.EXP_DIR / args.exp / "backbone_torchvision.pth"
+        snapshot, trial_dir, config = source_of(args.exp)
+        saved = load_snapshot(snapshot, f"-e {args.exp}")
+        vit = any(k.startswith("backbone.net.") for k in saved["model"])
+        out = (Path(args.output) if args.output else
+               paths.EXP_DIR / args.exp / ("backbone_timm.pth" if vit else "backbone_torchvision.pth"))
         if out.suffix != ".pth":
             raise UserError(f"-o {out}: name a .pth file")
         described = out.with_suffix(".json")
         if (out.exists() or described.exists()) and not args.force:
             raise UserError(f"{out if out.exists() else described} exists: pass --force to replace it, or -o another "
                             "file")
-        snapshot, trial_dir, config = source_of(args.exp)
-        saved = load_snapshot(snapshot, f"-e {args.exp}")
-        state = torchvision_state(saved["model"])
+        state = timm_state(saved["model"]) if vit else torchvision_state(saved["model"])
         record = provenance(trial_dir, config, saved.get("epoch"))
         if "best_head" in saved and trial_dir is not None:  # a probe grid: fc is its best head
             heads = folders.read_probe_grid(trial_dir) or []
             record["fc_head"] = next((head for head in heads if head["head"] == saved["best_head"]),
                                      {"head": saved["best_head"]})
-        conv1 = state["conv1.weight"]
-        record.update(source=str(snapshot), architecture="resnet50" if "layer4.0.conv3.weight" in state else "resnet18",
-                      stem="imagenet" if conv1.shape[-1] == 7 else "cifar", in_channels=int(conv1.shape[1]),
-                      num_classes=int(state["fc.weight"].shape[0]) if "fc.weight" in state else None)
-        check_loads(state, record)
+        if vit:
+            record.update(source=str(snapshot), **vit_record(state, trial_dir))
+            check_loads_timm(state, record)
+        else:
+            conv1 = state["conv1.weight"]
+            record.update(source=str(snapshot), architecture="resnet50" if "layer4.0.conv3.weight" in state else
+                          "resnet18", stem="imagenet" if conv1.shape[-1] == 7 else "cifar",
+                          in_channels=int(conv1.shape[1]),
+                          num_classes=int(state["fc.weight"].shape[0]) if "fc.weight" in state else None)
+            check_loads(state, record)
         partials = [path.with_name(f".{path.name}.partial") for path in (out, described)]
         try:  # both written whole before either replaces the old files
             save_torch(partials[0], state)  # each fsynced (selfstudy.durable)
@@ -125,7 +166,10 @@ def main() -> int:
     except UserError as err:
         print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
-    print(f"{out} ({record['architecture']}, {record['stem']} stem, fc of {record['num_classes']} classes)")
+    if vit:
+        print(f"{out} ({record['architecture']}, timm.create_model(**{record['timm']}))")
+    else:
+        print(f"{out} ({record['architecture']}, {record['stem']} stem, fc of {record['num_classes']} classes)")
     return 0
 
 

@@ -105,8 +105,8 @@ def test_a_checkpoint_that_needs_code_is_refused_in_one_line(workspace: Workspac
     error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "need code to load" in error[0] and "Traceback" not in done.stderr
     bad_layout = workspace.run("-l", "-q", "-p", f"Wrapper.pretrained = '{tmp_path / 'evil.pth'}'",
-                               "Wrapper.pretrained_format = 'timm'")
-    assert bad_layout.returncode == 2 and "unknown Wrapper.pretrained_format 'timm'" in bad_layout.stderr
+                               "Wrapper.pretrained_format = 'keras'")
+    assert bad_layout.returncode == 2 and "unknown Wrapper.pretrained_format 'keras'" in bad_layout.stderr
 
 
 def test_export_loads_into_torchvision_and_imports_back(workspace: Workspace) -> None:

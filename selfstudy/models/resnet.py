@@ -28,6 +28,7 @@ from torch import nn
 
 from selfstudy import notes
 from selfstudy.errors import UserError
+from selfstudy.models.vit import TIMM_NAMES, ViT
 
 
 def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
@@ -112,6 +113,8 @@ STEM = ("conv1", "bn1", "relu", "maxpool")
 @gin.configurable
 class ResNet(nn.Module):
     """A backbone of `ARCHITECTURES`; `forward` gives pooled features B x out_dim."""
+
+    layout_prefix = ""  # torchvision's parameter names are this module's own
 
     def __init__(self, arch: str, in_channels: int = 3, input_res: int = 32, feat_layer: str | int | None = None,
                  freeze_at_k: int | None = None, out_feats: int | None = None, width: int = 64,
@@ -249,6 +252,11 @@ class PerPosition(nn.Module):
 
 
 @gin.configurable
-def init_resnet(in_channels: int, input_res: int, choice: str = "resnet9") -> ResNet:
-    """`init_resnet.choice`: resnet9, resnet18 or resnet50."""
+def init_resnet(in_channels: int, input_res: int, choice: str = "resnet9") -> ResNet | ViT:
+    """`init_resnet.choice`: the backbone, resnet9, resnet18 or resnet50 (`ResNet.*`), or a
+    vision transformer, vit_tiny, vit_small or vit_base (`ViT.*`, see `selfstudy.models.vit`)."""
+    if choice in TIMM_NAMES:
+        return ViT(choice, in_channels=in_channels, input_res=input_res)
+    if choice not in ARCHITECTURES:
+        raise UserError(f"unknown init_resnet.choice {choice!r}; choose from: {', '.join([*ARCHITECTURES, *TIMM_NAMES])}")
     return ResNet(choice, in_channels=in_channels, input_res=input_res)

@@ -14,6 +14,7 @@ from selfstudy.checkpoint import first_difference, read_data, resolve_snapshot
 from selfstudy import notes
 from selfstudy.errors import UserError
 from selfstudy.models.resnet import ResNet
+from selfstudy.models.vit import ViT
 
 HEADS = ("linear", "mlp")
 
@@ -77,7 +78,7 @@ class Wrapper(nn.Module):
     affine parameters) before the classifier and probes.
     """
 
-    def __init__(self, backbone: ResNet, num_classes: int, out_classes: int | list[int] | None = None,
+    def __init__(self, backbone: ResNet | ViT, num_classes: int, out_classes: int | list[int] | None = None,
                  classifier: str = "linear", mlp_hidden: int = 512, finetune_classifier: bool | None = None,
                  warmup_fc: int = 0, pretrained: str | None = None, ignore_pretrained_fc: bool = False,
                  run_selfsup: bool = False, dense_pred: bool = False, finetune_selfsup: bool = True,
@@ -108,7 +109,9 @@ class Wrapper(nn.Module):
         self.run_selfsup = run_selfsup
         # the backbone never trains: a probe of frozen features, or a method's heads on them
         self.always_frozen = (finetune_classifier is False and not run_selfsup) or not finetune_selfsup
-        self.calibrate_random = calibrate_random and self.always_frozen and not run_selfsup and not pretrained
+        has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
+        self.calibrate_random = (calibrate_random and self.always_frozen and not run_selfsup and not pretrained
+                                 and has_batchnorm)  # a ViT's LayerNorms have no statistics to measure
         self.labels_train_backbone = bool(finetune_classifier) if run_selfsup else not self.always_frozen
         # Probes on frozen or detached features see them standardised (a fixed affine map at
         # evaluation, so a linear probe stays linear): untrained and self-supervised features
@@ -161,10 +164,12 @@ class Wrapper(nn.Module):
         self.load_state_dict({k: weights[k] for k in own if k in weights}, strict=False)
 
     def load_encoder(self, weights: dict[str, torch.Tensor], setting: str) -> None:
-        """An encoder in torchvision's names into the backbone, strictly (a projection of
-        ResNet.out_feats keeps its own initialisation)."""
+        """An encoder in torchvision's names (a ResNet) or timm's (a ViT) into the backbone,
+        strictly (a projection of ResNet.out_feats keeps its own initialisation)."""
+        prefix = self.backbone.layout_prefix
+        weights = {prefix + k: v for k, v in weights.items()}
         own = {k: v for k, v in self.backbone.state_dict().items() if not k.startswith("project.")}
-        weights_io.check_fit(weights, own, setting)
+        weights_io.check_fit(weights, own, setting, prefix)
         if not next(iter(own.values())).is_meta:  # a config check builds the model without memory
             self.backbone.load_state_dict(weights, strict=False)
 

@@ -12,6 +12,7 @@ from selfstudy.tasks.byol import BYOLTask
 from selfstudy.tasks.classify import ClassifyTask
 from selfstudy.tasks.cmc import CMCTask
 from selfstudy.tasks.depth import DepthTask
+from selfstudy.tasks.mae import MAETask
 from selfstudy.tasks.moco import MoCoTask
 from selfstudy.tasks.mocov3 import MoCoV3Task
 from selfstudy.tasks.rotate import RotateTask
@@ -34,6 +35,7 @@ TASKS: dict[str, Callable[[], Task]] = {
     "VICRegTask": VICRegTask,
     "SimSiamTask": SimSiamTask,
     "MoCoV3Task": MoCoV3Task,
+    "MAETask": MAETask,
 }
 
 
