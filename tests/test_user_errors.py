@@ -201,6 +201,10 @@ CASES = [
                                                                  "32x32 images of DigitsDataset: give at most 32"),
     Case(["-g", "digits/r9/amdim", "-p", "AMDIMTask.scales = 9"], "AMDIMTask.scales = 9 asks for more stages than"),
     Case(["-p", "scheduler.scheduler_fn = 'StepLR'"], "unknown scheduler.scheduler_fn 'StepLR'"),
+    Case(["-g", "digits/vit/mae", "-p", "init_resnet.choice = 'resnet9'"], "MAETask masks the patches of a vision "
+                                                                          "transformer, but the backbone is a ResNet"),
+    Case(["-g", "digits/vit/classify", "-p", "ViT.patch_size = 5"], "ViT.patch_size = 5 does not divide the 32-pixel "
+                                                                    "images into whole patches: choose one of 1, 2, 4"),
     Case(["-g", "digits/r9/cmc", "-p", "DigitsDataset.to_lab = False"], "CMCTask contrasts the L and ab channels of "
                                                                         "LAB images, but DigitsDataset stores rgb"),
     Case(["-g", "digits/r9/probe_grid", "-p", "probe_grid.budgets = [100, 5000]"],

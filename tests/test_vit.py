@@ -72,6 +72,8 @@ def test_vit_feature_map_pooling_and_other_image_sizes() -> None:
         assert grid.shape == (2, 192, 8, 8) and torch.equal(grid[:, :, 1, 2], tokens[:, 1 + 8 * 1 + 2])
         assert torch.allclose(vit(images), grid.mean(dim=(2, 3)), atol=1e-6)
         assert vit(torch.randn(3, 3, 16, 16)).shape == (3, 192)  # a local crop: 4 x 4 patches
+        dense = Wrapper(vit, 4, dense_pred=True).eval()(images)  # segmentation reads the patch tokens
+        assert dense.logits.shape == (2, 4, 32, 32) and torch.allclose(dense.features, grid.mean(dim=(2, 3)), atol=1e-6)
     with pytest.raises(UserError, match=r"ViT.patch_size = 5 does not divide the 32-pixel images .* choose one of "
                                         r"1, 2, 4, 8, 16"):
         ViT("vit_tiny", input_res=32, patch_size=5)
