@@ -10,6 +10,9 @@ Geometric operations (flip, translate, resized crop) move every per-pixel field 
 (`Batch.pixel_maps`: dense class maps, depth maps) with its image, with the same sampled
 parameters and nearest sampling, so class maps stay integer and depth 0 stays background.
 A flip also mirrors the per-image labels it changes (`MIRRORED_LABELS`: the pose).
+
+Views may differ (`selfstudy.multicrop`): blur and solarize take a probability per view, and
+multi-crop adds local views (`Batch.local_views`), made in one pass over the batch repeated.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from selfstudy import views
 from selfstudy.data.splits import MIRRORED_LABELS, Batch
 from selfstudy.errors import UserError
+from selfstudy.multicrop import PER_VIEW, Chance, LocalCrops, active, chance, check_per_view, per_image
 
 
 def reflect(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -113,21 +117,27 @@ class Augment:
     crop: int = 4  # pixels of reflection padding for random translation; 0 = off
     cutout: int = 0  # side of the erased square in pixels; 0 = off
     resized_crop: float = 0.0  # smallest area fraction of a random resized crop; 0 = off
-    blur: float = 0.0  # probability of a Gaussian blur (sigma 0.1..2 pixels)
-    solarize: float = 0.0  # probability of inverting values at or above 0.5 (in every view)
+    blur: float | tuple[float, ...] = 0.0  # probability of a Gaussian blur (sigma 0.1..2 pixels); or per view
+    solarize: float | tuple[float, ...] = 0.0  # probability of inverting values at or above 0.5; or per view
+    local: LocalCrops | None = None  # local views beside the two global ones (multi-crop); None = off
     transform_targets: bool | None = None  # None/True: per-pixel fields move; False: refused with geometry
     splits: tuple[str, ...] = ("train",)
     color_space: str = "rgb"  # of the images: colour operations on 'lab' run in RGB, converted both ways
     _tables: dict = field(default_factory=dict, repr=False, compare=False)  # Tables per size and device
 
     def __post_init__(self) -> None:
+        for name in PER_VIEW:  # gin gives lists
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("color_jitter", "grayscale", "crop", "cutout", "resized_crop", "blur", "solarize"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise UserError(f"augment.{name} = {value!r} must be a number (0: off)")
-            upper = 1 if name in ("grayscale", "blur", "resized_crop", "solarize") else float("inf")
-            if not 0 <= value <= upper:
-                raise UserError(f"augment.{name} = {value!r} must lie in [0, {upper:g}]")
+            given = getattr(self, name)
+            for value in given if name in PER_VIEW and isinstance(given, tuple) and given else (given,):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise UserError(f"augment.{name} = {given!r} must be a number (0: off)"
+                                    + (", or a list of them, one per view" if name in PER_VIEW else ""))
+                upper = 1 if name in ("grayscale", "blur", "resized_crop", "solarize") else float("inf")
+                if not 0 <= value <= upper:
+                    raise UserError(f"augment.{name} = {given!r} must lie in [0, {upper:g}]")
 
     @property
     def geometric(self) -> bool:
@@ -137,7 +147,7 @@ class Augment:
     def check(self, pixel_fields: Sequence[str] = ()) -> None:
         """Raise if these options cannot apply to images of `color_space` whose batches carry
         these per-pixel fields (names of `Batch.pixel_maps`, e.g. ('targets', 'depth'))."""
-        if (self.color_jitter or self.grayscale or self.solarize) and self.color_space not in ("rgb", "lab"):
+        if (self.color_jitter or self.grayscale or active(self.solarize)) and self.color_space not in ("rgb", "lab"):
             raise UserError(f"augment.color_jitter/grayscale/solarize need RGB or CIELAB images, but the dataset "
                             f"stores {self.color_space}: set them to 0")
         self.check_maps(pixel_fields)
@@ -155,19 +165,29 @@ class Augment:
                             f"{' and '.join(pixel_fields)} maps: leave it out (per-pixel maps move with their images) "
                             "or turn off augment.flip, augment.crop and augment.resized_crop")
 
+    def check_views(self, double_sample: bool, res: int) -> None:
+        """Raise if the views' settings do not fit a batch's views: one or two global ones
+        (`double_sample`) of `res` pixels, and the local ones."""
+        if self.local is not None:
+            self.local.check(double_sample, res, self.resized_crop or 1.0)
+        check_per_view({name: getattr(self, name) for name in PER_VIEW}, double_sample, self.local is not None)
+
     def applies_to(self, split: str) -> bool:
         return split in self.splits
 
     @property
     def changes_images(self) -> bool:
         """Whether any operation is on (else a batch comes out as it went in)."""
-        return bool(self.geometric or self.color_jitter or self.grayscale or self.cutout or self.blur or self.solarize)
+        return bool(self.geometric or self.color_jitter or self.grayscale or self.cutout or active(self.blur)
+                    or active(self.solarize))
 
-    def colour(self, raw: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def colour(self, raw: torch.Tensor, generator: torch.Generator | None, solarize: Chance | None = None
+               ) -> torch.Tensor:
         """Colour jitter (probability 0.8; brightness, contrast and saturation factors uniform in
         [max(0, 1 - s), 1 + s], hue in [-s / 4, s / 4] turns (at most half a turn), in a random
         order per batch, as torchvision's ColorJitter), grayscale and solarize (threshold 0.5)
-        on RGB values in [0, 1], with fresh parameters per image. The order comes from the
+        on RGB values in [0, 1], with fresh parameters per image (`solarize`: the probability, per
+        image or for all; `augment.solarize` by default). The order comes from the
         host's generator (seeded per trial): no device round trip."""
         b, device = len(raw), raw.device
         u = torch.rand(b, 7, generator=generator, device=device)
@@ -186,18 +206,21 @@ class Augment:
                 x = steps[step](x)
         if self.grayscale:
             x = views.grayscale(x, u[:, 5] < self.grayscale)
-        if self.solarize:
-            x = views.solarize(x, u[:, 6] < self.solarize)
+        solarize = per_image(self.solarize, b, device) if solarize is None else solarize
+        if not isinstance(solarize, float | int) or solarize:
+            x = views.solarize(x, u[:, 6] < solarize)
         return x
 
-    def blurred(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """With probability `blur` per image, a Gaussian blur of sigma uniform in [0.1, 2] pixels
-        (kernel about a tenth of the image, at least 3 taps)."""
+    def blurred(self, images: torch.Tensor, generator: torch.Generator | None, blur: Chance | None = None
+                ) -> torch.Tensor:
+        """With probability `blur` (per image or for all; `augment.blur` by default), a Gaussian
+        blur of sigma uniform in [0.1, 2] pixels (kernel about a tenth of the image, at least 3 taps)."""
         b, _, h, w = images.shape
         u = torch.rand(b, 2, generator=generator, device=images.device)
         kernel = min(max(3, (min(h, w) // 10) | 1), 2 * min(h, w) - 1)
         blurred = views.gaussian_blur(images, 0.1 + 1.9 * u[:, 0], kernel)
-        return torch.where((u[:, 1] < self.blur).view(-1, 1, 1, 1), blurred, images)
+        chosen = u[:, 1] < (per_image(self.blur, b, images.device) if blur is None else blur)
+        return torch.where(chosen.view(-1, 1, 1, 1), blurred, images)
 
     def tables(self, h: int, w: int, device: torch.device) -> Tables:
         if (h, w, device) not in self._tables:
@@ -205,31 +228,38 @@ class Augment:
         return self._tables[(h, w, device)]
 
     def __call__(self, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                 generator: torch.Generator | None = None, maps: Sequence[torch.Tensor] = ()) -> Augmented:
+                 generator: torch.Generator | None = None, maps: Sequence[torch.Tensor] = (), n_views: int = 1,
+                 local: bool = False) -> Augmented:
         """Augment a normalised batch B x C x H x W (mean/std: C, to undo the normalisation for
         colour operations) and move its per-pixel maps (each N x H x W, N <= B: the maps of the
-        first N images) with the same parameters."""
+        first N images) with the same parameters. The batch holds `n_views` views stacked view-major
+        (for per-view probabilities); with `local`, local views: crops of the `scale` resized to the
+        `res` pixels of `self.local`, whatever `resized_crop` says (and no maps)."""
         b, _, h, w = images.shape
         stack = stack_maps(maps)
         n = 0 if stack is None else len(stack)
-        if self.resized_crop:
-            boxes = views.crop_boxes(b, h, w, self.resized_crop, generator, images.device)
-            grid = views.crop_grid(boxes, h, w, (h, w))
+        size, low, high = ((self.local.res,) * 2, *self.local.scale) if local else ((h, w), self.resized_crop, 1.0)
+        if local or self.resized_crop:
+            boxes = views.crop_boxes(b, h, w, low, generator, images.device, max_scale=high)
+            grid = views.crop_grid(boxes, h, w, size)
             images = views.resized_crop(images, grid)
             if stack is not None:
                 stack = views.resized_crop(stack, grid[:n], mode="nearest")
-        if self.color_jitter or self.grayscale or self.solarize:
+            h, w = size
+        blur, solarize = (chance(getattr(self, name), n_views, local) for name in PER_VIEW)
+        if self.color_jitter or self.grayscale or active(solarize):
             scale, shift = std[:, None, None], mean[:, None, None]
             raw = images * scale + shift
             if self.color_space == "lab":  # L in [0, 100], a/b about [-128, 127]
                 import kornia
 
-                raw = kornia.color.rgb_to_lab(self.colour(kornia.color.lab_to_rgb(raw.float(), clip=True), generator))
+                rgb = kornia.color.lab_to_rgb(raw.float(), clip=True)
+                raw = kornia.color.rgb_to_lab(self.colour(rgb, generator, per_image(solarize, b, images.device)))
             else:
-                raw = self.colour(raw, generator)
+                raw = self.colour(raw, generator, per_image(solarize, b, images.device))
             images = ((raw - shift) / scale).to(images.dtype)
-        if self.blur:
-            images = self.blurred(images, generator)
+        if active(blur):
+            images = self.blurred(images, generator, per_image(blur, b, images.device))
         tables = self.tables(h, w, images.device)
         mirrored = torch.zeros(b, dtype=torch.bool, device=images.device)
         if self.flip or self.crop:
@@ -247,29 +277,38 @@ class Augment:
         are mirrored for the flipped images. With `double`, add a second, independently augmented
         view (`view2`; the fields describe the first). Both views are augmented in one pass over
         the batch stacked twice (half the kernel launches of two passes): every image draws its own
-        parameters, and only the colour jitter's order is shared, as it is within a batch."""
+        parameters, and only the colour jitter's order is shared, as it is within a batch. With
+        `double` and `local`, add the local views (`local_views`, after both global ones)."""
         maps = batch.pixel_maps()
         self.check_maps(tuple(maps))
         b = len(batch.images)
         out = self(torch.cat([batch.images, batch.images]) if double else batch.images, mean, std, generator,
-                   tuple(maps.values()))
+                   tuple(maps.values()), n_views=1 + double)
+        local = None
+        if self.local is not None and double:  # N local views of each image, view-major, in one pass
+            local = self(batch.images.repeat(self.local.count, 1, 1, 1), mean, std, generator, local=True).images
         mirrored = out.mirrored[:b]
         moved = dict(zip(maps, out.maps))
         for name, mirror in MIRRORED_LABELS.items():
             label = getattr(batch, name)
             if label is not None:
                 moved[name] = torch.where(mirrored, mirror(label), label)
-        return batch._replace(images=out.images[:b], view2=out.images[b:] if double else None, **moved)
+        return batch._replace(images=out.images[:b], view2=out.images[b:] if double else None, local_views=local,
+                              **moved)
 
 
 @gin.configurable("augment", denylist=["color_space"])
 def augment_options(color_jitter: float = 0.0, grayscale: float = 0.0, flip: bool = True, crop: int = 4,
-                    cutout: int = 0, resized_crop: float = 0.0, blur: float = 0.0, solarize: float = 0.0,
-                    transform_targets: bool | None = None, do_augment: bool | list[str] = True,
-                    color_space: str = "rgb") -> Augment:
+                    cutout: int = 0, resized_crop: float = 0.0, blur: float | list[float] = 0.0,
+                    solarize: float | list[float] = 0.0, transform_targets: bool | None = None,
+                    do_augment: bool | list[str] = True, local_crops: int = 0, local_res: int = 0,
+                    local_scale: list[float] = (0.05, 0.4), color_space: str = "rgb") -> Augment:
     """`augment.*`. `do_augment`: True = the train split, False = none, or a list of split names.
     `transform_targets`: per-pixel fields (class maps, depth maps) always move with their images;
     True also asserts the dataset has them, False refuses geometric operations on a set that does.
+    `blur`, `solarize`: a probability for every view, or a list of one per view (view 1, view 2,
+    and with `local_crops` the local views). `local_crops` local views per image (with
+    `BaseDataset.double_sample`), `local_res` pixels wide, of `local_scale` area fractions.
     `color_space`: the images' (the dataset's, not a setting)."""
     if isinstance(do_augment, bool):
         splits = ("train",) if do_augment else ()
@@ -280,5 +319,6 @@ def augment_options(color_jitter: float = 0.0, grayscale: float = 0.0, flip: boo
             raise UserError(f"augment.do_augment names unknown splits {sorted(unknown)}; use train, valid, test")
     return Augment(color_jitter=color_jitter, grayscale=grayscale, flip=flip, crop=crop, cutout=cutout,
                    resized_crop=resized_crop, blur=blur, solarize=solarize, transform_targets=transform_targets,
-                   splits=splits, color_space=color_space)
+                   splits=splits, local=LocalCrops(local_crops, local_res, local_scale) if local_crops else None,
+                   color_space=color_space)
 

@@ -91,6 +91,7 @@ def build(bound: Bound, device: torch.device) -> Parts:
         task.setup(model, dataset, options, rows)
     pixel_fields = ("targets",) * bool(dataset.train.target_shape) + tuple(n for n in task.needs if n in PIXEL_FIELDS)
     augment.check(pixel_fields)
+    augment.check_views(options.double_sample, dataset.resolution(options))
     if options.double_sample and augment.transform_targets:
         raise UserError("BaseDataset.double_sample and augment.transform_targets cannot be combined: two views "
                         "would need two target maps; turn one of them off")

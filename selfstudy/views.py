@@ -92,13 +92,14 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> tor
 
 
 def crop_boxes(n: int, h: int, w: int, min_scale: float, generator: torch.Generator | None,
-               device: torch.device, ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10) -> torch.Tensor:
+               device: torch.device, ratio: tuple[float, float] = (3 / 4, 4 / 3), tries: int = 10,
+               max_scale: float = 1.0) -> torch.Tensor:
     """Random resized-crop boxes, one per image, drawn in one call, as torchvision samples them:
-    area a fraction in [min_scale, 1] of the image and aspect ratio log-uniform in `ratio`,
+    area a fraction in [min_scale, max_scale] of the image and aspect ratio log-uniform in `ratio`,
     the first of `tries` candidates that fits the image, else a centre crop of the whole image
     with its ratio clamped into `ratio`; n x 4 (x0, y0, x1, y1) in pixels, corners inclusive."""
     u = torch.rand(n, tries, 4, generator=generator, device=device)
-    area = (min_scale + (1 - min_scale) * u[..., 0]) * h * w
+    area = (min_scale + (max_scale - min_scale) * u[..., 0]) * h * w
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
     cw, ch = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()

@@ -47,6 +47,7 @@ class Batch(NamedTuple):
     view2: torch.Tensor | None = None  # a second view of the same images (BaseDataset.double_sample)
     pose: torch.Tensor | None = None  # B int64 in 0..4 (BaseDataset.predict_pose); mirrored with a flip
     depth: torch.Tensor | None = None  # B x H x W float32, distance from the camera, 0 where no object
+    local_views: torch.Tensor | None = None  # (N B) x C x r x r, view-major: N small crops (augment.local_crops)
 
     def pixel_maps(self) -> dict[str, torch.Tensor]:
         """The batch's per-pixel fields (of PIXEL_FIELDS, those present as B x H x W maps), by name:
