@@ -4,6 +4,7 @@ import gin.torch  # noqa: F401  (registers torch.optim classes for `@torch.optim
 
 import selfstudy.augment  # noqa: F401
 import selfstudy.data  # noqa: F401
+import selfstudy.knn  # noqa: F401  (knn.*, knn_grid.*)
 import selfstudy.models  # noqa: F401
 import selfstudy.optim  # noqa: F401
 import selfstudy.probe  # noqa: F401  (probe_grid.*)

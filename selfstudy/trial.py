@@ -29,6 +29,7 @@ from selfstudy.data.splits import evaluated_images
 from selfstudy.durable import write_atomic
 from selfstudy.errors import UserError
 from selfstudy.folders import SNAPSHOT, checkpoint_number, checkpoints, write_json
+from selfstudy.knn import check_knn, encode, knn_accuracies, trial_knn
 from selfstudy.models.calibrate import calibrate_random_backbone
 from selfstudy.notes import note, print_notes
 from selfstudy.optim import build_optimizer, build_schedule
@@ -120,6 +121,10 @@ class Trial:
         self.opt = Optimization(optimizer, schedule, scaler, steps * schedule.num_epochs)
         self.num_epochs = schedule.num_epochs
         self.test_at_end = bool(self.settings.test_iters) and self.settings.test_when == "best"
+        self.knn = trial_knn()  # online kNN accuracy (knn.every), None: off
+        if self.knn is not None:
+            check_knn("knn.k", self.knn.k, parts.dataset, parts.options, parts.rows)
+        self.num_classes = parts.dataset.num_classes
 
     @property
     def done(self) -> bool:
@@ -137,6 +142,8 @@ class Trial:
                     len(self.splits["valid"]), self.batch_size, self.settings.valid_iters))
             if self.settings.test_iters and not self.test_at_end:
                 metrics.update(self.evaluate("test", self.settings.test_iters))
+            if self.knn is not None and self.knn.due(self.epoch, self.done):
+                metrics["valid_knn_accuracy"] = self.knn_accuracy()
         diverged = [name for name, value in metrics.items() if name.endswith("loss") and not np.isfinite(value)]
         if diverged:
             raise UserError(f"training diverged at epoch {self.epoch} ({diverged[0]} {metrics[diverged[0]]}): "
@@ -164,6 +171,13 @@ class Trial:
         self.model.load_state_dict(current["0"])
         self.task.load_state_dict(current["1"])
         return self.selection.test
+
+    def knn_accuracy(self) -> float:
+        """The weighted kNN accuracy (`knn.*`, `selfstudy.knn`) of the backbone's features: the
+        train split's plain images the memory, the whole valid split the queries."""
+        memory, queries = (encode(self.model.backbone, self.splits[split], self.batch_size, self.prep.autocast)
+                           for split in ("train", "valid"))
+        return knn_accuracies(memory, queries, self.num_classes, [(self.knn.k, self.knn.temperature)])[0]
 
     def evaluate(self, split: str, iters: int) -> dict[str, float]:
         return evaluate(self.model, self.task, self.splits[split].batches(self.batch_size, iters), self.prep, split)

@@ -1,5 +1,6 @@
-"""Which trial a config describes, checked or opened: a `Trial`, or a probe grid's `GridTrial`
-(`selfstudy.probe_trial`) when the config binds probe_grid.*. The driver checks every trial of a
+"""Which trial a config describes, checked or opened: a `Trial`, a probe grid's `GridTrial`
+(`selfstudy.probe_trial`) when the config binds probe_grid.*, or a `KnnTrial`
+(`selfstudy.knn_trial`) when it binds knn_grid.*. The driver checks every trial of a
 sweep here before anything runs; the Ray Trainable and `-l` open them here.
 """
 
@@ -10,10 +11,12 @@ from typing import Any
 
 import torch
 
-from selfstudy.build import bind, build, default_device, trainable
+from selfstudy.build import Bound, bind, build, default_device, trainable
 from selfstudy.checkpoint import resolve_snapshot
 from selfstudy.data.splits import num_batches
 from selfstudy.errors import UserError
+from selfstudy.knn import check_knn, knn_grid_options, trial_knn, trial_knn_grid
+from selfstudy.knn_trial import KnnTrial, check_knn_trial
 from selfstudy.optim import PlateauSchedule, build_schedule, check_optimizer
 from selfstudy.precision import autocast_dtype
 from selfstudy.probe_trial import GridTrial, check_grid
@@ -24,8 +27,20 @@ def open_trial(config: dict[str, Any], trial_dir: Path | None = None, num_thread
                node_id: str | None = None) -> Trial:
     """The trial `config` describes, built (gin parsed once) and ready for its first epoch."""
     bound = bind(config)
-    kind = GridTrial if bound.grid is not None else Trial
-    return kind(config, trial_dir, num_threads=num_threads, node_id=node_id, bound=bound)
+    return trial_kind(bound)(config, trial_dir, num_threads=num_threads, node_id=node_id, bound=bound)
+
+
+def trial_kind(bound: Bound) -> type[Trial]:
+    """GridTrial for probe_grid.*, KnnTrial for knn_grid.*, else Trial; a `UserError` for settings
+    of two kinds."""
+    knn_grid = trial_knn_grid()
+    if bound.grid is not None and knn_grid is not None:
+        raise UserError("probe_grid.* and knn_grid.* each make the trial an evaluation of its own kind: keep one of "
+                        "them (one trial each)")
+    if (bound.grid is not None or knn_grid is not None) and trial_knn() is not None:
+        raise UserError("knn.every measures kNN accuracy while a backbone trains, but a probe grid or kNN trial does "
+                        "not train it: drop knn.* (knn_grid.* gives a kNN trial its k and temperature)")
+    return GridTrial if bound.grid is not None else KnnTrial if knn_grid is not None else Trial
 
 
 def check_trial(config: dict[str, Any]) -> int:
@@ -54,8 +69,14 @@ def check_trial(config: dict[str, Any]) -> int:
     autocast_dtype(settings.precision, default_device())
     if settings.restore_session:
         resolve_snapshot(settings.restore_session, "session.restore_session")
+    kind = trial_kind(bound)
     if bound.grid is not None:
         check_grid(parts, bound.grid, config)
+    if kind is KnnTrial:
+        check_knn_trial(parts, trial_knn_grid() or knn_grid_options())
+    online = trial_knn()
+    if online is not None:
+        check_knn("knn.k", online.k, parts.dataset, parts.options, rows)
     state = [*parts.model.state_dict().values(), *parts.task.state_dict().values()]
     weights = sum(tensor.numel() * tensor.element_size() for tensor in state)
     return weights + sum(p.numel() * p.element_size() for p in trainable(parts.model, parts.task))
