@@ -62,10 +62,12 @@ class MAETask(SelfSupervisedTask):
     patches masked, a decoder of `decoder_depth` transformer blocks `decoder_dim` wide
     (`decoder_heads` heads), the loss on per-patch normalised pixels (`norm_pix_loss`). The
     probes read the pooled features of the whole image (the encoder's output without masking,
-    one more forward pass without gradients), so that they measure what a transfer would use."""
+    one more forward pass without gradients), so that they measure what a transfer would use;
+    `online_probes = False` leaves them out (and that pass: the speed of MAE alone; the run then
+    reports its loss, and kNN accuracy with `knn.every`)."""
 
     def __init__(self, mask_ratio: float = 0.75, decoder_dim: int = 128, decoder_depth: int = 2,
-                 decoder_heads: int = 4, norm_pix_loss: bool = True):
+                 decoder_heads: int = 4, norm_pix_loss: bool = True, online_probes: bool = True):
         super().__init__()
         check_settings("MAETask", {"decoder_dim": "count", "decoder_depth": "count", "decoder_heads": "count"},
                        locals())
@@ -74,7 +76,7 @@ class MAETask(SelfSupervisedTask):
         if decoder_dim % decoder_heads:
             raise UserError(f"MAETask.decoder_dim = {decoder_dim} must be a multiple of MAETask.decoder_heads = "
                             f"{decoder_heads}")
-        self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
+        self.mask_ratio, self.norm_pix_loss, self.online_probes = mask_ratio, norm_pix_loss, online_probes
         self.decoder_dim, self.decoder_depth, self.decoder_heads = decoder_dim, decoder_depth, decoder_heads
 
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
@@ -82,6 +84,7 @@ class MAETask(SelfSupervisedTask):
         if not isinstance(model.backbone, ViT):
             raise UserError("MAETask masks the patches of a vision transformer, but the backbone is a ResNet: set "
                             "init_resnet.choice = 'vit_tiny' (or vit_small, vit_base)")
+        self.probes = self.probes and self.online_probes
         from timm.models.vision_transformer import Block
 
         backbone = model.backbone
