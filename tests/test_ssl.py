@@ -21,6 +21,7 @@ from selfstudy.errors import UserError
 from selfstudy.models import ResNet, Wrapper
 from selfstudy.tasks.byol import BYOLTask, byol_loss, ema_momentum
 from selfstudy.tasks.cmc import CMCTask, memory_bank_nce, split_lab
+from selfstudy.tasks.dino import DINOHead, DINOTask, dino_loss, teacher_temperature
 from selfstudy.tasks.moco import MoCoTask, moco_loss, momentum_update, shuffled_encode, split_encode
 from selfstudy.tasks.mocov3 import MoCoV3Task, mocov3_loss
 from selfstudy.tasks.rotate import rotate_batch, rotation_loss
@@ -42,7 +43,9 @@ from selfstudy.trial import Trial
     (VAETask, "latent", 0, "at least 1"), (SimCLRTask, "temperature", math.inf, "a finite number above 0"),
     (AMDIMTask, "tclip", math.nan, "a finite number above 0"), (BarlowTwinsTask, "off_diagonal", -1, "at least 0"),
     (VICRegTask, "variance", math.inf, "at least 0"), (SimSiamTask, "pred_hidden", 0, "at least 1"),
-    (MoCoV3Task, "temperature", 0.0, "above 0"), (MoCoV3Task, "base_momentum", 1.01, "in [0, 1]")])
+    (MoCoV3Task, "temperature", 0.0, "above 0"), (MoCoV3Task, "base_momentum", 1.01, "in [0, 1]"),
+    (DINOTask, "student_temp", 0, "above 0"), (DINOTask, "teacher_warmup", 1.5, "in [0, 1]"),
+    (DINOTask, "out_dim", 0, "at least 1"), (DINOTask, "center_momentum", -0.1, "in [0, 1]")])
 def test_method_settings_out_of_range_are_refused(task: type, setting: str, value: object, says: str) -> None:
     task()  # the defaults pass
     expected = rf"{task.__name__}\.{setting} = {re.escape(repr(value))} must be .*{re.escape(says)}"
@@ -54,7 +57,7 @@ def test_method_settings_at_the_ends_of_their_ranges_are_taken() -> None:
     MoCoTask(momentum=0.0), MoCoTask(momentum=1.0), BYOLTask(base_momentum=1), CMCTask(bank_momentum=0)
     AMDIMTask(reg=0), VAETask(erase=0, lmd=0), SimCLRTask(temperature=1e-3, proj_dim=1, proj_hidden=1)
     BarlowTwinsTask(off_diagonal=0), VICRegTask(invariance=0, variance=0, covariance=0), SimSiamTask(pred_hidden=1)
-    MoCoV3Task(base_momentum=0), MoCoV3Task(base_momentum=1)
+    MoCoV3Task(base_momentum=0), MoCoV3Task(base_momentum=1), DINOTask(teacher_warmup=0, center_momentum=1, layers=1)
 
 
 def test_rotations_and_their_labels() -> None:
@@ -95,6 +98,40 @@ def test_mocov3_loss_by_hand() -> None:
     assert mocov3_loss(q, k, 1.0).item() == pytest.approx(expected, rel=1e-6)
     # keys equal to the queries at T = 0.5: logits 2 on the diagonal, 0 off it: 2T ln(1 + e^-2) per row
     assert mocov3_loss(q, q, 0.5).item() == pytest.approx(math.log(1 + math.exp(-2)), rel=1e-6)
+
+
+def test_dino_loss_by_hand() -> None:
+    """B = 2, K = 2; teacher temperature 0.5 with centre [1, 0], student temperature 1. Teacher:
+    global view 1 centres to [0, 0] (distribution [1/2, 1/2]); view 2 to [ln 3, 0] / [0, ln 3] after
+    sharpening ([3/4, 1/4] / [1/4, 3/4]). Student: views 1 and 3 (local) [0, 0] (log 1/2 each),
+    view 2 [ln 3, 0] (log 3/4, log 1/4). Pairs: teacher 1 x student 2: -(ln 3/4 + ln 1/4) / 2 =
+    ln(16/3) / 2; teacher 1 x student 3, teacher 2 x students 1 and 3: ln 2 each (a uniform
+    student). Mean of the four; teacher 2 x student 2 is the same view and left out."""
+    ln3, t = math.log(3), 0.5
+    center = torch.tensor([[1.0, 0.0]])
+    teacher = [torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[1 + t * ln3, 0.0], [1.0, t * ln3]])]
+    student = [torch.zeros(2, 2), torch.tensor([[ln3, 0.0], [ln3, 0.0]]), torch.zeros(2, 2)]
+    expected = (math.log(16 / 3) / 2 + 3 * math.log(2)) / 4
+    assert dino_loss(student, teacher, center, 1.0, t).item() == pytest.approx(expected, rel=1e-6)
+    globals_only = (math.log(16 / 3) / 2 + math.log(2)) / 2  # no local view: two pairs
+    assert dino_loss(student[:2], teacher, center, 1.0, torch.tensor(t)).item() == pytest.approx(globals_only, rel=1e-6)
+    teacher = [x.requires_grad_() for x in teacher]
+    dino_loss([x.requires_grad_() for x in student], teacher, center, 1.0, t).backward()
+    assert all(x.grad is None for x in teacher)  # the teacher gets no gradient
+
+
+def test_dino_head_and_teacher_temperature() -> None:
+    head = DINOHead(5, 7, hidden=6, bottleneck=3)
+    assert len(DINOHead(5, 7, 6, 3, batch_norm=True).mlp) == len(head.mlp) + 2  # after each hidden layer
+    x = torch.randn(4, 5)
+    logits = head(x)
+    assert logits.shape == (4, 7) and logits.abs().max() <= 1 + 1e-6  # cosines
+    with torch.no_grad():
+        head.last.mul_(torch.arange(1.0, 8.0)[:, None])  # rescaled rows: the same (normalised) last layer
+    assert torch.allclose(head(x), logits, atol=1e-6)
+    assert [teacher_temperature(s, 10, 0.04, 0.07, 0.3) for s in (0, 1, 2, 3, 9)] == \
+        pytest.approx([0.04, 0.05, 0.06, 0.07, 0.07])
+    assert teacher_temperature(0, 10, 0.04, 0.07, 0.0) == 0.07  # no warmup
 
 
 def test_memory_bank_nce_and_lab_views() -> None:
@@ -220,6 +257,10 @@ def test_vae_terms() -> None:
 LEARNING_RATES = {"amdim": 0.3}  # its clipped scores start flat and move slowly at 0.02
 STEPS = {"amdim": 60}  # ... and still slowly at 0.3
 EXTRA = {"moco": ["MoCoTask.momentum = 0.9"]}  # within 20 steps a 0.99 key encoder barely follows the queries
+# DINO's loss is the teacher's entropy plus the student's distance from it: the student's part goes down
+# against a teacher held still (momentum 1, centre and temperature fixed), sharp enough that its entropy is small
+EXTRA["dino"] = ["DINOTask.base_momentum = 1.0", "DINOTask.center_momentum = 1.0", "DINOTask.teacher_warmup = 0.0",
+                 "DINOTask.teacher_temp = 0.01"]
 
 
 def ssl_trial(name: str, *extra: str) -> Trial:
@@ -229,7 +270,7 @@ def ssl_trial(name: str, *extra: str) -> Trial:
 
 
 @pytest.mark.parametrize("name", ["rotate", "simclr", "moco", "byol", "vae", "cmc", "amdim", "barlow", "vicreg",
-                                  "simsiam", "mocov3"])
+                                  "simsiam", "mocov3", "dino"])
 def test_twenty_steps_lower_the_loss(workspace, name: str) -> None:
     lr = LEARNING_RATES.get(name, 0.02)
     trial = ssl_trial(name, f"optimizer.lr = {lr}", "MoCoTask.queue_size = 48", *EXTRA.get(name, []))
@@ -262,6 +303,26 @@ def test_twenty_steps_lower_the_loss(workspace, name: str) -> None:
         trial.task.after_step(trial.model, step, steps)
         assert {"loss", "accuracy", "mlp_accuracy"} <= set(metrics)
     assert objective() < before * 0.95, (name, before, objective())
+    trial.close()
+
+
+def test_dino_teacher_sees_the_global_views_and_the_student_every_view(workspace) -> None:
+    trial = ssl_trial("dino", "augment.local_crops = 2")
+    batch = trial.prep(next(trial.splits["train"].batches(8, 1, shuffle=(0, 1))), "train")
+    seen: dict[str, list[tuple[int, ...]]] = {"student": [], "teacher": []}
+    for name, module in (("student", trial.model.backbone), ("teacher", trial.task.teacher_backbone)):
+        module.register_forward_hook(lambda m, args, out, name=name: seen[name].append(tuple(args[0].shape)))
+    trial.task.train()
+    trial.task.objective(trial.model, batch)
+    assert seen["teacher"] == [(16, batch.images.shape[1], 32, 32)]  # the 2 x 8 global views, in one pass
+    assert [shape[-1] for shape in seen["student"]] == [32, 16] and seen["student"][1][0] == 2 * 8
+    center = trial.task.center.clone()
+    assert center.abs().sum() > 0  # a training pass moves the centre ...
+    trial.task.eval()
+    trial.task.objective(trial.model, batch)
+    assert torch.equal(center, trial.task.center)  # ... an evaluation does not
+    trial.task.after_step(trial.model, 2, 10)  # the next step's temperature: step 3 of 10, warm after 3
+    assert trial.task.temperature.item() == pytest.approx(0.07)
     trial.close()
 
 

@@ -12,6 +12,7 @@ from selfstudy.tasks.byol import BYOLTask
 from selfstudy.tasks.classify import ClassifyTask
 from selfstudy.tasks.cmc import CMCTask
 from selfstudy.tasks.depth import DepthTask
+from selfstudy.tasks.dino import DINOTask
 from selfstudy.tasks.mae import MAETask
 from selfstudy.tasks.moco import MoCoTask
 from selfstudy.tasks.mocov3 import MoCoV3Task
@@ -35,6 +36,7 @@ TASKS: dict[str, Callable[[], Task]] = {
     "VICRegTask": VICRegTask,
     "SimSiamTask": SimSiamTask,
     "MoCoV3Task": MoCoV3Task,
+    "DINOTask": DINOTask,
     "MAETask": MAETask,
 }
 
