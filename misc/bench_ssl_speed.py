@@ -1,15 +1,17 @@
-"""Speed of a self-supervised step: the two-view augmentation's share of a SimCLR step, and
-SimCLR throughput with augmentation against the bare step (same model, same run). Prints
-one JSON line.
+"""Speed of a self-supervised step: the views' augmentation's share of a step (SimCLR's two
+views, DINO's multi-crop), and throughput with augmentation against the bare step (same model,
+same run, on views made once). Prints one JSON line.
 
     python misc/bench_ssl_speed.py                                   # digits/r9/simclr as configured
     python misc/bench_ssl_speed.py -p 'ResNet.width = 64' 'dataloader.batch_size = 512' \
         'BaseDataset.input_res = 32'                                 # the GPU figure's setting
+    python misc/bench_ssl_speed.py -g digits/vit/dino -p 'dataloader.batch_size = 512'
+                                                                     # 2 x 32 px + 6 x 16 px, ViT-Tiny
 
 The model, task, optimizer, precision and augmentation are the gin config's (built as a trial
 builds them); the images are random, of the dataset's size and resolution. Figures:
     aug_share_of_step     two views' augmentation / (augmentation + training step)
-    throughput_vs_bare    images/s with augmentation / images/s of the bare step (views = the images)
+    throughput_vs_bare    images/s with augmentation / images/s of the bare step (on views made once)
     kornia_aug_ms         the resized crop, colour, blur and solarize steps of the same two views
                           with kornia's augmentation modules (the reference the batched operations
                           are tested against), for comparison
@@ -90,8 +92,8 @@ def main() -> None:
     def augment() -> Batch:
         return parts.augment.batch(batch, mean, std, generator, double=parts.options.double_sample)
 
-    bare_views = batch._replace(view2=images) if parts.options.double_sample else batch
     augmented = augment()
+    bare_views = augmented  # the step on views made once: every view a method takes (DINO's local ones too)
     kornia = kornia_views(parts.augment, images)
     rounds = [(timed(lambda: step(bare_views), args.steps, device), timed(augment, args.steps, device),
                timed(lambda: step(augment()), args.steps, device), timed(kornia, args.steps, device))
