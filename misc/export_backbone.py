@@ -15,7 +15,8 @@ with --force.
 A ViT (init_resnet.choice = 'vit_tiny', ...) is written in timm's names, backbone_timm.pth: it
 loads strictly into `timm.create_model(**record["timm"])`, the keyword arguments the JSON beside
 it gives (model name, img_size, patch_size, in_chans, num_classes K, global_pool, fc_norm False;
-its linear classifier becomes head).
+its linear classifier becomes head). Its pooling (ViT.pool) is read from the trial's
+operative_config.gin; where the trial folder is gone, --pool gives it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -88,16 +90,29 @@ def check_loads(state: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
                         "ResNet.is_half and a ResNet.feat_layer short of the last layer have no torchvision counterpart")
 
 
-def vit_record(state: dict[str, torch.Tensor], trial_dir: Path | None) -> dict[str, Any]:
+def vit_pool(trial_dir: Path | None, given: str | None) -> str:
+    """The ViT's pooling: `--pool`, or what its trial's operative config says (no weight tells it)."""
+    operative = trial_dir / "operative_config.gin" if trial_dir is not None else None
+    if operative is None or not operative.is_file():
+        if given is None:
+            raise UserError("cannot tell this ViT's pooling: its trial's operative_config.gin is not found; pass "
+                            "--pool cls or --pool mean (the trial's ViT.pool)")
+        return given
+    found = re.search(r"^ViT\.pool = '(\w+)'", operative.read_text(), re.MULTILINE)
+    pool = found.group(1) if found else "cls"
+    if given is not None and given != pool:
+        raise UserError(f"--pool {given}: the trial pooled with ViT.pool = '{pool}'; drop --pool")
+    return pool
+
+
+def vit_record(state: dict[str, torch.Tensor], pool: str) -> dict[str, Any]:
     """timm's create_model arguments for a ViT state dict in timm's names: its size from the
-    tensors' shapes, its pooling from the trial's operative config."""
+    tensors' shapes."""
     import timm
 
     patch = int(state["patch_embed.proj.weight"].shape[-1])
     side = round((state["pos_embed"].shape[1] - 1) ** 0.5) * patch
     channels = int(state["patch_embed.proj.weight"].shape[1])
-    operative = trial_dir / "operative_config.gin" if trial_dir is not None else None
-    pool = "mean" if operative and operative.is_file() and "ViT.pool = 'mean'" in operative.read_text() else "cls"
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     for arch in TIMM_NAMES:
         config = timm_config(arch, channels, side, patch, pool, None if depth == 12 else depth)
@@ -120,6 +135,7 @@ def main() -> int:
     parser.add_argument("-e", "--exp", required=True, help="EXP/TRIAL or EXP/NAME under EXP_DIR")
     parser.add_argument("-o", "--output", help="the .pth to write (default: beside the source)")
     parser.add_argument("--force", action="store_true", help="replace the .pth (and its .json) if it exists")
+    parser.add_argument("--pool", choices=("cls", "mean"), help="a ViT's ViT.pool, where its trial folder is gone")
     args = parser.parse_args()
     try:
         snapshot, trial_dir, config = source_of(args.exp)
@@ -140,7 +156,7 @@ def main() -> int:
             record["fc_head"] = next((head for head in heads if head["head"] == saved["best_head"]),
                                      {"head": saved["best_head"]})
         if vit:
-            record.update(source=str(snapshot), **vit_record(state, trial_dir))
+            record.update(source=str(snapshot), **vit_record(state, vit_pool(trial_dir, args.pool)))
             check_loads_timm(state, record)
         else:
             conv1 = state["conv1.weight"]

@@ -92,6 +92,7 @@ def build(bound: Bound, device: torch.device) -> Parts:
     pixel_fields = ("targets",) * bool(dataset.train.target_shape) + tuple(n for n in task.needs if n in PIXEL_FIELDS)
     augment.check(pixel_fields)
     augment.check_views(options.double_sample, dataset.resolution(options))
+    check_local_views(augment, task, model)
     if options.double_sample and augment.transform_targets:
         raise UserError("BaseDataset.double_sample and augment.transform_targets cannot be combined: two views "
                         "would need two target maps; turn one of them off")
@@ -138,6 +139,19 @@ def check_resolution(backbone: torch.nn.Module, channels: int, side: int, input_
     setting = f"BaseDataset.input_res = {input_res}" if input_res else f"the dataset's {side}-pixel images"
     raise UserError(f"{setting}: init_resnet.choice pools images smaller than {least} pixels away to nothing: set "
                     f"BaseDataset.input_res = {least} or more")
+
+
+def check_local_views(augment: Augment, task: Task, model: Wrapper) -> None:
+    """Local views (`augment.local_crops`) need a task that reads them, in whole patches of a ViT."""
+    if augment.local is None:
+        return
+    if not task.uses_local_views:
+        raise UserError(f"augment.local_crops = {augment.local.count}: {type(task).__name__} does not use local views "
+                        "(DINOTask does): set it to 0")
+    patch = getattr(model.backbone, "patch_size", None)
+    if patch and augment.local.res % patch:
+        raise UserError(f"augment.local_res = {augment.local.res} does not split into ViT.patch_size = {patch} pixel "
+                        f"patches: choose a multiple of {patch}")
 
 
 def check_heads(model: Wrapper, task: Task) -> None:

@@ -110,6 +110,8 @@ def test_bad_view_settings_get_one_line() -> None:
                                          r"of view: give one number for all, or one per view \(view 1, view 2\)"),
     (["augment.solarize = [0.0, 0.2]", "augment.local_crops = 2", "augment.local_res = 16"],
      r"has 2 entries, but a batch has 3 kinds of view: .* \(view 1, view 2, the local views\)"),
+    (["augment.local_crops = 2", "augment.local_res = 16"], "augment.local_crops = 2: SimCLRTask does not use local "
+                                                            "views \\(DINOTask does\\): set it to 0"),
 ])
 def test_a_trial_refuses_views_that_do_not_fit(workspace, bindings: list[str], says: str) -> None:
     params = dict(split_binding(b) for b in [*TINY, *bindings])
@@ -119,7 +121,7 @@ def test_a_trial_refuses_views_that_do_not_fit(workspace, bindings: list[str], s
 
 def test_a_trial_makes_local_views_of_its_training_batches_only(workspace) -> None:
     bindings = [*TINY, "augment.local_crops = 3", "augment.local_res = 16", "augment.blur = [1.0, 0.1, 0.5]"]
-    trial = Trial({"gin_config": ["digits/r9/simclr"], "gin_params": dict(split_binding(b) for b in bindings)})
+    trial = Trial({"gin_config": ["digits/r9/dino"], "gin_params": dict(split_binding(b) for b in bindings)})
     train = trial.prep(next(trial.splits["train"].batches(32, 1, shuffle=(0, 1))), "train")
     assert train.local_views.shape == (3 * 32, train.images.shape[1], 16, 16)
     assert train.view2.shape == train.images.shape == (32, train.images.shape[1], 32, 32)

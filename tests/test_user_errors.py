@@ -203,6 +203,12 @@ CASES = [
     Case(["-p", "scheduler.scheduler_fn = 'StepLR'"], "unknown scheduler.scheduler_fn 'StepLR'"),
     Case(["-g", "digits/vit/mae", "-p", "init_resnet.choice = 'resnet9'"], "MAETask masks the patches of a vision "
                                                                           "transformer, but the backbone is a ResNet"),
+    Case(["-g", "digits/vit/dino", "-p", "augment.local_res = 14"], "augment.local_res = 14 does not split into "
+                                                                    "ViT.patch_size = 4 pixel patches"),
+    Case(["-g", "digits/r9/dino", "-p", "augment.local_res = 40"], "augment.local_res = 40 is above the images' 32 "
+                                                                   "pixels"),
+    Case(["-g", "digits/vit/mae", "-p", "MAETask.mask_ratio = 0.001"], "MAETask.mask_ratio = 0.001 masks none of "
+                                                                       "the 64 patches"),
     Case(["-g", "digits/vit/classify", "-p", "ViT.patch_size = 5"], "ViT.patch_size = 5 does not divide the 32-pixel "
                                                                     "images into whole patches: choose one of 1, 2, 4"),
     Case(["-g", "digits/r9/cmc", "-p", "DigitsDataset.to_lab = False"], "CMCTask contrasts the L and ab channels of "

@@ -43,6 +43,7 @@ class Task(nn.Module):
 
     needs: tuple[str, ...] = ()
     more_labels: tuple[str, ...] = ()  # what further heads of a list Wrapper.out_classes learn, in order
+    uses_local_views = False  # whether the task reads Batch.local_views (augment.local_crops)
 
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
         """Raise `UserError` if the dataset or options lack what the task needs; build heads.

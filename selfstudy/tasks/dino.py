@@ -84,6 +84,7 @@ class DINOTask(SelfSupervisedTask):
     paper's code offers it, off by default)."""
 
     needs_two_views = True
+    uses_local_views = True
 
     def __init__(self, out_dim: int = 1024, hidden: int = 512, bottleneck: int = 128, layers: int = 3,
                  batch_norm: bool = False,

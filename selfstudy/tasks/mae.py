@@ -89,6 +89,9 @@ class MAETask(SelfSupervisedTask):
 
         backbone = model.backbone
         side = dataset.resolution(options) // backbone.patch_size
+        if round(side * side * (1 - self.mask_ratio)) >= side * side:
+            raise UserError(f"MAETask.mask_ratio = {self.mask_ratio} masks none of the {side * side} patches: raise it "
+                            "(MAE: 0.75)")
         self.patch = backbone.patch_size
         self.decoder_embed = nn.Linear(backbone.out_dim, self.decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.decoder_dim))
