@@ -43,10 +43,18 @@ def optimizer_class(optim_fn: str | type) -> type[torch.optim.Optimizer]:
 
 @gin.configurable("optimizer", denylist=["params"])
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], optim_fn: str | type = "SGD", lr: float = 0.1, **kwargs: Any
+    params: Iterable[torch.nn.Parameter], optim_fn: str | type = "SGD", lr: float = 0.1, decay_all: bool = True,
+    **kwargs: Any
 ) -> torch.optim.Optimizer:
-    """`optim_fn(params, lr=lr, **kwargs)`, e.g. `optimizer.momentum = 0.9`, `optimizer.nesterov = True`."""
+    """`optim_fn(params, lr=lr, **kwargs)`, e.g. `optimizer.momentum = 0.9`, `optimizer.nesterov = True`.
+    `decay_all = False` keeps `weight_decay` off biases, normalisation gains and a ViT's tokens and
+    position embeddings (parameters of one dimension, or 1 x N x D), as ViT recipes do."""
     cls = optimizer_class(optim_fn)
+    if not decay_all:
+        params = list(params)
+        kept = [p for p in params if p.dim() <= 1 or (p.dim() == 3 and p.shape[0] == 1)]
+        params = [group for group in ({"params": [p for p in params if not any(p is q for q in kept)]},
+                                      {"params": kept, "weight_decay": 0.0}) if group["params"]] or params
     try:
         return cls(params, lr=lr, **kwargs)
     except (TypeError, ValueError) as err:

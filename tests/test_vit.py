@@ -143,3 +143,18 @@ def test_twenty_mae_steps_lower_the_loss(workspace: Workspace) -> None:
     assert not torch.equal(start["backbone.net.blocks.0.attn.qkv.weight"],
                            trial.model.state_dict()["backbone.net.blocks.0.attn.qkv.weight"])
     trial.close()
+
+
+def test_decay_all_false_keeps_weight_decay_off_biases_norms_and_tokens() -> None:
+    from selfstudy.optim import build_optimizer
+
+    vit = ViT("vit_tiny", input_res=32, depth=1)
+    optimizer = build_optimizer(vit.parameters(), optim_fn="AdamW", lr=1e-3, weight_decay=0.05, decay_all=False)
+    decayed, kept = optimizer.param_groups
+    names = {id(p): name for name, p in vit.named_parameters()}
+    assert decayed["weight_decay"] == 0.05 and kept["weight_decay"] == 0.0
+    assert {names[id(p)] for p in kept["params"]} >= {"net.cls_token", "net.pos_embed", "net.norm.weight",
+                                                      "net.blocks.0.attn.qkv.bias"}
+    assert {names[id(p)] for p in decayed["params"]} == {"net.patch_embed.proj.weight", "net.blocks.0.attn.qkv.weight",
+                                                         "net.blocks.0.attn.proj.weight", "net.blocks.0.mlp.fc1.weight",
+                                                         "net.blocks.0.mlp.fc2.weight"}
