@@ -29,13 +29,16 @@ from selfstudy.config import split_binding  # noqa: E402
 from selfstudy.data import Batch  # noqa: E402
 from selfstudy.optim import build_optimizer, build_schedule  # noqa: E402
 from selfstudy.precision import autocast_dtype  # noqa: E402
-from selfstudy.tasks.mae import mae_loss, patchify, random_masking  # noqa: E402
+from selfstudy.errors import UserError  # noqa: E402
+from selfstudy.tasks.mae import MAETask, mae_loss, patchify, random_masking  # noqa: E402
 from selfstudy.train import Optimization, Prep, train_epoch  # noqa: E402
 
 
 def steppers(config: dict, device: torch.device, steps: int):
     """(selfstudy's step, the bare step, batch size) for the config, each a function of no arguments."""
     parts = build_parts(config, device)
+    if not isinstance(parts.task, MAETask):
+        raise UserError(f"-g {config['gin_config'][0]} trains {type(parts.task).__name__}: give an MAE config, e.g. digits/vit/mae")
     model, task = parts.model.to(memory_format=torch.channels_last), parts.task
     dtype = autocast_dtype(parts.settings.precision, device)
     res, b, channels = parts.dataset.resolution(parts.options), parts.batch_size, parts.dataset.channels
@@ -92,4 +95,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as err:
+        sys.exit(f"error: {str(err).splitlines()[0]}")

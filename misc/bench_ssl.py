@@ -33,10 +33,11 @@ its probes are CMCTask's linear probe on the frozen backbone (`Wrapper.finetune_
 accuracy at the end of pretraining. Everything lives under DATA_DIR/bench_ssl and is removed at
 the end; progress goes to stderr.
 
-At the defaults (seven methods, width 16) it takes about an hour on the 2-core CPU, in two
+The seven methods before Barlow Twins (width 16) took about an hour on the 2-core CPU, in two
 parts measured (BENCHMARKS.md): rotate, SimCLR, the VAE and AMDIM without the baselines 1,563 s
 at commit `4c98266`; MoCo, BYOL and CMC with every baseline 2,311 s at `a818276` (other jobs
-shared the cores). `--methods` and `--no-baselines` run a part.
+shared the cores); the twelve of the default set take longer. `--reduced` with the five newest
+methods took 13 minutes (BENCHMARKS.md). `--methods` and `--no-baselines` run a part.
 
 The default code 1110 varies texture, colour and viewpoint. Colour is not tied to the class,
 so a random backbone's colour features do not give the class away, and the fixed light,
@@ -114,6 +115,8 @@ def options() -> argparse.Namespace:
     parser.add_argument("--no-baselines", action="store_true", help="leave out random, calibrated and their L-only "
                         "twins (same seed: they do not change with the methods' settings)")
     args = parser.parse_args()
+    if min(args.pretrain_epochs, args.probe_epochs) < 2:
+        parser.error("--pretrain-epochs and --probe-epochs must be at least 2 (a warmup epoch, then the rest)")
     if args.reduced:
         for key, value in REDUCED.items():
             setattr(args, key, value)

@@ -157,7 +157,8 @@ class Wrapper(nn.Module):
         if difference:
             key, what = difference
             fix = ("set Wrapper.ignore_pretrained_fc = True to keep only the backbone" if not
-                   key.startswith("backbone.") else "match the pretraining's init_resnet.choice and ResNet.*")
+                   key.startswith("backbone.") else "match the pretraining's init_resnet.choice and "
+                   + ("ViT.*" if key.startswith("backbone.net.") else "ResNet.*"))
             raise UserError(f"{setting} does not fit this model: {what}; {fix}")
         if next(iter(own.values())).is_meta:  # a config check builds the model without memory: shapes suffice
             return
