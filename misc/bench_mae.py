@@ -13,7 +13,6 @@ the images are random, of the dataset's size. Figures:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from misc.bench_train import timed  # noqa: E402
+from misc.bench_train import speed_options, timed  # noqa: E402
 from selfstudy.build import build_parts, trainable  # noqa: E402
 from selfstudy.config import split_binding  # noqa: E402
 from selfstudy.data import Batch  # noqa: E402
@@ -70,14 +69,7 @@ def steppers(config: dict, device: torch.device, steps: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-g", "--gin", default="digits/vit/mae")
-    parser.add_argument("-p", "--params", nargs="*", default=[])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    if args.steps < 1 or args.rounds < 1:
-        parser.error("--steps and --rounds must be at least 1")
+    args = speed_options(__doc__, "digits/vit/mae")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     figures: dict[str, object] = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",

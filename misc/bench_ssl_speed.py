@@ -19,7 +19,6 @@ builds them); the images are random, of the dataset's size and resolution. Figur
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from misc.bench_train import timed  # noqa: E402
+from misc.bench_train import speed_options, timed  # noqa: E402
 from selfstudy.config import split_binding  # noqa: E402
 from selfstudy.data import Batch  # noqa: E402
 from selfstudy.optim import build_optimizer  # noqa: E402
@@ -59,14 +58,7 @@ def kornia_views(augment, images: torch.Tensor) -> Callable[[], object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-g", "--gin", default="digits/r9/simclr")
-    parser.add_argument("-p", "--params", nargs="*", default=[])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    if args.steps < 1 or args.rounds < 1:
-        parser.error("--steps and --rounds must be at least 1")
+    args = speed_options(__doc__, "digits/r9/simclr")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = {"gin_config": [args.gin], "gin_params": dict(split_binding(b) for b in args.params)}
     parts = build_parts(config, device)

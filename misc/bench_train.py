@@ -28,6 +28,19 @@ from selfstudy.models import ResNet, Wrapper  # noqa: E402
 from selfstudy.precision import autocast_dtype  # noqa: E402
 
 
+def speed_options(doc: str, gin_config: str) -> argparse.Namespace:
+    """The options of a step-speed bench: the gin config and bindings, steps per timing, rounds."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-g", "--gin", default=gin_config, help=f"the gin config (default {gin_config})")
+    parser.add_argument("-p", "--params", nargs="*", default=[], help="gin bindings, e.g. 'dataloader.batch_size = 512'")
+    parser.add_argument("--steps", type=int, default=10, help="steps per timing (default 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the fastest counts (default 3)")
+    args = parser.parse_args()
+    if args.steps < 1 or args.rounds < 1:
+        parser.error("--steps and --rounds must be at least 1")
+    return args
+
+
 def timed(fn, steps: int, device: torch.device) -> float:
     """Seconds per call of `fn`, after two warm-up calls."""
     for _ in range(2):
