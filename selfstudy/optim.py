@@ -61,6 +61,15 @@ def build_optimizer(
         raise UserError(f"optimizer {cls.__name__}: {err}; fix the optimizer.* bindings") from None
 
 
+@gin.configurable("gradients")
+def gradient_clip(max_norm: float | None = None) -> float | None:
+    """`gradients.max_norm`: clip the gradients' global L2 norm to this before each step, as
+    DINO's and the ViT recipes do (None: no clipping)."""
+    if max_norm is not None and not max_norm > 0:
+        raise UserError(f"gradients.max_norm = {max_norm!r} must be positive; set it above 0, or None for no clipping")
+    return max_norm
+
+
 NO_PARAMETERS = "optimizer got an empty parameter list"  # torch's words
 
 

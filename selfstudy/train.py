@@ -2,7 +2,7 @@
 
 A step: the batch (on the device already) -> its augmentation on the device, with the second
 view of a two-view method -> `loss, metrics = task.loss(model, batch)` (the method's file in
-`selfstudy/tasks/`; the backbone is `selfstudy/models/`) -> backward -> the optimizer at the
+`selfstudy/tasks/`; the backbone is `selfstudy/models/`) -> backward (its global norm clipped if `gradients.max_norm` says) -> the optimizer at the
 schedule's rate for this step -> `task.after_step` (momentum encoders follow the model) -> the
 batch's metrics into the epoch's sums. `Trial` (`selfstudy.trial`) owns the state the loop
 changes and saves it in its checkpoints.
@@ -53,6 +53,7 @@ class Optimization:
     schedule: Schedule | PlateauSchedule
     scaler: torch.amp.GradScaler
     total_steps: int  # of the whole run (a momentum schedule reads its progress from it)
+    max_norm: float | None = None  # clip the gradients' global norm to this (gradients.max_norm)
 
 
 def train_epoch(model: Wrapper, task: Task, batches: Iterable[Batch], prep: Prep, opt: Optimization,
@@ -71,6 +72,9 @@ def train_epoch(model: Wrapper, task: Task, batches: Iterable[Batch], prep: Prep
             loss, metrics = task.loss(model, batch)
         opt.optimizer.zero_grad(set_to_none=True)
         opt.scaler.scale(loss).backward()
+        if opt.max_norm is not None:
+            opt.scaler.unscale_(opt.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in opt.optimizer.param_groups for p in g["params"]], opt.max_norm)
         opt.scaler.step(opt.optimizer)
         opt.scaler.update()
         task.after_step(model, step, opt.total_steps)

@@ -32,7 +32,7 @@ from selfstudy.folders import SNAPSHOT, checkpoint_number, checkpoints, write_js
 from selfstudy.knn import check_knn, encode, knn_accuracies, trial_knn
 from selfstudy.models.calibrate import calibrate_random_backbone
 from selfstudy.notes import note, print_notes
-from selfstudy.optim import build_optimizer, build_schedule
+from selfstudy.optim import build_optimizer, build_schedule, gradient_clip
 from selfstudy.precision import autocast_dtype
 from selfstudy.selection import Selection, copy_weights
 from selfstudy.settings import explain_nondeterminism, set_determinism
@@ -118,7 +118,7 @@ class Trial:
         optimizer = build_optimizer(trainable(self.model, self.task))
         steps = self.splits["train"].num_batches(self.batch_size, self.settings.train_iters, train=True)
         schedule = build_schedule(optimizer.defaults["lr"], steps, optimizer)
-        self.opt = Optimization(optimizer, schedule, scaler, steps * schedule.num_epochs)
+        self.opt = Optimization(optimizer, schedule, scaler, steps * schedule.num_epochs, gradient_clip())
         self.num_epochs = schedule.num_epochs
         self.test_at_end = bool(self.settings.test_iters) and self.settings.test_when == "best"
         self.knn = trial_knn()  # online kNN accuracy (knn.every), None: off

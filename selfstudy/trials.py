@@ -17,7 +17,7 @@ from selfstudy.data.splits import num_batches
 from selfstudy.errors import UserError
 from selfstudy.knn import check_knn, knn_grid_options, trial_knn, trial_knn_grid
 from selfstudy.knn_trial import KnnTrial, check_knn_trial
-from selfstudy.optim import PlateauSchedule, build_schedule, check_optimizer
+from selfstudy.optim import PlateauSchedule, build_schedule, check_optimizer, gradient_clip
 from selfstudy.precision import autocast_dtype
 from selfstudy.probe_trial import GridTrial, check_grid
 from selfstudy.trial import Trial
@@ -55,6 +55,7 @@ def check_trial(config: dict[str, Any]) -> int:
     parts = build(bound, torch.device("meta"))
     parts.dataset.verify()
     check_optimizer(trainable(parts.model, parts.task))
+    gradient_clip()
     rows, settings = parts.rows, parts.settings
     if settings.valid_iters and not len(rows["valid"]):
         held_out = (f"BaseDataset.num_valid = {parts.options.num_valid}" if parts.options.num_valid is not None else

@@ -129,6 +129,10 @@ def test_dino_head_and_teacher_temperature() -> None:
     with torch.no_grad():
         head.last.mul_(torch.arange(1.0, 8.0)[:, None])  # rescaled rows: the same (normalised) last layer
     assert torch.allclose(head(x), logits, atol=1e-6)
+    frozen = head(x, gate=torch.tensor(0.0))
+    assert torch.equal(frozen, head(x))  # the gate changes the gradient, not the value ...
+    frozen.sum().backward()
+    assert torch.equal(head.last.grad, torch.zeros_like(head.last)) and head.mlp[0].weight.grad.abs().sum() > 0
     assert [teacher_temperature(s, 10, 0.04, 0.07, 0.3) for s in (0, 1, 2, 3, 9)] == \
         pytest.approx([0.04, 0.05, 0.06, 0.07, 0.07])
     assert teacher_temperature(0, 10, 0.04, 0.07, 0.0) == 0.07  # no warmup
@@ -323,6 +327,8 @@ def test_dino_teacher_sees_the_global_views_and_the_student_every_view(workspace
     assert torch.equal(center, trial.task.center)  # ... an evaluation does not
     trial.task.after_step(trial.model, 2, 10)  # the next step's temperature: step 3 of 10, warm after 3
     assert trial.task.temperature.item() == pytest.approx(0.07)
+    trial.task.freeze_last = 0.5  # ... and the last layer's gate: frozen over steps 0-4 of 10
+    assert [trial.task.after_step(trial.model, s, 10) or trial.task.last_gate.item() for s in (3, 4)] == [0.0, 1.0]
     trial.close()
 
 

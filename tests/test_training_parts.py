@@ -161,3 +161,17 @@ def test_deterministic_trials_refuse_nondeterministic_operations(workspace) -> N
         assert not torch.are_deterministic_algorithms_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_gradients_max_norm_clips_each_step(workspace) -> None:
+    """One plain SGD step (no momentum, no decay) moves the parameters by lr x the clipped norm."""
+    bindings = (*TINY, "session.train_iters = 1", "gradients.max_norm = 0.001", "optimizer.momentum = 0.0", "optimizer.nesterov = False",
+                "optimizer.weight_decay = 0.0")
+    trial = Trial({"gin_config": ["digits/r9/classify"], "gin_params": dict(split_binding(b) for b in bindings)})
+    trial.opt.schedule = Schedule(0.5, (1,), (0.5,), steps_per_epoch=1)  # lr 0.5 throughout
+    params = [p for group in trial.opt.optimizer.param_groups for p in group["params"]]
+    before = [p.detach().clone() for p in params]
+    trial.run_epoch()
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(params, before)]).norm().item()
+    assert moved == pytest.approx(0.5 * 0.001, rel=1e-3)
+    trial.close()

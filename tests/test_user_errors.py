@@ -207,6 +207,7 @@ CASES = [
                                                                     "ViT.patch_size = 4 pixel patches"),
     Case(["-g", "digits/r9/dino", "-p", "augment.local_res = 40"], "augment.local_res = 40 is above the images' 32 "
                                                                    "pixels"),
+    Case(["-p", "gradients.max_norm = 0"], "gradients.max_norm = 0 must be positive"),
     Case(["-g", "digits/vit/mae", "-p", "MAETask.mask_ratio = 0.001"], "MAETask.mask_ratio = 0.001 masks none of "
                                                                        "the 64 patches"),
     Case(["-g", "digits/vit/classify", "-p", "ViT.patch_size = 5"], "ViT.patch_size = 5 does not divide the 32-pixel "

@@ -7,8 +7,8 @@ collapsing to one output or to the uniform one.
 
 The paper's head is 2048 wide with a 256 bottleneck and 65,536 outputs, its teacher momentum
 0.996 rising to 1, its teacher temperature warming from 0.04 to 0.07 (or 0.04 throughout) over
-30 epochs, student temperature 0.1, centre momentum 0.9. Its first epoch freezes the last layer
-and it clips gradients: neither is done here. Any backbone with `out_dim` and `forward: B x C x
+30 epochs, student temperature 0.1, centre momentum 0.9; its first epoch freezes the last layer
+(`freeze_last`, a fraction of training here) and it clips gradients (`gradients.max_norm`). Any backbone with `out_dim` and `forward: B x C x
 H x W -> B x out_dim` for both resolutions works (ResNets pool globally; ViTs take other sizes)."""
 
 from __future__ import annotations
@@ -70,8 +70,11 @@ class DINOHead(nn.Module):
         self.last = nn.Parameter(torch.empty(out_dim, bottleneck))
         nn.init.trunc_normal_(self.last, std=0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.normalize(self.mlp(x), dim=-1), F.normalize(self.last, dim=1))
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | float = 1.0) -> torch.Tensor:
+        """`gate` scales the gradient that reaches the last layer, not its value: 0 freezes it
+        (DINO's first epoch) without a host sync."""
+        last = self.last.detach() + gate * (self.last - self.last.detach())
+        return F.linear(F.normalize(self.mlp(x), dim=-1), F.normalize(last, dim=1))
 
 
 @gin.configurable
@@ -80,7 +83,8 @@ class DINOTask(SelfSupervisedTask):
     `augment.local_crops` (none: the two global views alone). The teacher's momentum rises from
     `base_momentum` to 1 along a cosine; its temperature warms from `warmup_teacher_temp` to
     `teacher_temp` over the first `teacher_warmup` of training; the centre follows the teacher's
-    mean output with `center_momentum`. `batch_norm`: BatchNorm in the head's hidden layers (the
+    mean output with `center_momentum`. The head's last layer gets no gradient over the first
+`freeze_last` of training (its weight decay still shrinks it, which its normalisation hides). `batch_norm`: BatchNorm in the head's hidden layers (the
     paper's code offers it, off by default)."""
 
     needs_two_views = True
@@ -89,16 +93,18 @@ class DINOTask(SelfSupervisedTask):
     def __init__(self, out_dim: int = 1024, hidden: int = 512, bottleneck: int = 128, layers: int = 3,
                  batch_norm: bool = False,
                  student_temp: float = 0.1, teacher_temp: float = 0.07, warmup_teacher_temp: float = 0.04,
-                 teacher_warmup: float = 0.3, base_momentum: float = 0.99, center_momentum: float = 0.9):
+                 teacher_warmup: float = 0.3, base_momentum: float = 0.99, center_momentum: float = 0.9,
+                 freeze_last: float = 0.0):
         super().__init__()
         check_settings("DINOTask", {
             "out_dim": "count", "hidden": "count", "bottleneck": "count", "layers": "count", "student_temp": "positive",
             "teacher_temp": "positive", "warmup_teacher_temp": "positive", "teacher_warmup": "fraction",
-            "base_momentum": "fraction", "center_momentum": "fraction"}, locals())
+            "base_momentum": "fraction", "center_momentum": "fraction", "freeze_last": "fraction"}, locals())
         self.out_dim, self.hidden, self.bottleneck, self.layers = out_dim, hidden, bottleneck, layers
         self.batch_norm = bool(batch_norm)
         self.student_temp, self.teacher_temp, self.warmup_teacher_temp = student_temp, teacher_temp, warmup_teacher_temp
         self.teacher_warmup, self.base_momentum, self.center_momentum = teacher_warmup, base_momentum, center_momentum
+        self.freeze_last = freeze_last
 
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
         super().setup(model, dataset, options, rows)
@@ -109,17 +115,22 @@ class DINOTask(SelfSupervisedTask):
         self.register_buffer("center", torch.zeros(1, self.out_dim))
         # this step's teacher temperature, set by after_step (a buffer: no host sync, kept in checkpoints)
         self.register_buffer("temperature", torch.tensor(self.temperature_at(0, 1)))
+        self.register_buffer("last_gate", torch.tensor(self.gate_at(0, 1)))  # 0: the last layer frozen
 
     def temperature_at(self, step: int, total_steps: int) -> float:
         return teacher_temperature(step, total_steps, self.warmup_teacher_temp, self.teacher_temp, self.teacher_warmup)
+
+    def gate_at(self, step: int, total_steps: int) -> float:
+        return float(step >= self.freeze_last * total_steps)
 
     def objective(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         b = len(batch.images)
         global_views = torch.cat([batch.images, batch.view2])
         features = model.backbone(global_views)
-        student = list(self.head(features).chunk(2))
+        student = list(self.head(features, self.last_gate).chunk(2))
         if batch.local_views is not None:  # N x B local views, view-major
-            student += list(self.head(model.backbone(batch.local_views)).chunk(len(batch.local_views) // b))
+            local = self.head(model.backbone(batch.local_views), self.last_gate)
+            student += list(local.chunk(len(batch.local_views) // b))
         with torch.no_grad():
             teacher = self.teacher_head(self.teacher_backbone(global_views))
         loss = dino_loss(student, list(teacher.chunk(2)), self.center, self.student_temp, self.temperature)
@@ -137,3 +148,4 @@ class DINOTask(SelfSupervisedTask):
         momentum_update(self.teacher_backbone, model.backbone, momentum)
         momentum_update(self.teacher_head, self.head, momentum)
         self.temperature.fill_(self.temperature_at(step + 1, total_steps))
+        self.last_gate.fill_(self.gate_at(step + 1, total_steps))
