@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 from types import FrameType
+from typing import Any
 
 import paths
 from selfstudy.errors import UserError
@@ -28,8 +29,12 @@ def per_trial(cpus: int, gpus: int, trials_per_gpu: int = 1) -> dict[str, float]
     return {"cpu": max(1, cpus // (gpus * trials_per_gpu)), "gpu": 1 / trials_per_gpu}
 
 
-def trial_resources(ray_config: RayConfig, cluster: dict[str, float] | None = None) -> dict[str, float]:
-    """CPUs/GPUs per trial: the Ray config's, or derived from what exists, so no trial waits forever."""
+def trial_resources(ray_config: RayConfig, cluster: dict[str, float] | None = None) -> dict[str, Any]:
+    """CPUs/GPUs per trial: the Ray config's, or derived from what exists, so no trial waits forever.
+    A trial of several workers (`workers_per_trial`): {"workers": N, "per_worker": {cpu, gpu},
+    "strategy": the placement strategy}, refused when the cluster cannot place them all."""
+    if ray_config.workers_per_trial > 1:
+        return worker_resources(ray_config)
     if cluster is None:
         import torch
 
@@ -41,6 +46,39 @@ def trial_resources(ray_config: RayConfig, cluster: dict[str, float] | None = No
         raise UserError(f"Ray config '{ray_config.name}' asks {wanted['gpu']} GPU per trial but there are "
                         f"{have_gpu}: lower resources_per_trial or run where GPUs exist")
     return dict(wanted)
+
+
+def worker_resources(ray_config: RayConfig) -> dict[str, Any]:
+    """The placement of a trial of `workers_per_trial` workers on the running Ray cluster."""
+    import ray
+
+    workers, total = ray_config.workers_per_trial, ray.cluster_resources()
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    each = {k.lower(): v for k, v in (ray_config.resources_per_worker or
+                                      {"cpu": 1, **({"gpu": 1} if total.get("GPU") else {})}).items()}
+    for kind in ("cpu", "gpu"):
+        need, have = workers * each.get(kind, 0), total.get(kind.upper(), 0)
+        biggest = max((node.get(kind.upper(), 0) for node in nodes), default=0)
+        if need > have or each.get(kind, 0) > biggest:
+            raise UserError(f"Ray config '{ray_config.name}': workers_per_trial = {workers} with {each.get(kind, 0):g} "
+                            f"{kind.upper()} each needs {need:g} {kind.upper()}, but the cluster has {have:g} (at most "
+                            f"{biggest:g} on one node): lower workers_per_trial or resources_per_worker, or add nodes")
+    if ray_config.placement_strategy.startswith("STRICT_SPREAD") and workers > len(nodes):
+        raise UserError(f"Ray config '{ray_config.name}': placement_strategy = 'STRICT_SPREAD' puts each of the "
+                        f"{workers} workers on a node of its own, but the cluster has {len(nodes)} nodes: add nodes, "
+                        "lower workers_per_trial, or use 'SPREAD'")
+    return {"workers": workers, "per_worker": each, "strategy": ray_config.placement_strategy}
+
+
+def placement(resources: dict[str, Any]) -> Any:
+    """What `tune.with_resources` takes: the resources of a one-worker trial as they are; for
+    several workers a placement group, a bundle per worker, the trial itself (rank 0) in the first."""
+    if "workers" not in resources:
+        return resources
+    from ray.tune import PlacementGroupFactory
+
+    bundle = {kind.upper(): amount for kind, amount in resources["per_worker"].items() if amount}
+    return PlacementGroupFactory([bundle] * resources["workers"], strategy=resources["strategy"])
 
 
 def check_address(address: str, timeout_s: float = 5.0) -> None:

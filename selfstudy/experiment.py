@@ -49,7 +49,7 @@ def run(request: Request) -> int:
         ray_config.checkpoint_at_end = True
     space = param_space(request, ray_config)
     variants = expand(space, ray_config.num_samples)
-    check_variants(variants, ray_config.kept_checkpoints)
+    check_variants(variants, ray_config.kept_checkpoints, ray_config.workers_per_trial)
     launch(request, directory, ray_config, space, variants)
     return finish(directory, request.exp_id)
 

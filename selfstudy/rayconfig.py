@@ -16,6 +16,9 @@ reserved keys `gin_config` and `seed`) to values or Ray Tune search spaces, and 
     trials_per_gpu = 1           # with derived resources: trials sharing one GPU, each with that share
                                  # of the GPU's CPUs (at least one: few CPUs limit the packing)
     reuse_actors = True          # a worker process runs the next trial itself (no process start)
+    workers_per_trial = 1        # data-parallel workers of each trial (selfstudy.distributed)
+    resources_per_worker = None  # with workers_per_trial > 1, e.g. {"cpu": 4, "gpu": 1}; None = 1 CPU (+ 1 GPU)
+    placement_strategy = "PACK"  # of a trial's workers: "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"
 
 A study module instead defines `stages`, a list of dicts run in order, each a Ray config of
 its own (`name`, `search_space` and any of the settings above); settings at the top of the
@@ -56,6 +59,9 @@ class RayConfig:
     resources_per_trial: dict[str, float] | None = None
     trials_per_gpu: int = 1
     reuse_actors: bool = True
+    workers_per_trial: int = 1
+    resources_per_worker: dict[str, float] | None = None
+    placement_strategy: str = "PACK"
 
     @property
     def kept_checkpoints(self) -> int:
@@ -192,6 +198,9 @@ def config_path(name: str) -> Path:
     return path
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # of Ray's placement groups
+
+
 def make_ray_config(name: str, values: dict[str, Any], where: str) -> RayConfig:
     """A checked `RayConfig` from a module's (or a study stage's) settings; `where` names it in errors."""
     if not isinstance(values.get("search_space"), dict):
@@ -211,13 +220,16 @@ def make_ray_config(name: str, values: dict[str, Any], where: str) -> RayConfig:
             given[key] = (value, f"the {part}")
             setattr(config, key, value)
     counts = {"num_samples": 1, "checkpoint_frequency": 0, "keep_checkpoints": 1, "max_failures": 0,
-              "max_concurrent_trials": 0, "trials_per_gpu": 1}
+              "max_concurrent_trials": 0, "trials_per_gpu": 1, "workers_per_trial": 1}
     for key, least in counts.items():
         value = getattr(config, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise UserError(f"{where}: {key} = {value!r} must be a whole number >= {least}")
     if not isinstance(config.reuse_actors, bool):
         raise UserError(f"{where}: reuse_actors = {config.reuse_actors!r} must be True or False")
+    if config.placement_strategy not in PLACEMENT_STRATEGIES:
+        raise UserError(f"{where}: placement_strategy = {config.placement_strategy!r}; choose from: "
+                        f"{', '.join(PLACEMENT_STRATEGIES)}")
     if config.mode not in ("max", "min"):
         raise UserError(f"{where}: mode = {config.mode!r} must be 'max' or 'min'")
     if not isinstance(config.metric, str) or not config.metric:

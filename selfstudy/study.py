@@ -157,7 +157,7 @@ def run_study(request: Request, study: Study, directory: Path) -> int:
         space = stage_space(request, stage, None)
         variants = variants_of[stage.name] = expand(space, stage.config.num_samples)
         try:
-            check_variants(variants, stage.config.kept_checkpoints)
+            check_variants(variants, stage.config.kept_checkpoints, stage.config.workers_per_trial)
         except UserError as err:
             raise UserError(f"study {study.path.name}, stage '{stage.name}': {first_line(err)}") from None
         if stage.pretrained_from:
@@ -238,7 +238,7 @@ def run_stages(request: Request, study: Study, directory: Path, record: dict[str
             sources = published(request.exp_id, directory / stage.pretrained_from) if stage.pretrained_from else None
             space = stage_space(request, stage, sources)
             variants = expand(space, stage.config.num_samples)
-            check_variants(variants, stage.config.kept_checkpoints)
+            check_variants(variants, stage.config.kept_checkpoints, stage.config.workers_per_trial)
             launch(request, stage_dir, stage.config, space, variants)
         code = finish(stage_dir, request.exp_id)
         if code:

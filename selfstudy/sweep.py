@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import paths
 from selfstudy import folders
 from selfstudy.checkpoint import UnsafeSnapshot, load_snapshot
-from selfstudy.cluster import cluster_resources, start_ray, trial_resources
+from selfstudy.cluster import cluster_resources, placement, start_ray, trial_resources
 from selfstudy.config import DEFAULT_GIN_CONFIG, resolve_gin_file, split_binding
 from selfstudy.durable import DiskFull, free_bytes, size_text
 from selfstudy.errors import UserError
@@ -57,6 +57,10 @@ def trial_dirname(trial: Any) -> str:
 
 def param_space(request: Request, ray_config: RayConfig) -> dict[str, Any]:
     """The Tune param_space: reserved keys from the CLI, then the sweep's keys."""
+    if request.local and ray_config.workers_per_trial > 1:
+        raise UserError(f"Ray config '{ray_config.name}' runs each trial as workers_per_trial = "
+                        f"{ray_config.workers_per_trial} processes through Ray, which -l does not start: drop -l, or "
+                        "set workers_per_trial = 1")
     bindings = dict(split_binding(text) for text in request.gin_params)
     swept = set(ray_config.search_space)
     clash = sorted(swept & set(bindings))
@@ -82,16 +86,17 @@ def expand(space: dict[str, Any], num_samples: int = 1) -> list[dict[str, Any]]:
     return [spec["config"] for _ in range(num_samples) for _, spec in generate_variants({"config": space})]
 
 
-def check_variants(variants: list[dict[str, Any]], kept: int = 1) -> None:
-    """Raise the first `UserError` any distinct variant would meet at setup, or one for none at all;
-    note when EXP_DIR has less room than `kept` checkpoints per trial (0: none) and one more."""
+def check_variants(variants: list[dict[str, Any]], kept: int = 1, workers: int = 1) -> None:
+    """Raise the first `UserError` any distinct variant would meet at setup (with `workers`
+    data-parallel workers each), or one for none at all; note when EXP_DIR has less room than
+    `kept` checkpoints per trial (0: none) and one more."""
     if not variants:
         raise UserError("the search_space gives no trials: every tune.grid_search needs at least one value")
     seen: dict[str, int] = {}
     for config in variants:
         key = json.dumps(config, sort_keys=True, default=str)
         if key not in seen:
-            seen[key] = check_trial(config)
+            seen[key] = check_trial(config, workers)
     # a new checkpoint is written whole before the oldest kept one goes: one more than kept
     needed = kept * sum(seen[json.dumps(c, sort_keys=True, default=str)] for c in variants) + max(seen.values())
     free = free_bytes(paths.EXP_DIR)
@@ -123,7 +128,7 @@ def launch(request: Request, directory: Path, ray_config: RayConfig, space: dict
     start_ray(request.address, request.quiet)
     resources = trial_resources(ray_config, cluster=cluster_resources())
     tuner = tune.Tuner(
-        tune.with_resources(_trainable(), resources),
+        tune.with_resources(_trainable(resources), placement(resources)),
         param_space=space,
         tune_config=tune.TuneConfig(
             num_samples=ray_config.num_samples, **tune_selection(ray_config),
@@ -237,7 +242,8 @@ def resume_in(request: Request, directory: Path, record: dict[str, Any] | None) 
     resources = record["resources"] if record else trial_resources(load_ray_config("single_run"),
                                                                    cluster=cluster_resources())
     try:
-        tuner = tune.Tuner.restore(str(directory), trainable=tune.with_resources(_trainable(), resources),
+        tuner = tune.Tuner.restore(str(directory), trainable=tune.with_resources(_trainable(resources),
+                                                                                  placement(resources)),
                                    resume_unfinished=True, resume_errored=True)
     except (pickle.UnpicklingError, EOFError) as err:  # a damaged tuner.pkl
         raise UserError(f"Ray Tune's record of experiment '{request.exp_id}' ({directory / 'tuner.pkl'}) is damaged "
@@ -268,10 +274,11 @@ def check_unfinished(directory: Path) -> None:
     print_notes()
 
 
-def _trainable() -> Any:
+def _trainable(resources: dict[str, Any]) -> Any:
     from selfstudy.ray_trainable import RayTrial  # imports ray: only where Ray runs the trials
 
-    return RayTrial
+    workers = resources.get("workers", 1)
+    return RayTrial if workers == 1 else type("RayTrial", (RayTrial,), {"workers": workers})
 
 
 def _progress() -> Any:

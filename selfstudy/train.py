@@ -15,6 +15,7 @@ from typing import Iterable
 
 import torch
 
+from selfstudy import distributed
 from selfstudy.augment import Augment
 from selfstudy.data import Batch
 from selfstudy.models import Wrapper
@@ -36,10 +37,13 @@ class Prep:
     amp_dtype: torch.dtype | None  # None: float32
 
     def __call__(self, batch: Batch, split: str) -> Batch:
-        """The batch as the task sees it: augmented if the split is, with its second view if asked."""
+        """The batch as the task sees it: augmented if the split is, with its second view if asked;
+        of a training batch, this worker's share (`selfstudy.distributed`: all of it for one worker)."""
         if self.augment.applies_to(split):
-            return self.augment.batch(batch, self.mean, self.std, self.generator, self.double_sample)
-        return batch._replace(view2=batch.images) if self.double_sample else batch
+            batch = self.augment.batch(batch, self.mean, self.std, self.generator, self.double_sample)
+        elif self.double_sample:
+            batch = batch._replace(view2=batch.images)
+        return distributed.share(batch) if split == "train" else batch
 
     def autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
@@ -62,8 +66,10 @@ def train_epoch(model: Wrapper, task: Task, batches: Iterable[Batch], prep: Prep
     step after its last."""
     model.train()
     task.train()
-    sums = MetricSums()
+    sums = MetricSums(over_workers=True)
+    params = [p for group in opt.optimizer.param_groups for p in group["params"]]
     for batch in batches:
+        weight = distributed.share_weight(len(batch.images))  # 1 for a single worker
         batch = prep(batch, "train")
         model.set_step(step)
         for group in opt.optimizer.param_groups:
@@ -71,10 +77,11 @@ def train_epoch(model: Wrapper, task: Task, batches: Iterable[Batch], prep: Prep
         with prep.autocast():
             loss, metrics = task.loss(model, batch)
         opt.optimizer.zero_grad(set_to_none=True)
-        opt.scaler.scale(loss).backward()
+        opt.scaler.scale(loss * weight if weight != 1 else loss).backward()
+        distributed.reduce_gradients(params)
         if opt.max_norm is not None:
             opt.scaler.unscale_(opt.optimizer)
-            torch.nn.utils.clip_grad_norm_([p for g in opt.optimizer.param_groups for p in g["params"]], opt.max_norm)
+            torch.nn.utils.clip_grad_norm_(params, opt.max_norm)
         opt.scaler.step(opt.optimizer)
         opt.scaler.update()
         task.after_step(model, step, opt.total_steps)
@@ -103,9 +110,12 @@ class MetricSums:
     as a confusion matrix) are summed as they are and turned into scalars by the task's
     `epoch_metrics` (e.g. mean IoU over the whole split)."""
 
-    def __init__(self) -> None:
+    def __init__(self, over_workers: bool = False) -> None:
+        """`over_workers`: the sums of a data-parallel trial's workers are added together first
+        (each trained on its share of every batch)."""
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
+        self.over_workers = over_workers
 
     def add(self, metrics: dict[str, torch.Tensor], n: int) -> None:
         for name, value in metrics.items():
@@ -114,6 +124,8 @@ class MetricSums:
         self.count += n
 
     def means(self, split: str, task: Task | None = None) -> dict[str, float]:
+        if self.over_workers:
+            self.sums, self.count = distributed.reduce_sums(self.sums, self.count)
         means = {name: float(total) / max(self.count, 1) for name, total in self.sums.items() if total.ndim == 0}
         counts = {name: total for name, total in self.sums.items() if total.ndim > 0}
         if task is not None and counts:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import paths
+from selfstudy import distributed
 from selfstudy.build import Bound, Parts, bind, build, default_device, trainable
 from selfstudy.checkpoint import (UnsafeSnapshot, first_difference, load_snapshot, resolve_snapshot, rng_state,
                                   save_snapshot, set_rng_state)
@@ -54,6 +55,13 @@ def older_checkpoints(directory: Path) -> list[Path]:
     return [] if number is None else [p for p in checkpoints(directory.parent) if checkpoint_number(p) < number]
 
 
+def memory_layout(device: torch.device) -> torch.memory_format:
+    """Channels-last on a GPU (faster convolutions); on the CPU the default layout, which is
+    faster there and exact: channels-last 3 x 3 convolutions on the CPU gave ResNet-9 gradients
+    0.4% away from float64's, the default layout 0.001%."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
 class Trial:
     """A trial in memory; `trial_dir` receives its self-description."""
 
@@ -75,8 +83,12 @@ class Trial:
         self.device = default_device()
         parts = build(bound, self.device)
         self.task, self.batch_size = parts.task, parts.batch_size
-        self.model = parts.model.to(memory_format=torch.channels_last)
-        parts.task.to(memory_format=torch.channels_last)  # its own encoders, if any
+        if distributed.world()[1] > 1:  # batch statistics of the whole batch, over every worker
+            distributed.globalise_batch_norm(parts.model)
+            distributed.globalise_batch_norm(parts.task)
+        layout = memory_layout(self.device)
+        self.model = parts.model.to(memory_format=layout)
+        parts.task.to(memory_format=layout)  # its own encoders, if any
         self.prep = Prep(parts.augment, torch.tensor(parts.dataset.train.mean, device=self.device),
                          torch.tensor(parts.dataset.train.std, device=self.device),
                          torch.Generator(device=self.device).manual_seed(self.seed), parts.options.double_sample,

@@ -30,6 +30,20 @@ def open_trial(config: dict[str, Any], trial_dir: Path | None = None, num_thread
     return trial_kind(bound)(config, trial_dir, num_threads=num_threads, node_id=node_id, bound=bound)
 
 
+def check_workers(parts: Any, kind: type[Trial], workers: int) -> None:
+    """Refuse a data-parallel trial (`workers_per_trial` > 1) that would not give one worker's numbers."""
+    if kind is not Trial:
+        raise UserError(f"workers_per_trial = {workers}: a {kind.__name__} (probe_grid.* or knn_grid.*) trains no "
+                        "backbone; run it with workers_per_trial = 1")
+    if not parts.task.data_parallel:
+        raise UserError(f"workers_per_trial = {workers}: {type(parts.task).__name__} does not split over workers yet "
+                        "(its loss reads the whole batch, or draws per-image randomness); run it with "
+                        "workers_per_trial = 1")
+    if parts.batch_size % workers:
+        raise UserError(f"dataloader.batch_size = {parts.batch_size} does not split into workers_per_trial = "
+                        f"{workers} equal shares: make it a multiple of {workers}")
+
+
 def trial_kind(bound: Bound) -> type[Trial]:
     """GridTrial for probe_grid.*, KnnTrial for knn_grid.*, else Trial; a `UserError` for settings
     of two kinds."""
@@ -43,7 +57,7 @@ def trial_kind(bound: Bound) -> type[Trial]:
     return GridTrial if bound.grid is not None else KnnTrial if knn_grid is not None else Trial
 
 
-def check_trial(config: dict[str, Any]) -> int:
+def check_trial(config: dict[str, Any], workers: int = 1) -> int:
     """Raise the `UserError` a trial with this config would meet at setup, without training;
     returns about how many bytes a checkpoint of the trial takes (its weights and buffers, and
     as much again for the optimizer's state).
@@ -73,6 +87,8 @@ def check_trial(config: dict[str, Any]) -> int:
     kind = trial_kind(bound)
     if bound.grid is not None:
         check_grid(parts, bound.grid, config)
+    if workers > 1:
+        check_workers(parts, kind, workers)
     if kind is KnnTrial:
         check_knn_trial(parts, trial_knn_grid() or knn_grid_options())
     online = trial_knn()

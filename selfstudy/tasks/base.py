@@ -44,6 +44,9 @@ class Task(nn.Module):
     needs: tuple[str, ...] = ()
     more_labels: tuple[str, ...] = ()  # what further heads of a list Wrapper.out_classes learn, in order
     uses_local_views = False  # whether the task reads Batch.local_views (augment.local_crops)
+    # whether workers that each take a share of every batch (selfstudy.distributed) give the
+    # one-worker trial's numbers: a loss that is a mean of per-image terms, without randomness of its own
+    data_parallel = False
 
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
         """Raise `UserError` if the dataset or options lack what the task needs; build heads.

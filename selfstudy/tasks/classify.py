@@ -55,6 +55,8 @@ class ClassifyTask(Task):
     With two Wrapper heads (`Wrapper.out_classes = [10, 5]`) it learns class and pose at once,
     the loss their sum, reporting 'accuracy' (class) and 'pose_accuracy'."""
 
+    data_parallel = True
+
     more_labels = ("pose",)
 
     def __init__(self, is_pose: bool = False):
