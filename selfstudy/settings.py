@@ -43,7 +43,8 @@ def session_settings(task: str | Task = "ClassifyTask", dataset: str | DatasetFi
     `best_epoch` and `test_at_best`, the test metric of that epoch (see `Selection`).
     `restore_session`: "<exp>/<name>" of a snapshot to continue from (weights, optimizer, epoch).
     `deterministic`: bit-identical reruns on a GPU too (deterministic kernels; slower).
-    `precision`: 'auto' (bf16 autocast on a GPU, fp32 on the CPU), 'bf16', 'fp16' or 'fp32'."""
+    `precision`: 'auto' (bf16 autocast on a GPU, fp32 on the CPU), 'bf16', 'fp16', 'fp32', or
+    'fp64' (float64 weights and activations: slow, for checking numerics)."""
     for name, value in (("train_iters", train_iters), ("valid_iters", valid_iters), ("test_iters", test_iters)):
         if not isinstance(value, int) or value < -1:
             raise UserError(f"session.{name} must be -1 (full pass), 0 (skip) or a number of batches, got {value!r}")

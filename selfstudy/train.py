@@ -35,6 +35,7 @@ class Prep:
     double_sample: bool  # two views per image (BaseDataset.double_sample)
     device: torch.device
     amp_dtype: torch.dtype | None  # None: float32
+    dtype: torch.dtype = torch.float32  # of the images (float64 with session.precision = 'fp64')
 
     def __call__(self, batch: Batch, split: str) -> Batch:
         """The batch as the task sees it: augmented if the split is, with its second view if asked;
@@ -43,6 +44,9 @@ class Prep:
             batch = self.augment.batch(batch, self.mean, self.std, self.generator, self.double_sample)
         elif self.double_sample:
             batch = batch._replace(view2=batch.images)
+        if self.dtype != torch.float32:
+            batch = batch._replace(**{name: value.to(self.dtype) for name, value in batch._asdict().items()
+                                      if isinstance(value, torch.Tensor) and value.is_floating_point()})
         return distributed.share(batch) if split == "train" else batch
 
     def autocast(self) -> torch.autocast:

@@ -22,8 +22,15 @@ import torch
 import paths
 from selfstudy import distributed
 from selfstudy.build import Bound, Parts, bind, build, default_device, trainable
-from selfstudy.checkpoint import (UnsafeSnapshot, first_difference, load_snapshot, resolve_snapshot, rng_state,
-                                  save_snapshot, set_rng_state)
+from selfstudy.checkpoint import (
+    UnsafeSnapshot,
+    first_difference,
+    load_snapshot,
+    resolve_snapshot,
+    rng_state,
+    save_snapshot,
+    set_rng_state,
+)
 from selfstudy.data import DividedSplit, ResidentSplit
 from selfstudy.data.budget import split_digest
 from selfstudy.data.splits import evaluated_images
@@ -34,7 +41,7 @@ from selfstudy.knn import check_knn, encode, knn_accuracies, trial_knn
 from selfstudy.models.calibrate import calibrate_random_backbone
 from selfstudy.notes import note, print_notes
 from selfstudy.optim import build_optimizer, build_schedule, gradient_clip
-from selfstudy.precision import autocast_dtype
+from selfstudy.precision import autocast_dtype, weight_dtype
 from selfstudy.selection import Selection, copy_weights
 from selfstudy.settings import explain_nondeterminism, set_determinism
 from selfstudy.train import Optimization, Prep, evaluate, train_epoch
@@ -83,16 +90,17 @@ class Trial:
         self.device = default_device()
         parts = build(bound, self.device)
         self.task, self.batch_size = parts.task, parts.batch_size
-        if distributed.world()[1] > 1:  # batch statistics of the whole batch, over every worker
-            distributed.globalise_batch_norm(parts.model)
-            distributed.globalise_batch_norm(parts.task)
-        layout = memory_layout(self.device)
-        self.model = parts.model.to(memory_format=layout)
-        parts.task.to(memory_format=layout)  # its own encoders, if any
+        if distributed.world()[1] > 1 and distributed.sync_batch_norm():  # statistics of the whole batch
+            keep = parts.task.own_batch_norm(parts.model)
+            distributed.globalise_batch_norm(parts.model, keep)
+            distributed.globalise_batch_norm(parts.task, keep)
+        layout, dtype = memory_layout(self.device), weight_dtype(self.settings.precision)
+        self.model = parts.model.to(dtype=dtype, memory_format=layout)
+        parts.task.to(dtype=dtype, memory_format=layout)  # its own encoders, if any
         self.prep = Prep(parts.augment, torch.tensor(parts.dataset.train.mean, device=self.device),
                          torch.tensor(parts.dataset.train.std, device=self.device),
                          torch.Generator(device=self.device).manual_seed(self.seed), parts.options.double_sample,
-                         self.device, autocast_dtype(self.settings.precision, self.device))
+                         self.device, autocast_dtype(self.settings.precision, self.device), dtype)
         if self.model.calibrate_random:  # before training or encoding; draws no random number
             calibrate_random_backbone(self.model.backbone, parts.dataset, parts.options, self.device, self.batch_size,
                                       self.prep.autocast)

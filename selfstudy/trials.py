@@ -11,13 +11,19 @@ from typing import Any
 
 import torch
 
+from selfstudy import distributed
 from selfstudy.build import Bound, bind, build, default_device, trainable
 from selfstudy.checkpoint import resolve_snapshot
 from selfstudy.data.splits import num_batches
 from selfstudy.errors import UserError
 from selfstudy.knn import check_knn, knn_grid_options, trial_knn, trial_knn_grid
 from selfstudy.knn_trial import KnnTrial, check_knn_trial
-from selfstudy.optim import PlateauSchedule, build_schedule, check_optimizer, gradient_clip
+from selfstudy.optim import (
+    PlateauSchedule,
+    build_schedule,
+    check_optimizer,
+    gradient_clip,
+)
 from selfstudy.precision import autocast_dtype
 from selfstudy.probe_trial import GridTrial, check_grid
 from selfstudy.trial import Trial
@@ -35,10 +41,8 @@ def check_workers(parts: Any, kind: type[Trial], workers: int) -> None:
     if kind is not Trial:
         raise UserError(f"workers_per_trial = {workers}: a {kind.__name__} (probe_grid.* or knn_grid.*) trains no "
                         "backbone; run it with workers_per_trial = 1")
-    if not parts.task.data_parallel:
-        raise UserError(f"workers_per_trial = {workers}: {type(parts.task).__name__} does not split over workers yet "
-                        "(its loss reads the whole batch, or draws per-image randomness); run it with "
-                        "workers_per_trial = 1")
+    parts.task.check_workers(parts.batch_size, workers)
+    distributed.sync_batch_norm()  # its value checked
     if parts.batch_size % workers:
         raise UserError(f"dataloader.batch_size = {parts.batch_size} does not split into workers_per_trial = "
                         f"{workers} equal shares: make it a multiple of {workers}")

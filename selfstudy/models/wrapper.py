@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfstudy import notes
 from selfstudy import weights as weights_io
 from selfstudy.checkpoint import first_difference, read_data, resolve_snapshot
-from selfstudy import notes
 from selfstudy.errors import UserError
 from selfstudy.models.resnet import ResNet
 from selfstudy.models.vit import ViT
+from selfstudy.precision import upcast
 
 HEADS = ("linear", "mlp")
 
@@ -182,7 +183,7 @@ class Wrapper(nn.Module):
             raise UserError("probes exist only with Wrapper.run_selfsup = True")
         features = self.feature_norm(features if self.labels_train_backbone else features.detach())
         linear, mlp = self.classifier(features), self.mlp_probe(features.detach())
-        loss = F.cross_entropy(linear.float(), targets) + F.cross_entropy(mlp.float(), targets)
+        loss = F.cross_entropy(upcast(linear), targets) + F.cross_entropy(upcast(mlp), targets)
         return loss, {"accuracy": (linear.argmax(1) == targets).float().mean(),
                       "mlp_accuracy": (mlp.argmax(1) == targets).float().mean(), "probe_loss": loss.detach()}
 

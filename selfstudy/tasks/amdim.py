@@ -13,6 +13,7 @@ from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions, Rows
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
+from selfstudy.precision import upcast
 from selfstudy.tasks.base import SelfSupervisedTask, check_settings
 
 
@@ -22,7 +23,7 @@ def amdim_nce(global_: torch.Tensor, local: torch.Tensor, tclip: float, reg: flo
     of every other image. Scores are dot products / sqrt(E), softly clipped to +-tclip. Nats,
     plus `reg` times the mean square of the raw (unclipped) scores over all B x B x N pairs."""
     b, e, n = local.shape
-    scores = torch.einsum("be,cen->bcn", global_.float(), local.float()) / e ** 0.5  # B x B x N
+    scores = torch.einsum("be,cen->bcn", upcast(global_), upcast(local)) / e ** 0.5  # B x B x N
     penalty = reg * scores.pow(2).mean()
     scores = tclip * torch.tanh(scores / tclip)
     positive = scores[torch.arange(b), torch.arange(b)]  # B x N

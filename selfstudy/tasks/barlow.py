@@ -7,12 +7,14 @@ from __future__ import annotations
 import gin
 import torch
 
+from selfstudy import distributed
+from selfstudy.precision import upcast
 from selfstudy.tasks.base import ProjectedViewsTask, check_settings
 
 
 def standardise(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Each column of z (B x D) less its batch mean, over its batch standard deviation (biased)."""
-    z = z.float()
+    z = upcast(z)
     return (z - z.mean(0)) / (z.var(0, unbiased=False) + eps).sqrt()
 
 
@@ -36,5 +38,9 @@ class BarlowTwinsTask(ProjectedViewsTask):
                        locals())
         self.off_diagonal, self.proj_dim, self.proj_hidden = off_diagonal, proj_dim, proj_hidden
 
+    data_parallel = True  # the whole batch's loss in every worker, on embeddings gathered from all
+
     def views_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        if self.training:  # a worker's share of a training batch: the whole batch's rows
+            z1, z2 = distributed.gather(z1), distributed.gather(z2)
         return barlow_loss(z1, z2, self.off_diagonal)

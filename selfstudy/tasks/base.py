@@ -14,7 +14,6 @@ from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
 from selfstudy.notes import note
 
-
 RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "positive": (lambda v: 0 < v < math.inf, "a finite number above 0"),
     "nonnegative": (lambda v: 0 <= v < math.inf, "a finite number, at least 0"),
@@ -45,7 +44,8 @@ class Task(nn.Module):
     more_labels: tuple[str, ...] = ()  # what further heads of a list Wrapper.out_classes learn, in order
     uses_local_views = False  # whether the task reads Batch.local_views (augment.local_crops)
     # whether workers that each take a share of every batch (selfstudy.distributed) give the
-    # one-worker trial's numbers: a loss that is a mean of per-image terms, without randomness of its own
+    # one-worker trial's numbers: a loss that is a mean of per-image terms (or one on rows
+    # gathered from every worker), without randomness of its own
     data_parallel = False
 
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
@@ -64,6 +64,19 @@ class Task(nn.Module):
 
     def after_step(self, model: Wrapper, step: int, total_steps: int) -> None:
         """Called after each optimizer step (momentum encoders follow the model here)."""
+
+    def own_batch_norm(self, model: Wrapper) -> tuple[nn.Module, ...]:
+        """Modules whose BatchNorm normalises sub-batches of the task's own choosing (MoCo's
+        shuffle-BN): `workers.sync` leaves them as they are."""
+        return ()
+
+    def check_workers(self, batch_size: int, workers: int) -> None:
+        """Raise `UserError` if the task cannot split a global batch of `batch_size` into
+        `workers` shares and still give one worker's numbers."""
+        if not self.data_parallel:
+            raise UserError(f"workers_per_trial = {workers}: {type(self).__name__} does not split over workers yet (its "
+                            "loss reads the whole batch, or draws randomness per image); run it with "
+                            "workers_per_trial = 1")
 
 
 class SelfSupervisedTask(Task):

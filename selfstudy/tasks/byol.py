@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions, Rows
 from selfstudy.models import Wrapper
+from selfstudy.precision import upcast
 from selfstudy.tasks.base import SelfSupervisedTask, check_settings, projection_head
 from selfstudy.tasks.moco import momentum_update
 
@@ -20,7 +21,7 @@ from selfstudy.tasks.moco import momentum_update
 def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """2 - 2 cos(prediction, target), averaged over the batch (B x D each): 0 when aligned,
     2 when orthogonal, 4 when opposite."""
-    return (2 - 2 * F.cosine_similarity(prediction.float(), target.float(), dim=1)).mean()
+    return (2 - 2 * F.cosine_similarity(upcast(prediction), upcast(target), dim=1)).mean()
 
 
 def ema_momentum(base: float, step: int, total_steps: int) -> float:
@@ -33,6 +34,7 @@ class BYOLTask(SelfSupervisedTask):
     """Symmetric BYOL loss with a projector and predictor; target momentum from `base_momentum`."""
 
     needs_two_views = True
+    data_parallel = True  # its target follows the same parameters in every worker
 
     def __init__(self, base_momentum: float = 0.99, proj_dim: int = 128, proj_hidden: int = 512):
         super().__init__()

@@ -7,11 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfstudy import notes
 from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions, Rows
-from selfstudy import notes
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
+from selfstudy.precision import upcast
 from selfstudy.tasks.base import Task
 
 NUM_POSES = 5  # top view and four azimuth quadrants (selfstudy.render.pose_label)
@@ -21,7 +22,7 @@ def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torc
     """Per-pixel cross-entropy (nats) of logits B x K x H x W against class maps B x H x W, with
     pixel accuracy and the batch's 'confusion' counts (K x K int64, pixels by target row and
     predicted column), which an epoch sums over its split before `mean_iou`."""
-    loss = F.cross_entropy(logits.float(), targets)
+    loss = F.cross_entropy(upcast(logits), targets)
     k = logits.shape[1]
     predicted = logits.argmax(dim=1)
     confusion = torch.bincount((targets * k + predicted).flatten(), minlength=k * k).view(k, k)
@@ -41,7 +42,7 @@ def mean_iou(confusion: torch.Tensor) -> torch.Tensor:
 
 def classify_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy (nats) and accuracy (fraction) of logits B x K against targets B."""
-    loss = F.cross_entropy(logits.float(), targets)
+    loss = F.cross_entropy(upcast(logits), targets)
     accuracy = (logits.argmax(dim=1) == targets).float().mean()
     return loss, accuracy
 

@@ -16,6 +16,7 @@ from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions, Rows
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
+from selfstudy.precision import upcast
 from selfstudy.tasks.base import SelfSupervisedTask, check_settings
 
 
@@ -25,7 +26,7 @@ def memory_bank_nce(z: torch.Tensor, positives: torch.Tensor, negatives: torch.T
     (B x D) and K negative entries per row (B x K x D), all L2-normalised; nats."""
     positive = (z * positives).sum(dim=1, keepdim=True)  # B x 1
     negative = torch.einsum("bd,bkd->bk", z, negatives)  # B x K
-    logits = torch.cat([positive, negative], dim=1).float() / temperature
+    logits = upcast(torch.cat([positive, negative], dim=1)) / temperature
     return F.cross_entropy(logits, torch.zeros(len(z), dtype=torch.long, device=z.device))
 
 
@@ -70,8 +71,8 @@ class CMCTask(SelfSupervisedTask):
     def objective(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         l_view, ab_view = split_lab(batch.images)
         features = model.backbone(l_view)
-        z_l = F.normalize(self.l_head(features).float(), dim=1)
-        z_ab = F.normalize(self.ab_head(self.ab_backbone(ab_view)).float(), dim=1)
+        z_l = F.normalize(upcast(self.l_head(features)), dim=1)
+        z_ab = F.normalize(upcast(self.ab_head(self.ab_backbone(ab_view))), dim=1)
         rows = batch.index % len(self.bank_l)
         drawn = torch.randint(0, len(self.bank_l), (len(rows), self.negatives), device=rows.device)
         # The bank holds training images: an evaluated image's positive is its own other view.

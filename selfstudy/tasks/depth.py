@@ -12,6 +12,7 @@ from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions, Rows
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
+from selfstudy.precision import upcast
 from selfstudy.tasks.base import Task
 
 DEPTH_PRIOR = 3.2  # the head starts at the camera's distance to the scene centre (render.scene.CAMERA_Z)
@@ -23,7 +24,7 @@ def depth_loss(prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Te
     and target B x H x W, and the batch's 'depth_sums' (5, float64: `DEPTH_SUMS`), which an
     epoch sums over its split before `depth_metrics`."""
     valid = target > 0
-    p, t = prediction.float()[valid], target.float()[valid]
+    p, t = upcast(prediction)[valid], upcast(target)[valid]
     ratio = torch.maximum(p / t, t / p.clamp(min=1e-6))
     loss = (p - t).abs().mean()
     error = (p - t).detach().double()

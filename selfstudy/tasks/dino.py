@@ -23,6 +23,7 @@ from torch import nn
 from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions, Rows
 from selfstudy.models import Wrapper
+from selfstudy.precision import upcast
 from selfstudy.tasks.base import SelfSupervisedTask, check_settings
 from selfstudy.tasks.byol import ema_momentum
 from selfstudy.tasks.moco import momentum_update
@@ -35,8 +36,8 @@ def dino_loss(student_logits: list[torch.Tensor], teacher_logits: list[torch.Ten
     every other view, averaged over the batch and then over the (view, view) pairs. Logits are
     B x K each; the student's first views are the teacher's global views, in the same order (a
     view is never compared with itself); center is 1 x K. Nats; no gradient reaches the teacher."""
-    targets = [F.softmax((t.float() - center) / teacher_temp, dim=-1).detach() for t in teacher_logits]
-    log_probs = [F.log_softmax(s.float() / student_temp, dim=-1) for s in student_logits]
+    targets = [F.softmax((upcast(t) - center) / teacher_temp, dim=-1).detach() for t in teacher_logits]
+    log_probs = [F.log_softmax(upcast(s) / student_temp, dim=-1) for s in student_logits]
     terms = [-(q * log_p).sum(dim=-1).mean() for i, q in enumerate(targets)
              for v, log_p in enumerate(log_probs) if v != i]
     return torch.stack(terms).mean()
@@ -135,7 +136,7 @@ class DINOTask(SelfSupervisedTask):
             teacher = self.teacher_head(self.teacher_backbone(global_views))
         loss = dino_loss(student, list(teacher.chunk(2)), self.center, self.student_temp, self.temperature)
         if self.training:
-            self.update_center(teacher.float())
+            self.update_center(upcast(teacher))
         return loss, {}, features[:b]
 
     @torch.no_grad()

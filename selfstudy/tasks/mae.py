@@ -12,6 +12,7 @@ from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions, Rows
 from selfstudy.errors import UserError
 from selfstudy.models import ViT, Wrapper
+from selfstudy.precision import upcast
 from selfstudy.tasks.base import SelfSupervisedTask, check_settings
 
 
@@ -27,10 +28,10 @@ def mae_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     """Mean squared error over the masked patches. prediction, target: B x N x P pixel values
     per patch; mask: B x N, 1 where a patch was masked. With `norm_pix` each target patch is
     standardised by its own mean and (unbiased) variance first (+1e-6), as MAE's default."""
-    target = target.float()
+    target = upcast(target)
     if norm_pix:
         target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
-    per_patch = ((prediction.float() - target) ** 2).mean(dim=-1)  # B x N
+    per_patch = ((upcast(prediction) - target) ** 2).mean(dim=-1)  # B x N
     mask = mask.to(per_patch.dtype)
     return (per_patch * mask).sum() / mask.sum()
 

@@ -17,10 +17,12 @@ import gin
 import torch
 import torch.nn.functional as F
 
+from selfstudy import distributed
 from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions, Rows
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
+from selfstudy.precision import upcast
 from selfstudy.tasks.base import SelfSupervisedTask, check_settings, projection_head
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]
@@ -30,7 +32,7 @@ def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature
     """InfoNCE of queries q (B x D) against their keys k (B x D) and negatives queue (K x D),
     all L2-normalised: logits B x (1 + K) = [q . k, q . queue] / temperature, target 0. Nats."""
     positive = (q * k).sum(dim=1, keepdim=True)  # B x 1
-    logits = torch.cat([positive, q @ queue.T], dim=1).float() / temperature
+    logits = upcast(torch.cat([positive, q @ queue.T], dim=1)) / temperature
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long, device=q.device))
 
 
@@ -58,12 +60,19 @@ def split_encode(encoders: tuple[Encoder, ...], images: torch.Tensor, groups: in
 
 
 def shuffled_encode(encoders: tuple[Encoder, ...], images: torch.Tensor, groups: int,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, shared: bool = False) -> torch.Tensor:
     """The last encoder's output B x D for images B x C x H x W, encoded by `split_encode` in a
     random order and returned in the images' order (shuffle-BN: an image's sub-batch, and so its
-    BatchNorm statistics, is a random draw of the batch)."""
-    order = torch.randperm(len(images), device=images.device, generator=generator)
-    return split_encode(encoders, images[order], groups)[-1][torch.argsort(order)]
+    BatchNorm statistics, is a random draw of the batch). `shared`: the images are this worker's
+    share of a batch (`selfstudy.distributed`); the order is drawn over the whole batch, as
+    MoCo shuffles across GPUs, each worker encodes its share of the shuffled batch in its
+    `groups` / workers sub-batches, and every worker gets the whole batch's outputs."""
+    rank, workers = distributed.world() if shared else (0, 1)
+    whole = distributed.gather(images) if workers > 1 else images
+    order = torch.randperm(len(whole), device=images.device, generator=generator)
+    start, end = distributed.share_bounds(len(whole), rank, workers)
+    encoded = split_encode(encoders, whole[order[start:end]], groups // workers)[-1]
+    return (distributed.gather(encoded) if workers > 1 else encoded)[torch.argsort(order)]
 
 
 @gin.configurable
@@ -74,6 +83,7 @@ class MoCoTask(SelfSupervisedTask):
     holds two images), keys in a shuffled order (shuffle-BN)."""
 
     needs_two_views = True
+    data_parallel = True  # shuffle-BN across workers, the whole batch's keys into every worker's queue
 
     def __init__(self, temperature: float = 0.2, momentum: float = 0.99, queue_size: int = 4096,
                  proj_dim: int = 128, proj_hidden: int = 512, bn_splits: int = 8):
@@ -99,17 +109,35 @@ class MoCoTask(SelfSupervisedTask):
         self.register_buffer("queue", F.normalize(torch.randn(self.queue_size, self.proj_dim), dim=1))
         self.register_buffer("queue_position", torch.zeros((), dtype=torch.long))
 
+    def sub_batches(self, batch_size: int) -> int:
+        """Sub-batches of a (whole) training batch: two images or more each."""
+        return max(1, min(self.bn_splits, batch_size // 2))
+
+    def own_batch_norm(self, model: Wrapper) -> tuple[torch.nn.Module, ...]:
+        return model.backbone, self.projector, self.key_backbone, self.key_projector
+
+    def check_workers(self, batch_size: int, workers: int) -> None:
+        groups = self.sub_batches(batch_size)
+        if groups % workers or batch_size % groups:
+            raise UserError(f"MoCoTask with workers_per_trial = {workers}: its {groups} BatchNorm sub-batches "
+                            f"(MoCoTask.bn_splits) of dataloader.batch_size = {batch_size} must be equal and split "
+                            f"evenly over the workers: make bn_splits a multiple of {workers} that divides the batch")
+
     def objective(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        # sub-batches of two images or more; in evaluation BatchNorm uses running statistics: no split
-        groups = max(1, min(self.bn_splits, len(batch.images) // 2)) if self.training else 1
-        features, q = split_encode((model.backbone, self.projector), batch.images, groups)
+        # in evaluation BatchNorm uses running statistics: no split (nor are evaluation batches shared)
+        rank, workers = distributed.world() if self.training else (0, 1)
+        groups = self.sub_batches(len(batch.images) * workers) if self.training else 1
+        with distributed.chained_batch_norm((model.backbone, self.projector), groups // workers):
+            features, q = split_encode((model.backbone, self.projector), batch.images, groups // workers)
         q = F.normalize(q, dim=1)
         with torch.no_grad():
-            k = F.normalize(shuffled_encode((self.key_backbone, self.key_projector), batch.view2, groups), dim=1)
+            keys = shuffled_encode((self.key_backbone, self.key_projector), batch.view2, groups, shared=self.training)
+            keys = F.normalize(keys, dim=1)  # of the whole batch
+        start, end = distributed.share_bounds(len(keys), rank, workers)
         negatives = self.queue.clone().to(q.dtype)  # enqueue() below changes the queue before backward
-        loss = moco_loss(q, k.to(q.dtype), negatives, self.temperature)
+        loss = moco_loss(q, keys[start:end].to(q.dtype), negatives, self.temperature)
         if self.training:
-            self.enqueue(k.float())
+            self.enqueue(keys.to(self.queue.dtype))  # every worker's queue the same
         return loss, {}, features
 
     @torch.no_grad()

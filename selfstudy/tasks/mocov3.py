@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions, Rows
 from selfstudy.models import Wrapper
+from selfstudy.precision import upcast
 from selfstudy.tasks.base import ProjectedViewsTask, check_settings, projection_head
 from selfstudy.tasks.byol import ema_momentum
 from selfstudy.tasks.moco import momentum_update
@@ -26,7 +27,7 @@ def mocov3_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.T
     """2 T x the cross-entropy of logits B x B = normalised q (B x D) @ normalised k.T / T against
     the diagonal (query i's key is row i; the other rows are its negatives). Nats, scaled by 2 T as
     MoCo v3 does, so that its gradient's size does not depend on T."""
-    logits = F.normalize(q.float(), dim=1) @ F.normalize(k.float(), dim=1).T / temperature
+    logits = F.normalize(upcast(q), dim=1) @ F.normalize(upcast(k), dim=1).T / temperature
     return 2 * temperature * F.cross_entropy(logits, torch.arange(len(q), device=q.device))
 
 

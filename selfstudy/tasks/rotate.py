@@ -31,6 +31,8 @@ class RotateTask(SelfSupervisedTask):
     """A linear head on the backbone's features predicts the rotation of every image, all four
     rotations of each image in the batch."""
 
+    data_parallel = True
+
     def setup(self, model: Wrapper, dataset: DatasetFiles, options: DataOptions, rows: Rows) -> None:
         super().setup(model, dataset, options, rows)
         self.head = nn.Linear(model.backbone.out_dim, 4)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions, Rows
 from selfstudy.models import Wrapper
+from selfstudy.precision import upcast
 from selfstudy.tasks.base import ProjectedViewsTask, check_settings, projection_head
 
 
@@ -17,7 +18,7 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
     """-(cos(p1, sg(z2)) + cos(p2, sg(z1))) / 2, averaged over the batch (B x D each); sg stops
     the gradient. -1 when each prediction points along the other view's projection."""
     def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return -F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()
+        return -F.cosine_similarity(upcast(p), upcast(z.detach()), dim=1).mean()
 
     return (negative_cosine(p1, z2) + negative_cosine(p2, z1)) / 2
 
@@ -26,6 +27,8 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
 class SimSiamTask(ProjectedViewsTask):
     """SimSiam on two augmented views (`BaseDataset.double_sample = True`): a projector, and a
     predictor with a bottleneck of `pred_hidden`."""
+
+    data_parallel = True
 
     def __init__(self, proj_dim: int = 512, proj_hidden: int = 512, pred_hidden: int = 128):
         super().__init__()

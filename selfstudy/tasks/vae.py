@@ -16,6 +16,7 @@ from selfstudy.data import Batch, DatasetFiles
 from selfstudy.data.base import DataOptions, Rows
 from selfstudy.errors import UserError
 from selfstudy.models import Wrapper
+from selfstudy.precision import upcast
 from selfstudy.tasks.base import SelfSupervisedTask, check_settings
 
 
@@ -28,8 +29,8 @@ def vae_loss(reconstruction: torch.Tensor, target: torch.Tensor, mu: torch.Tenso
              lmd: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, reconstruction error, KL): the mean squared error per pixel value (normalised
     units) plus `lmd` times the mean KL per image (nats)."""
-    error = F.mse_loss(reconstruction.float(), target.float())
-    kl = gaussian_kl(mu.float(), logvar.float()).mean()
+    error = F.mse_loss(upcast(reconstruction), upcast(target))
+    kl = gaussian_kl(upcast(mu), upcast(logvar)).mean()
     return error + lmd * kl, error, kl
 
 
@@ -93,7 +94,7 @@ class VAETask(SelfSupervisedTask):
     def objective(self, model: Wrapper, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         inputs = erase_squares(batch.images, self.erase) if self.erase else batch.images
         features = model.backbone(inputs)
-        mu, logvar = self.posterior(features).float().chunk(2, dim=1)
+        mu, logvar = upcast(self.posterior(features)).chunk(2, dim=1)
         logvar = logvar.clamp(-10, 10)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if self.training and self.reparameterize else mu
         target = batch.images

@@ -8,6 +8,8 @@ import gin
 import torch
 import torch.nn.functional as F
 
+from selfstudy import distributed
+from selfstudy.precision import upcast
 from selfstudy.tasks.base import ProjectedViewsTask, check_settings
 
 
@@ -28,7 +30,7 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, invariance: float, variance:
                 covariance: float) -> torch.Tensor:
     """invariance * MSE(z1, z2) + variance * (v(z1) + v(z2)) / 2 + covariance * (c(z1) + c(z2)),
     the weights of the paper 25, 25 and 1 (`variance_term`, `covariance_term`; z B x D each)."""
-    z1, z2 = z1.float(), z2.float()
+    z1, z2 = upcast(z1), upcast(z2)
     return (invariance * F.mse_loss(z1, z2) + variance * (variance_term(z1) + variance_term(z2)) / 2
             + covariance * (covariance_term(z1) + covariance_term(z2)))
 
@@ -46,5 +48,9 @@ class VICRegTask(ProjectedViewsTask):
         self.weights = (invariance, variance, covariance)
         self.proj_dim, self.proj_hidden = proj_dim, proj_hidden
 
+    data_parallel = True  # the whole batch's loss in every worker, on embeddings gathered from all
+
     def views_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        if self.training:  # a worker's share of a training batch: the whole batch's rows
+            z1, z2 = distributed.gather(z1), distributed.gather(z2)
         return vicreg_loss(z1, z2, *self.weights)
