@@ -63,6 +63,12 @@ def worker_resources(ray_config: RayConfig) -> dict[str, Any]:
             raise UserError(f"Ray config '{ray_config.name}': workers_per_trial = {workers} with {each.get(kind, 0):g} "
                             f"{kind.upper()} each needs {need:g} {kind.upper()}, but the cluster has {have:g} (at most "
                             f"{biggest:g} on one node): lower workers_per_trial or resources_per_worker, or add nodes")
+    for kind in ("cpu", "gpu"):
+        need, biggest = workers * each.get(kind, 0), max((node.get(kind.upper(), 0) for node in nodes), default=0)
+        if ray_config.placement_strategy == "STRICT_PACK" and need > biggest:
+            raise UserError(f"Ray config '{ray_config.name}': placement_strategy = 'STRICT_PACK' puts all {workers} "
+                            f"workers on one node, but they need {need:g} {kind.upper()} and the biggest node has "
+                            f"{biggest:g}: use 'PACK', or lower workers_per_trial or resources_per_worker")
     if ray_config.placement_strategy.startswith("STRICT_SPREAD") and workers > len(nodes):
         raise UserError(f"Ray config '{ray_config.name}': placement_strategy = 'STRICT_SPREAD' puts each of the "
                         f"{workers} workers on a node of its own, but the cluster has {len(nodes)} nodes: add nodes, "

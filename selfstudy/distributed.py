@@ -17,6 +17,7 @@ identity: a one-worker trial does exactly what it did before.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import socket
 from typing import Iterator
 
@@ -91,6 +92,16 @@ def reduce_gradients(params: list[torch.nn.Parameter]) -> None:
     for g in grads:
         g.copy_(flat[offset: offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def broadcast_buffers(modules: tuple[nn.Module, ...]) -> None:
+    """Every worker's buffers (BatchNorm running statistics) <- rank 0's, as torch DDP does: with
+    `workers.sync = False` each worker's statistics follow its own shares."""
+    if world()[1] == 1:
+        return
+    for module in modules:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
 
 
 def reduce_sums(sums: dict[str, torch.Tensor], count: int) -> tuple[dict[str, torch.Tensor], int]:
@@ -251,10 +262,14 @@ def free_address() -> tuple[str, int]:
         return host, s.getsockname()[1]
 
 
+JOIN_TIMEOUT = datetime.timedelta(minutes=5)  # a worker that never arrives, or a collective that never ends
+
+
 def join(host: str, port: int, rank: int, workers: int, device: torch.device) -> None:
     """Join the trial's process group: gloo on the CPU, NCCL on GPUs."""
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=rank, world_size=workers)
+    dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=rank, world_size=workers,
+                            timeout=JOIN_TIMEOUT)
 
 
 def leave() -> None:

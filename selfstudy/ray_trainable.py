@@ -13,14 +13,17 @@ checkpoint (`max_failures`), with new peers.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
 import re
 import signal
 import socket
+import sys
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import ray
 import torch
@@ -41,18 +44,32 @@ def worker_record(rank: int, trial: Any) -> dict[str, Any]:
             "device": str(trial.device), "pid": os.getpid()}
 
 
+@contextlib.contextmanager
+def dying_on_failure() -> Iterator[None]:
+    """A peer whose epoch fails exits at once, after printing why: its closed connections then
+    fail rank 0's next collective, and so the trial's step, instead of leaving it waiting."""
+    try:
+        yield
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+
+
 @ray.remote
 class Peer:
     """Rank 1 .. N-1 of a data-parallel trial: the same trial, without its folder."""
 
     def open(self, config: dict[str, Any], rank: int, workers: int, address: tuple[str, int], threads: int | None
              ) -> dict[str, Any]:
-        distributed.join(*address, rank, workers, default_device())
-        self.trial = open_trial(config, None, num_threads=threads, node_id=ray.get_runtime_context().get_node_id())
-        return worker_record(rank, self.trial)
+        with dying_on_failure():
+            distributed.join(*address, rank, workers, default_device())
+            self.trial = open_trial(config, None, num_threads=threads, node_id=ray.get_runtime_context().get_node_id())
+            return worker_record(rank, self.trial)
 
     def run_epoch(self) -> None:
-        self.trial.run_epoch()
+        with dying_on_failure():
+            self.trial.run_epoch()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.trial.load_state_dict(state)

@@ -201,6 +201,23 @@ def config_path(name: str) -> Path:
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # of Ray's placement groups
 
 
+def check_worker_resources(resources: Any, where: str) -> None:
+    """`resources_per_worker`: None, or CPUs and whole GPUs of each worker of a trial."""
+    if resources is None:
+        return
+    fix = 'give e.g. {"cpu": 4, "gpu": 1}'
+    if not isinstance(resources, dict) or not resources or set(map(str.lower, map(str, resources))) - {"cpu", "gpu"}:
+        raise UserError(f"{where}: resources_per_worker = {resources!r} must be a dict of 'cpu' and 'gpu': {fix}")
+    for kind, amount in resources.items():
+        if not isinstance(amount, (int, float)) or isinstance(amount, bool) or amount < 0:
+            raise UserError(f"{where}: resources_per_worker[{kind!r}] = {amount!r} must be a number >= 0: {fix}")
+        if kind.lower() == "gpu" and amount != int(amount):
+            raise UserError(f"{where}: resources_per_worker['gpu'] = {amount!r}: each worker takes whole GPUs (NCCL "
+                            "refuses two ranks on one GPU): give 1 or more, or 0")
+    if not any(resources.values()):
+        raise UserError(f"{where}: resources_per_worker = {resources!r} gives a worker nothing: {fix}")
+
+
 def make_ray_config(name: str, values: dict[str, Any], where: str) -> RayConfig:
     """A checked `RayConfig` from a module's (or a study stage's) settings; `where` names it in errors."""
     if not isinstance(values.get("search_space"), dict):
@@ -227,6 +244,7 @@ def make_ray_config(name: str, values: dict[str, Any], where: str) -> RayConfig:
             raise UserError(f"{where}: {key} = {value!r} must be a whole number >= {least}")
     if not isinstance(config.reuse_actors, bool):
         raise UserError(f"{where}: reuse_actors = {config.reuse_actors!r} must be True or False")
+    check_worker_resources(config.resources_per_worker, where)
     if config.placement_strategy not in PLACEMENT_STRATEGIES:
         raise UserError(f"{where}: placement_strategy = {config.placement_strategy!r}; choose from: "
                         f"{', '.join(PLACEMENT_STRATEGIES)}")

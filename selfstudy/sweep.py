@@ -133,7 +133,8 @@ def launch(request: Request, directory: Path, ray_config: RayConfig, space: dict
         tune_config=tune.TuneConfig(
             num_samples=ray_config.num_samples, **tune_selection(ray_config),
             scheduler=ray_config.scheduler, search_alg=ray_config.search_alg,
-            max_concurrent_trials=ray_config.max_concurrent_trials or None, reuse_actors=ray_config.reuse_actors,
+            max_concurrent_trials=ray_config.max_concurrent_trials or None,
+            reuse_actors=ray_config.reuse_actors and ray_config.workers_per_trial == 1,  # peers are the trial's
             trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=directory.name, storage_path=str(directory.parent), verbose=0 if request.quiet else 1,

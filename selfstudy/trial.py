@@ -90,10 +90,6 @@ class Trial:
         self.device = default_device()
         parts = build(bound, self.device)
         self.task, self.batch_size = parts.task, parts.batch_size
-        if distributed.world()[1] > 1 and distributed.sync_batch_norm():  # statistics of the whole batch
-            keep = parts.task.own_batch_norm(parts.model)
-            distributed.globalise_batch_norm(parts.model, keep)
-            distributed.globalise_batch_norm(parts.task, keep)
         layout, dtype = memory_layout(self.device), weight_dtype(self.settings.precision)
         self.model = parts.model.to(dtype=dtype, memory_format=layout)
         parts.task.to(dtype=dtype, memory_format=layout)  # its own encoders, if any
@@ -104,6 +100,10 @@ class Trial:
         if self.model.calibrate_random:  # before training or encoding; draws no random number
             calibrate_random_backbone(self.model.backbone, parts.dataset, parts.options, self.device, self.batch_size,
                                       self.prep.autocast)
+        if distributed.world()[1] > 1 and distributed.sync_batch_norm():  # whole-batch statistics, after calibrating
+            keep = parts.task.own_batch_norm(parts.model)
+            distributed.globalise_batch_norm(parts.model, keep)
+            distributed.globalise_batch_norm(parts.task, keep)
         self.step = 0
         self.epoch = 0
         self.best_accuracy = 0.0
@@ -157,6 +157,8 @@ class Trial:
             batches = self.splits["train"].batches(self.batch_size, self.settings.train_iters,
                                                    shuffle=(self.seed, self.epoch))
             metrics, self.step = train_epoch(self.model, self.task, batches, self.prep, self.opt, self.step)
+            if not distributed.sync_batch_norm():  # each worker's running statistics its own: rank 0's
+                distributed.broadcast_buffers((self.model, self.task))
             if self.settings.valid_iters:
                 metrics.update(self.evaluate("valid", self.settings.valid_iters), valid_labels=evaluated_images(
                     len(self.splits["valid"]), self.batch_size, self.settings.valid_iters))

@@ -42,6 +42,15 @@ def check_workers(parts: Any, kind: type[Trial], workers: int) -> None:
         raise UserError(f"workers_per_trial = {workers}: a {kind.__name__} (probe_grid.* or knn_grid.*) trains no "
                         "backbone; run it with workers_per_trial = 1")
     parts.task.check_workers(parts.batch_size, workers)
+    random = [type(m).__name__ for module in (parts.model, parts.task) for m in module.modules()
+              if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 or getattr(m, "drop_prob", 0)]
+    if random:
+        raise UserError(f"workers_per_trial = {workers}: {random[0]} draws random numbers per image, which each "
+                        "worker would draw for its share alone: set its rate to 0 (e.g. ViT.drop_path = 0.0)")
+    if len(parts.rows["train"]) < parts.batch_size:
+        raise UserError(f"workers_per_trial = {workers}: the {len(parts.rows['train'])} training images are fewer "
+                        f"than dataloader.batch_size = {parts.batch_size}, so the one batch would not split into equal "
+                        "shares: lower the batch size")
     distributed.sync_batch_norm()  # its value checked
     if parts.batch_size % workers:
         raise UserError(f"dataloader.batch_size = {parts.batch_size} does not split into workers_per_trial = "

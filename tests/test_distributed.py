@@ -31,12 +31,15 @@ EXACT = [b for b in TINY if not b.startswith(("ResNet.width", "scheduler"))] + [
     "ResNet.width = 8", "session.precision = 'fp64'", "scheduler.milestones = [2, 4]",
     "scheduler.target_lrs = [0.05, 0.0]"]
 SHORT = EXACT[:-2] + ["scheduler.milestones = [1, 2]", "scheduler.target_lrs = [0.05, 0.0]"]
-# SimCLR and MoCo on 3 batches an epoch: over more steps at this learning rate a collapsing
+# SimCLR and MoCo, one after the other in one sweep (the second trial in new processes: a trial's
+# workers are not reused), on 3 batches an epoch: over more steps at this learning rate a collapsing
 # representation amplifies rounding past 1e-4 even in float64, for one worker on 1 and 2 threads
-METHODS = {
-    "simclr": ["-g", "digits/r9/simclr", "-p", *SHORT, "session.train_iters = 3"],
-    "moco": ["-g", "digits/r9/moco", "-p", *SHORT, "session.train_iters = 3", "MoCoTask.queue_size = 64"],
-}
+METHODS = """
+from ray import tune
+search_space = {"gin_config": tune.grid_search(["digits/r9/simclr", "digits/r9/moco"]),
+                "session.train_iters": 3, "MoCoTask.queue_size": 64}
+max_concurrent_trials = 1
+"""
 TWO = """
 search_space = {}
 workers_per_trial = 2
@@ -100,18 +103,23 @@ def test_two_workers_on_two_nodes_give_one_workers_numbers(space: Workspace, uni
     assert {w["device"] for w in workers} == {"cpu"}
 
 
-@pytest.mark.parametrize("method", METHODS)
 def test_gathered_negatives_and_moco_queue_and_shuffle_give_one_workers_numbers(
-        method: str, space: Workspace, cluster: tuple[LoopbackCluster, list[Node]], config: Path) -> None:
+        space: Workspace, cluster: tuple[LoopbackCluster, list[Node]], tmp_path: Path) -> None:
     """SimCLR's negatives come from both workers; MoCo shuffles keys across workers for BatchNorm,
     fills both queues with the whole batch's keys, and chains its sub-batches' running statistics."""
-    one = space.run("-e", f"{method}1", "-l", "-q", *METHODS[method])
-    two = space.run("-a", cluster[0].address, "-e", f"{method}2", "-r", str(config), "-q", *METHODS[method])
+    one_config = write_ray_config(tmp_path, METHODS)
+    two_config = (tmp_path / "two.py")
+    two_config.write_text(METHODS + TWO.replace("search_space = {}", ""))
+    one = space.run("-e", "methods1", "-l", "-q", "-r", str(one_config), "-p", *SHORT)
+    two = space.run("-a", cluster[0].address, "-e", "methods2", "-r", str(two_config), "-q", "-p", *SHORT)
     assert one.returncode == 0 and two.returncode == 0, one.stdout + one.stderr + two.stdout + two.stderr
-    baseline, history = vis.load_history(f"{method}1"), vis.load_history(f"{method}2")
-    assert_same(history, baseline, 1e-4)
-    for column in ("train_probe_loss", "valid_probe_loss", "train_mlp_accuracy", "valid_mlp_accuracy"):
-        assert history[column].tolist() == pytest.approx(baseline[column].tolist(), abs=1e-4), column
+    for method in ("simclr", "moco"):
+        baseline, history = (vis.load_history(name).query(f"gin_config.str.contains('{method}')", engine="python")
+                             for name in ("methods1", "methods2"))
+        assert len(history) == 2, method
+        assert_same(history, baseline, 1e-4)
+        for column in ("train_probe_loss", "valid_probe_loss", "train_mlp_accuracy", "valid_mlp_accuracy"):
+            assert history[column].tolist() == pytest.approx(baseline[column].tolist(), abs=1e-4), column
 
 
 def test_a_killed_worker_costs_a_retry_from_the_last_checkpoint(
@@ -150,6 +158,8 @@ def test_a_stopped_driver_resumes_with_two_workers(space: Workspace, cluster: tu
     ("workers_per_trial = 4", False, "workers_per_trial = 4 with 1 CPU each needs 4 CPU, but the cluster has 2"),
     ("workers_per_trial = 2", True, "which -l does not start: drop -l, or set workers_per_trial = 1"),
     ("workers_per_trial = 2\nplacement_strategy = 'SIDEWAYS'", False, "placement_strategy = 'SIDEWAYS'; choose from"),
+    ("workers_per_trial = 2\nresources_per_worker = {'gpu': 0.5}", False, "each worker takes whole GPUs"),
+    ("workers_per_trial = 2\nplacement_strategy = 'STRICT_PACK'", False, "'STRICT_PACK' puts all 2 workers on one"),
 ])
 def test_a_ray_config_that_cannot_place_its_workers_is_refused_in_one_line(
         setting: str, local: bool, message: str, space: Workspace, tmp_path: Path,
@@ -164,15 +174,16 @@ def test_a_ray_config_that_cannot_place_its_workers_is_refused_in_one_line(
     assert not refused.exists() or not folders.trial_dirs(refused)  # nothing started
 
 
-@pytest.mark.parametrize("binding, message", [
-    ("dataloader.batch_size = 33", "dataloader.batch_size = 33 does not split into workers_per_trial = 2"),
-    ("session.task = 'VAETask'", "VAETask does not split over workers yet"),
+@pytest.mark.parametrize("bindings, message", [
+    (["dataloader.batch_size = 33"], "dataloader.batch_size = 33 does not split into workers_per_trial = 2"),
+    (["session.task = 'VAETask'", "Wrapper.run_selfsup = True"], "VAETask does not split over workers yet"),
+    (["init_resnet.choice = 'vit_tiny'", "ViT.depth = 2", "ViT.drop_path = 0.1"], "DropPath draws random numbers"),
+    (["BaseDataset.semisupervised = 20"], "the 20 training images are fewer than dataloader.batch_size = 32"),
 ])
-def test_a_trial_that_cannot_split_is_refused_in_one_line(binding: str, message: str, space: Workspace,
+def test_a_trial_that_cannot_split_is_refused_in_one_line(bindings: list[str], message: str, space: Workspace,
                                                           config: Path,
                                                           cluster: tuple[LoopbackCluster, list[Node]]) -> None:
-    done = space.run("-a", cluster[0].address, "-e", "unsplit", "-r", str(config), "-q", "-p", *TINY, binding,
-                     *(["Wrapper.run_selfsup = True"] if "VAE" in binding else []))
+    done = space.run("-a", cluster[0].address, "-e", "unsplit", "-r", str(config), "-q", "-p", *TINY, *bindings)
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
