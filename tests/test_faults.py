@@ -301,11 +301,20 @@ def test_a_full_disk_stops_the_run_in_one_line_and_resume_finishes(workspace: Wo
     assert_same_epochs(resumed, baseline)
 
 
+def tune_checkpoint(exp: Path, trial_dir: Path) -> Path:
+    """The checkpoint Tune's state restores `trial_dir` from: a newer folder on disk is one that Tune
+    had not recorded when the run was interrupted."""
+    from ray.tune import ExperimentAnalysis
+
+    paths = [Path(t.checkpoint.path) for t in ExperimentAnalysis(str(exp)).trials if t.checkpoint is not None]
+    return next(path for path in paths if path.parent == trial_dir)
+
+
 def test_resume_repairs_or_refuses_a_damaged_state_and_passes_over_a_damaged_checkpoint(
         workspace: Workspace, tmp_path: Path, baseline: pd.DataFrame) -> None:
     """Interrupted while its first trial runs (the second one not started), then: Tune's state
     damaged with no whole copy is refused; with Tune's copy it is put back; a checkpoint of another
-    model fails the trial (exit 1, not an interruption); a truncated newest one is passed over."""
+    model fails the trial (exit 1, not an interruption); a truncated one is passed over for the one before."""
     config = write_ray_config(tmp_path, CHECKPOINTED + 'from ray import tune\nsearch_space = {"seed": '
                                                       'tune.grid_search([0, 1])}\n')
     process = workspace.popen("-e", "damaged", "-r", str(config), "-q", "-p", *LONG)
@@ -316,6 +325,7 @@ def test_resume_repairs_or_refuses_a_damaged_state_and_passes_over_a_damaged_che
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 130, output
 
+    newest = tune_checkpoint(exp, only_trial(exp))
     state = max(exp.glob("experiment_state-*.json"))
     whole = state.read_bytes()
     from ray._common.utils import get_default_ray_temp_dir
@@ -335,7 +345,6 @@ def test_resume_repairs_or_refuses_a_damaged_state_and_passes_over_a_damaged_che
 
     ray_copy.write_bytes(whole)  # Tune's own copy is whole: --resume puts it back
     trial_dir = only_trial(exp)
-    newest = folders.checkpoints(trial_dir)[-1]
     snapshot = newest / folders.SNAPSHOT
     good = snapshot.read_bytes()
     misfit = torch.load(snapshot, weights_only=True)  # whole, but of another model: every restore fails
